@@ -1,0 +1,288 @@
+// Model<Config, Backend>: a decoder-only transformer over item tokens (SASRec family).
+//
+//   x0 = E[tokens] · sqrt(D) + positions            (B, L, D)   dropout
+//   for each block:  x += dropout(Wo · attn(norm1(x)))            causal, padding-masked
+//                    x += dropout(ffn(norm2(x)))
+//   h  = norm_f(x)                                    (B, L, D)
+//   logits = h · E[items]ᵀ                            (B, L, I)   tied; never materialised whole
+//
+// forward_backward() runs one training step's forward and backward in order (read it top to
+// bottom, llm.c style), adding gradients into the parameter store. The CPU backend is
+// implemented here; the CUDA backend provides the same member functions over device buffers.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "seqrec/backend/cpu.hpp"
+#include "seqrec/core/error.hpp"
+#include "seqrec/core/random.hpp"
+#include "seqrec/model/config.hpp"
+#include "seqrec/model/parameter_store.hpp"
+#include "seqrec/model/shape.hpp"
+#include "seqrec/ops/attention/attention_cpu.hpp"
+#include "seqrec/ops/cross_entropy/cross_entropy_cpu.hpp"
+#include "seqrec/ops/dropout/dropout_cpu.hpp"
+#include "seqrec/ops/embedding/embedding_cpu.hpp"
+#include "seqrec/ops/linear/linear_cpu.hpp"
+
+namespace seqrec {
+
+/// Token ids of the special tokens (see data/vocabulary.hpp for what each is for).
+inline constexpr std::int32_t kPadToken = 0;
+inline constexpr std::int32_t kNumSpecialTokens = 4;
+
+template <typename Cfg, typename Backend>
+class Model {
+ public:
+  using T = typename Backend::Scalar;
+  using Position = typename Cfg::Position::template Layer<T>;
+  using Norm = typename Cfg::Normalization::template Layer<T>;
+  using Ffn = typename Cfg::FeedForward::template Layer<T>;
+  using Config = Cfg;
+
+  /// Builds the parameters and initialises them from `seed` (normal(init_std) for matrices and
+  /// embeddings, residual-branch outputs scaled by 1/sqrt(2·layers), gains 1, biases 0).
+  Model(const ModelShape& shape, Backend& backend, std::uint64_t seed)
+      : shape_((shape.validate(), shape)),
+        backend_(&backend),
+        item_emb_(store_.add("item_emb.weight", {shape.vocab_size, shape.dim}, true, Init::Normal,
+                             shape.init_std)),
+        pos_(store_, shape.max_len, shape.dim, shape.init_std) {
+    const double out_std = shape.init_std / std::sqrt(2.0 * std::max(1, shape.layers));
+    for (std::int32_t l = 0; l < shape.layers; ++l) {
+      const std::string p = "blocks." + std::to_string(l);
+      const std::int64_t D = shape.dim;
+      blocks_.push_back(
+          Block{Norm(store_, p + ".norm1", D, shape.norm_eps),
+                store_.add(p + ".attn.qkv.weight", {3 * D, D}, true, Init::Normal, shape.init_std),
+                store_.add(p + ".attn.qkv.bias", {3 * D}, false, Init::Zeros),
+                store_.add(p + ".attn.out.weight", {D, D}, true, Init::Normal, out_std),
+                store_.add(p + ".attn.out.bias", {D}, false, Init::Zeros),
+                Norm(store_, p + ".norm2", D, shape.norm_eps),
+                Ffn(store_, p + ".ffn", D, shape.ffn_dim, shape.init_std, out_std)});
+    }
+    final_norm_.emplace_back(store_, "norm_f", shape.dim, shape.norm_eps);
+    initialise(seed);
+  }
+
+  static std::string describe() { return Cfg::describe(); }
+  const ModelShape& shape() const noexcept { return shape_; }
+  ParameterStore<T>& parameters() noexcept { return store_; }
+  const ParameterStore<T>& parameters() const noexcept { return store_; }
+  std::int32_t num_items() const noexcept { return shape_.vocab_size - kNumSpecialTokens; }
+  ParamId item_embedding() const noexcept { return item_emb_; }
+
+  /// Re-draws every parameter from `seed` (used by the constructor).
+  void initialise(std::uint64_t seed) {
+    Rng rng(seed);
+    for (const auto& e : store_.entries()) {
+      T* v = store_.values().data() + e.offset;
+      for (std::size_t i = 0; i < e.numel; ++i) {
+        switch (e.init) {
+          case Init::Zeros:
+            v[i] = T(0);
+            break;
+          case Init::Ones:
+            v[i] = T(1);
+            break;
+          case Init::Normal:
+            v[i] = static_cast<T>(rng.normal() * e.init_std);
+            break;
+        }
+      }
+    }
+  }
+
+  /// One training step's forward and backward on inputs/targets (B, L), left-padded. Gradients
+  /// are added into the store (the caller zeroes them). dropout_key == 0 disables dropout.
+  /// Returns the mean cross-entropy over non-padding targets; *num_targets receives their count.
+  double forward_backward(const std::int32_t* inputs, const std::int32_t* targets,
+                          std::int32_t batch, std::int32_t len, std::uint64_t dropout_key,
+                          std::int64_t* num_targets) {
+    forward(inputs, batch, len, dropout_key);
+    const std::int64_t N = std::int64_t{batch} * len, D = shape_.dim;
+    std::int64_t count = 0;
+    // First pass only counts targets to scale the gradient as a mean.
+    for (std::int64_t r = 0; r < N; ++r) count += targets[r] >= kNumSpecialTokens;
+    if (num_targets) *num_targets = count;
+    if (count == 0) return 0.0;
+    dx_.resize(static_cast<std::size_t>(N * D));
+    dh_.resize(dx_.size());
+    std::int64_t seen = 0;
+    const double loss = ops::cross_entropy_forward_backward<T>(
+        ce_shape(N), h_.data(), targets, store_.value(item_emb_) + kNumSpecialTokens * D,
+        dh_.data(), store_.grad(item_emb_) + kNumSpecialTokens * D, T(1.0 / double(count)), &seen,
+        ce_workspace_);
+    backward(batch, len);
+    return loss / double(count);
+  }
+
+  /// Forward only: the mean loss the same step would report (used by gradient checks).
+  double loss(const std::int32_t* inputs, const std::int32_t* targets, std::int32_t batch,
+              std::int32_t len, std::uint64_t dropout_key) {
+    forward(inputs, batch, len, dropout_key);
+    const std::int64_t N = std::int64_t{batch} * len;
+    std::int64_t count = 0;
+    const double loss = ops::cross_entropy_forward_backward<T>(
+        ce_shape(N), h_.data(), targets, store_.value(item_emb_) + kNumSpecialTokens * shape_.dim,
+        nullptr, nullptr, T(1), &count, ce_workspace_);
+    return count ? loss / double(count) : 0.0;
+  }
+
+  /// Inference: scores (B, I) of every item for the position after the last token of each row.
+  void score_last(const std::int32_t* inputs, std::int32_t batch, std::int32_t len, T* scores) {
+    forward(inputs, batch, len, 0);
+    const std::int64_t D = shape_.dim;
+    last_.resize(static_cast<std::size_t>(batch * D));
+    for (std::int64_t b = 0; b < batch; ++b)
+      std::copy_n(h_.data() + (b * len + len - 1) * D, D, last_.data() + b * D);
+    CMapRM<T> H(last_.data(), batch, D);
+    CMapRM<T> W(store_.value(item_emb_) + kNumSpecialTokens * D, num_items(), D);
+    MapRM<T>(scores, batch, num_items()).noalias() = H * W.transpose();
+  }
+
+ private:
+  struct Block {
+    Norm norm1;
+    ParamId qkv_w, qkv_b, out_w, out_b;
+    Norm norm2;
+    Ffn ffn;
+  };
+  /// Saved activations of one block, (B·L, ·) each.
+  struct BlockCache {
+    std::vector<T> x_in, a1, stats1, qkv, probs, ctx, x_mid, a2, stats2;
+    std::vector<std::uint8_t> drop_attn, drop_ffn;
+    typename Ffn::Cache ffn;
+  };
+
+  ops::CrossEntropyShape ce_shape(std::int64_t rows) const {
+    const std::int64_t I = num_items();
+    return {rows, shape_.dim, I, kNumSpecialTokens,
+            std::max<std::int64_t>(1, shape_.loss_chunk_elems / I)};
+  }
+
+  void check_tokens(const std::int32_t* tokens, std::int32_t batch, std::int32_t len) const {
+    if (len > shape_.max_len)
+      throw InputError("model input", 0,
+                       "sequence window longer than --max-len " + std::to_string(shape_.max_len),
+                       std::to_string(len));
+    for (std::int64_t i = 0; i < std::int64_t{batch} * len; ++i) {
+      if (tokens[i] < 0 || tokens[i] >= shape_.vocab_size)
+        throw InputError("model input", 0,
+                         "token at row " + std::to_string(i / len) + ", position " +
+                             std::to_string(i % len) + " is outside the vocabulary [0, " +
+                             std::to_string(shape_.vocab_size) + ")",
+                         std::to_string(tokens[i]));
+    }
+  }
+
+  void forward(const std::int32_t* tokens, std::int32_t batch, std::int32_t len,
+               std::uint64_t dropout_key) {
+    check_tokens(tokens, batch, len);
+    const std::int64_t B = batch, L = len, N = B * L, D = shape_.dim;
+    const double p = dropout_key ? shape_.dropout : 0.0;
+    tokens_.assign(tokens, tokens + N);
+    x_.resize(static_cast<std::size_t>(N * D));
+    drop_emb_.resize(x_.size());
+    const T scale = shape_.scale_embeddings ? std::sqrt(T(D)) : T(1);
+    ops::embedding_forward(tokens, store_.value(item_emb_), x_.data(), N, D, scale);
+    pos_.add(store_, x_.data(), B, L);
+    ops::dropout_forward(x_.data(), drop_emb_.data(), N * D, p, mix64(dropout_key ^ 1));
+    caches_.resize(blocks_.size());
+    const ops::AttentionShape as{B, L, D, shape_.heads};
+    tmp_.resize(x_.size());
+    for (std::size_t l = 0; l < blocks_.size(); ++l) {
+      const Block& blk = blocks_[l];
+      BlockCache& c = caches_[l];
+      const std::uint64_t key = mix64(dropout_key ^ (l * 16 + 2));
+      c.x_in = x_;
+      c.a1.resize(x_.size());
+      c.stats1.resize(static_cast<std::size_t>(N * Cfg::Normalization::stats_per_row));
+      blk.norm1.forward(store_, x_.data(), c.a1.data(), c.stats1.data(), N);
+      c.qkv.resize(static_cast<std::size_t>(N * 3 * D));
+      ops::linear_forward(c.a1.data(), store_.value(blk.qkv_w), store_.value(blk.qkv_b),
+                          c.qkv.data(), N, D, 3 * D);
+      c.probs.resize(static_cast<std::size_t>(B * shape_.heads * L * L));
+      c.ctx.resize(x_.size());
+      ops::attention_forward(as, c.qkv.data(), tokens_.data(), kPadToken, c.ctx.data(),
+                             c.probs.data());
+      ops::linear_forward(c.ctx.data(), store_.value(blk.out_w), store_.value(blk.out_b),
+                          tmp_.data(), N, D, D);
+      c.drop_attn.resize(x_.size());
+      ops::dropout_forward(tmp_.data(), c.drop_attn.data(), N * D, p, key);
+      add_into(x_.data(), tmp_.data(), N * D);
+      c.x_mid = x_;
+      c.a2.resize(x_.size());
+      c.stats2.resize(c.stats1.size());
+      blk.norm2.forward(store_, x_.data(), c.a2.data(), c.stats2.data(), N);
+      blk.ffn.forward(store_, c.a2.data(), tmp_.data(), c.ffn, N);
+      c.drop_ffn.resize(x_.size());
+      ops::dropout_forward(tmp_.data(), c.drop_ffn.data(), N * D, p, mix64(key ^ 0x5bd1e995));
+      add_into(x_.data(), tmp_.data(), N * D);
+    }
+    h_.resize(x_.size());
+    stats_f_.resize(static_cast<std::size_t>(N * Cfg::Normalization::stats_per_row));
+    final_norm_[0].forward(store_, x_.data(), h_.data(), stats_f_.data(), N);
+    last_p_ = p;
+  }
+
+  /// Reverse of forward(): starts from dh_ (gradient of the loss wrt h), ends in the embeddings.
+  void backward(std::int32_t batch, std::int32_t len) {
+    const std::int64_t B = batch, L = len, N = B * L, D = shape_.dim;
+    const double p = last_p_;
+    final_norm_[0].backward(store_, x_.data(), stats_f_.data(), dh_.data(), dx_.data(), N);
+    const ops::AttentionShape as{B, L, D, shape_.heads};
+    tmp_.resize(x_.size());
+    std::vector<T>& dbranch = dh_;  // dh_ is free again: reuse it for branch gradients
+    for (std::size_t li = blocks_.size(); li-- > 0;) {
+      const Block& blk = blocks_[li];
+      BlockCache& c = caches_[li];
+      // x_out = x_mid + drop(ffn(norm2(x_mid)))
+      dbranch = dx_;
+      ops::dropout_backward(dbranch.data(), c.drop_ffn.data(), N * D, p);
+      blk.ffn.backward(store_, c.a2.data(), c.ffn, dbranch.data(), tmp_.data(), N);
+      blk.norm2.backward(store_, c.x_mid.data(), c.stats2.data(), tmp_.data(), dbranch.data(), N);
+      add_into(dx_.data(), dbranch.data(), N * D);  // dx_ is now d x_mid
+      // x_mid = x_in + drop(Wo · attn(Wqkv · norm1(x_in)))
+      dbranch = dx_;
+      ops::dropout_backward(dbranch.data(), c.drop_attn.data(), N * D, p);
+      ops::linear_backward(c.ctx.data(), store_.value(blk.out_w), dbranch.data(), tmp_.data(),
+                           store_.grad(blk.out_w), store_.grad(blk.out_b), N, D, D);
+      dqkv_.resize(static_cast<std::size_t>(N * 3 * D));
+      ops::attention_backward(as, c.qkv.data(), c.probs.data(), tmp_.data(), dqkv_.data());
+      ops::linear_backward(c.a1.data(), store_.value(blk.qkv_w), dqkv_.data(), tmp_.data(),
+                           store_.grad(blk.qkv_w), store_.grad(blk.qkv_b), N, D, 3 * D);
+      blk.norm1.backward(store_, c.x_in.data(), c.stats1.data(), tmp_.data(), dbranch.data(), N);
+      add_into(dx_.data(), dbranch.data(), N * D);  // dx_ is now d x_in
+    }
+    ops::dropout_backward(dx_.data(), drop_emb_.data(), N * D, p);
+    pos_.add_backward(store_, dx_.data(), B, L);
+    const T scale = shape_.scale_embeddings ? std::sqrt(T(D)) : T(1);
+    ops::embedding_backward(tokens_.data(), dx_.data(), store_.grad(item_emb_), N, D, scale);
+  }
+
+  static void add_into(T* y, const T* x, std::int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (std::int64_t i = 0; i < n; ++i) y[i] += x[i];
+  }
+
+  ModelShape shape_;
+  Backend* backend_;
+  ParameterStore<T> store_;
+  ParamId item_emb_;
+  Position pos_;
+  std::vector<Block> blocks_;
+  std::vector<Norm>
+      final_norm_;  // one element; a vector so that Norm need not be default-constructible
+  // Activations of the last forward, reused across steps (no allocation in steady state).
+  std::vector<std::int32_t> tokens_;
+  std::vector<T> x_, h_, stats_f_, tmp_, dx_, dh_, dqkv_, last_, ce_workspace_;
+  std::vector<std::uint8_t> drop_emb_;
+  std::vector<BlockCache> caches_;
+  double last_p_ = 0.0;
+};
+
+}  // namespace seqrec

@@ -1,0 +1,86 @@
+// One flat store for every parameter tensor of a model, with its gradient and both AdamW moments
+// alongside. A checkpoint, an optimiser step, a gradient norm and (later) a gradient all-reduce
+// are each one walk over four contiguous arrays. Freezing a tensor (stage one of two-stage
+// training) is a flag here, read by the optimiser: layers never branch on it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "seqrec/core/error.hpp"
+
+namespace seqrec {
+
+/// Index of a tensor in a ParameterStore.
+struct ParamId {
+  std::size_t index = static_cast<std::size_t>(-1);
+};
+
+/// How a tensor is initialised.
+enum class Init { Zeros, Ones, Normal };
+
+template <typename T>
+class ParameterStore {
+ public:
+  struct Entry {
+    std::string name;
+    std::vector<std::int64_t> shape;
+    std::size_t offset = 0;
+    std::size_t numel = 0;
+    bool decay = true;  // AdamW weight decay applies (not to norms and biases)
+    bool frozen = false;
+    Init init = Init::Zeros;
+    double init_std = 0.0;
+  };
+
+  /// Registers a tensor; call only while building a model (pointers are stable afterwards).
+  ParamId add(std::string name, std::vector<std::int64_t> shape, bool decay, Init init,
+              double init_std = 0.0) {
+    for (const auto& e : entries_) SEQREC_CHECK(e.name != name, "duplicate parameter name " + name);
+    Entry e{std::move(name), std::move(shape), values_.size(), 0, decay, false, init, init_std};
+    e.numel = static_cast<std::size_t>(
+        std::accumulate(e.shape.begin(), e.shape.end(), std::int64_t{1}, std::multiplies<>()));
+    values_.resize(values_.size() + e.numel, T(0));
+    grads_.resize(values_.size(), T(0));
+    m_.resize(values_.size(), T(0));
+    v_.resize(values_.size(), T(0));
+    entries_.push_back(std::move(e));
+    return ParamId{entries_.size() - 1};
+  }
+
+  T* value(ParamId id) { return values_.data() + entries_.at(id.index).offset; }
+  const T* value(ParamId id) const { return values_.data() + entries_.at(id.index).offset; }
+  T* grad(ParamId id) { return grads_.data() + entries_.at(id.index).offset; }
+  const T* grad(ParamId id) const { return grads_.data() + entries_.at(id.index).offset; }
+  const Entry& entry(ParamId id) const { return entries_.at(id.index); }
+  const std::vector<Entry>& entries() const noexcept { return entries_; }
+
+  /// The entry called `name`; throws naming it when absent.
+  ParamId find(const std::string& name) const {
+    for (std::size_t i = 0; i < entries_.size(); ++i)
+      if (entries_[i].name == name) return ParamId{i};
+    throw Error("no parameter named '" + name + "'");
+  }
+  void set_frozen(ParamId id, bool frozen) { entries_.at(id.index).frozen = frozen; }
+
+  std::vector<T>& values() noexcept { return values_; }
+  const std::vector<T>& values() const noexcept { return values_; }
+  std::vector<T>& grads() noexcept { return grads_; }
+  const std::vector<T>& grads() const noexcept { return grads_; }
+  std::vector<T>& moment1() noexcept { return m_; }
+  const std::vector<T>& moment1() const noexcept { return m_; }
+  std::vector<T>& moment2() noexcept { return v_; }
+  const std::vector<T>& moment2() const noexcept { return v_; }
+
+  std::size_t size() const noexcept { return values_.size(); }
+  void zero_grads() { std::fill(grads_.begin(), grads_.end(), T(0)); }
+
+ private:
+  std::vector<Entry> entries_;
+  std::vector<T> values_, grads_, m_, v_;
+};
+
+}  // namespace seqrec

@@ -1,0 +1,95 @@
+// Softmax cross-entropy over the whole item catalogue, fused with the tied output projection and
+// computed in chunks of rows: logits for at most `chunk_rows` positions exist at once, so memory
+// grows with the chunk, never with batch × length × items.
+//
+// For each non-padding row r with target t:  z = h_r · Wᵀ (W = the item rows of the embedding
+// table), loss_r = logsumexp(z) − z_t, and with g = (softmax(z) − onehot(t)) · grad_scale:
+// dh_r = g · W and dW += gᵀ · h_r. Padding rows get dh = 0.
+#pragma once
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "seqrec/core/eigen.hpp"
+#include "seqrec/core/error.hpp"
+
+namespace seqrec::ops {
+
+struct CrossEntropyShape {
+  std::int64_t rows;        // N = B·L positions
+  std::int64_t dim;         // D
+  std::int64_t num_items;   // I: logits are over items only
+  std::int32_t first_item;  // token id of item 0 (the special tokens come before it)
+  std::int64_t chunk_rows;  // rows whose logits exist at once
+};
+
+/// Returns the summed loss (in double) and writes the number of scored rows to *count.
+/// h (N, D); targets (N), values < first_item mean "no target"; items (I, D) is the item block of
+/// the tied table. dh (N, D) is overwritten and ditems (I, D) accumulated; both may be null for a
+/// forward-only pass. workspace is resized as needed and may be reused across calls.
+template <typename T>
+double cross_entropy_forward_backward(const CrossEntropyShape& s, const T* h,
+                                      const std::int32_t* targets, const T* items, T* dh, T* ditems,
+                                      T grad_scale, std::int64_t* count,
+                                      std::vector<T>& workspace) {
+  const std::int64_t D = s.dim, I = s.num_items;
+  std::vector<std::int64_t> rows;
+  rows.reserve(static_cast<std::size_t>(s.rows));
+  for (std::int64_t r = 0; r < s.rows; ++r) {
+    const std::int32_t t = targets[r];
+    if (t >= s.first_item) {
+      SEQREC_CHECK(t - s.first_item < I, "target token out of the item range");
+      rows.push_back(r);
+    }
+  }
+  if (dh != nullptr) std::fill(dh, dh + s.rows * D, T(0));
+  *count = static_cast<std::int64_t>(rows.size());
+  const std::int64_t C =
+      std::max<std::int64_t>(1, std::min<std::int64_t>(s.chunk_rows, rows.size()));
+  workspace.resize(static_cast<std::size_t>(C * I + 2 * C * D));
+  T* logits = workspace.data();
+  T* hc = logits + C * I;
+  T* dhc = hc + C * D;
+  CMapRM<T> W(items, I, D);
+  double loss = 0;
+  std::vector<double> row_loss;
+  for (std::size_t c0 = 0; c0 < rows.size(); c0 += static_cast<std::size_t>(C)) {
+    const std::int64_t c = std::min<std::int64_t>(C, static_cast<std::int64_t>(rows.size() - c0));
+    for (std::int64_t i = 0; i < c; ++i) std::copy_n(h + rows[c0 + i] * D, D, hc + i * D);
+    MapRM<T> Z(logits, c, I);
+    CMapRM<T> Hc(hc, c, D);
+    Z.noalias() = Hc * W.transpose();
+    // Per-row losses summed serially afterwards: an OpenMP reduction's order is unspecified, and
+    // a resumed run must print bit-identical losses.
+    row_loss.resize(static_cast<std::size_t>(c));
+#pragma omp parallel for schedule(static)
+    for (std::int64_t i = 0; i < c; ++i) {
+      T* z = logits + i * I;
+      const std::int64_t t = targets[rows[c0 + i]] - s.first_item;
+      T mx = z[0];
+      for (std::int64_t j = 1; j < I; ++j) mx = std::max(mx, z[j]);
+      T sum = 0;
+      for (std::int64_t j = 0; j < I; ++j) sum += std::exp(z[j] - mx);
+      const T lse = mx + std::log(sum);
+      row_loss[i] = static_cast<double>(lse - z[t]);
+      if (dh != nullptr || ditems != nullptr) {
+        for (std::int64_t j = 0; j < I; ++j) z[j] = std::exp(z[j] - lse) * grad_scale;
+        z[t] -= grad_scale;
+      }
+    }
+    for (double v : row_loss) loss += v;
+    if (dh != nullptr) {
+      MapRM<T> dHc(dhc, c, D);
+      dHc.noalias() = Z * W;
+      for (std::int64_t i = 0; i < c; ++i) std::copy_n(dhc + i * D, D, dh + rows[c0 + i] * D);
+    }
+    if (ditems != nullptr) MapRM<T>(ditems, I, D).noalias() += Z.transpose() * Hc;
+  }
+  return loss;
+}
+
+}  // namespace seqrec::ops

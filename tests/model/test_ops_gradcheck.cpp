@@ -1,0 +1,211 @@
+// Gradient checks of every CPU op, in double: the loss is Σ w ⊙ y with fixed random weights w,
+// so the upstream gradient is w, and every input and parameter gradient is compared with
+// central differences (tolerance in support/gradcheck.hpp).
+#include <catch2/catch_template_test_macros.hpp>
+#include <catch2/catch_test_macros.hpp>
+
+#include "seqrec/ops/activation/activation.hpp"
+#include "seqrec/ops/attention/attention_cpu.hpp"
+#include "seqrec/ops/cross_entropy/cross_entropy_cpu.hpp"
+#include "seqrec/ops/dropout/dropout_cpu.hpp"
+#include "seqrec/ops/embedding/embedding_cpu.hpp"
+#include "seqrec/ops/linear/linear_cpu.hpp"
+#include "seqrec/ops/rmsnorm/rmsnorm_cpu.hpp"
+#include "support/gradcheck.hpp"
+
+using namespace seqrec;
+using test::check_gradient;
+using test::dot;
+using test::kGradRelTol;
+using test::random_vector;
+
+TEST_CASE("linear: gradients wrt input, weight and bias", "[cpu][gradcheck]") {
+  const std::int64_t n = 5, in = 4, out = 3;
+  auto x = random_vector(n * in, 1), w = random_vector(out * in, 2), b = random_vector(out, 3);
+  const auto wy = random_vector(n * out, 4);
+  std::vector<double> y(n * out), dx(n * in), dw(out * in, 0.0), db(out, 0.0);
+  auto f = [&] {
+    ops::linear_forward(x.data(), w.data(), b.data(), y.data(), n, in, out);
+    return dot(y, wy);
+  };
+  f();
+  ops::linear_backward(x.data(), w.data(), wy.data(), dx.data(), dw.data(), db.data(), n, in, out);
+  CHECK(check_gradient(f, x.data(), dx.data(), x.size()).max_rel_error < kGradRelTol);
+  CHECK(check_gradient(f, w.data(), dw.data(), w.size()).max_rel_error < kGradRelTol);
+  CHECK(check_gradient(f, b.data(), db.data(), b.size()).max_rel_error < kGradRelTol);
+}
+
+TEST_CASE("rmsnorm: gradients wrt input and gain", "[cpu][gradcheck]") {
+  const std::int64_t n = 6, d = 8;
+  auto x = random_vector(n * d, 5), g = random_vector(d, 6);
+  const auto wy = random_vector(n * d, 7);
+  std::vector<double> y(n * d), rstd(n), dx(n * d), dg(d, 0.0);
+  auto f = [&] {
+    ops::rmsnorm_forward(x.data(), g.data(), y.data(), rstd.data(), n, d, 1e-6);
+    return dot(y, wy);
+  };
+  f();
+  ops::rmsnorm_backward(x.data(), g.data(), rstd.data(), wy.data(), dx.data(), dg.data(), n, d);
+  CHECK(check_gradient(f, x.data(), dx.data(), x.size()).max_rel_error < kGradRelTol);
+  CHECK(check_gradient(f, g.data(), dg.data(), g.size()).max_rel_error < kGradRelTol);
+}
+
+TEST_CASE("rmsnorm: matches the naive formula", "[cpu]") {
+  const std::int64_t n = 3, d = 5;
+  auto x = random_vector(n * d, 8), g = random_vector(d, 9);
+  std::vector<double> y(n * d), rstd(n);
+  ops::rmsnorm_forward(x.data(), g.data(), y.data(), rstd.data(), n, d, 1e-6);
+  for (std::int64_t r = 0; r < n; ++r) {
+    double ss = 0;
+    for (std::int64_t j = 0; j < d; ++j) ss += x[r * d + j] * x[r * d + j];
+    const double rms = std::sqrt(ss / d + 1e-6);
+    for (std::int64_t j = 0; j < d; ++j)
+      CHECK(std::abs(y[r * d + j] - x[r * d + j] / rms * g[j]) < 1e-12);
+  }
+}
+
+TEST_CASE("attention: gradients wrt q, k and v with causal and padding masks", "[cpu][gradcheck]") {
+  const ops::AttentionShape s{2, 5, 6, 2};  // B, L, D, H
+  const std::int64_t N = s.batch * s.length;
+  auto qkv = random_vector(N * 3 * s.dim, 10);
+  const auto wy = random_vector(N * s.dim, 11);
+  // Row 0 has two padding positions at the front, row 1 none.
+  const std::vector<std::int32_t> tokens = {0, 0, 7, 8, 9, 5, 6, 7, 8, 9};
+  std::vector<double> out(N * s.dim), probs(s.batch * s.heads * s.length * s.length),
+      dqkv(qkv.size());
+  auto f = [&] {
+    ops::attention_forward(s, qkv.data(), tokens.data(), 0, out.data(), probs.data());
+    return dot(out, wy);
+  };
+  f();
+  ops::attention_backward(s, qkv.data(), probs.data(), wy.data(), dqkv.data());
+  CHECK(check_gradient(f, qkv.data(), dqkv.data(), qkv.size(), 400).max_rel_error < kGradRelTol);
+}
+
+TEST_CASE("attention: causal and padding masks hold", "[cpu]") {
+  const ops::AttentionShape s{1, 4, 2, 1};
+  auto qkv = random_vector(4 * 3 * 2, 12);
+  const std::vector<std::int32_t> tokens = {0, 5, 6, 7};
+  std::vector<double> out(8), probs(16);
+  ops::attention_forward(s, qkv.data(), tokens.data(), 0, out.data(), probs.data());
+  // Padding query 0 attends to itself only; real queries never to padding or to the future.
+  CHECK(probs[0] == 1.0);
+  for (int i = 1; i < 4; ++i) {
+    CHECK(probs[i * 4 + 0] == 0.0);
+    double sum = 0;
+    for (int j = 0; j < 4; ++j) {
+      if (j > i) CHECK(probs[i * 4 + j] == 0.0);
+      sum += probs[i * 4 + j];
+    }
+    CHECK(std::abs(sum - 1.0) < 1e-12);
+  }
+  // Changing a future value must not change an earlier output.
+  auto out_before = out;
+  qkv[3 * 3 * 2 + 4] += 1.0;  // v of position 3
+  ops::attention_forward(s, qkv.data(), tokens.data(), 0, out.data(), probs.data());
+  for (int i = 0; i < 6; ++i) CHECK(out[i] == out_before[i]);
+}
+
+TEST_CASE("embedding: gradient scatters into the rows used, repeated ids accumulate",
+          "[cpu][gradcheck]") {
+  const std::int64_t n = 6, d = 3, v = 5;
+  auto table = random_vector(v * d, 13);
+  const auto wy = random_vector(n * d, 14);
+  const std::vector<std::int32_t> tokens = {1, 3, 3, 0, 4, 3};
+  std::vector<double> x(n * d), dtable(v * d, 0.0);
+  auto f = [&] {
+    ops::embedding_forward(tokens.data(), table.data(), x.data(), n, d, 1.7);
+    return dot(x, wy);
+  };
+  f();
+  ops::embedding_backward(tokens.data(), wy.data(), dtable.data(), n, d, 1.7);
+  CHECK(check_gradient(f, table.data(), dtable.data(), table.size()).max_rel_error < kGradRelTol);
+  for (std::int64_t j = 0; j < d; ++j) CHECK(dtable[2 * d + j] == 0.0);  // row 2 unused
+}
+
+TEST_CASE("cross-entropy: chunking does not change loss or gradients", "[cpu][gradcheck]") {
+  const std::int64_t n = 7, d = 4, items = 9;
+  const std::int32_t first = 4;
+  auto h = random_vector(n * d, 15), w = random_vector(items * d, 16);
+  const std::vector<std::int32_t> targets = {0, 4, 12, 7, 0, 5, 9};  // 0 = no target
+  std::vector<double> ws;
+  double ref_loss = 0;
+  std::vector<double> ref_dh, ref_dw;
+  for (std::int64_t chunk : {1, 2, 3, 100}) {
+    std::vector<double> dh(n * d), dw(items * d, 0.0);
+    std::int64_t count = 0;
+    const ops::CrossEntropyShape s{n, d, items, first, chunk};
+    const double loss = ops::cross_entropy_forward_backward<double>(
+        s, h.data(), targets.data(), w.data(), dh.data(), dw.data(), 1.0, &count, ws);
+    CHECK(count == 5);
+    if (chunk == 1) {
+      ref_loss = loss;
+      ref_dh = dh;
+      ref_dw = dw;
+      auto f = [&] {
+        std::int64_t c = 0;
+        return ops::cross_entropy_forward_backward<double>(s, h.data(), targets.data(), w.data(),
+                                                           nullptr, nullptr, 1.0, &c, ws);
+      };
+      CHECK(check_gradient(f, h.data(), dh.data(), h.size()).max_rel_error < kGradRelTol);
+      CHECK(check_gradient(f, w.data(), dw.data(), w.size()).max_rel_error < kGradRelTol);
+      // Naive reference for the loss.
+      double naive = 0;
+      for (std::int64_t r = 0; r < n; ++r) {
+        if (targets[r] < first) continue;
+        std::vector<double> z(items);
+        double mx = -1e300;
+        for (std::int64_t i = 0; i < items; ++i) {
+          z[i] = 0;
+          for (std::int64_t j = 0; j < d; ++j) z[i] += h[r * d + j] * w[i * d + j];
+          mx = std::max(mx, z[i]);
+        }
+        double se = 0;
+        for (double zi : z) se += std::exp(zi - mx);
+        naive += mx + std::log(se) - z[targets[r] - first];
+      }
+      CHECK(std::abs(loss - naive) < 1e-10);
+    } else {
+      CHECK(std::abs(loss - ref_loss) < 1e-10);
+      for (std::size_t i = 0; i < dh.size(); ++i) CHECK(std::abs(dh[i] - ref_dh[i]) < 1e-12);
+      for (std::size_t i = 0; i < dw.size(); ++i) CHECK(std::abs(dw[i] - ref_dw[i]) < 1e-12);
+    }
+  }
+  // Workspace holds at most chunk × items logits (+ two (chunk, D) buffers), never N × items.
+  std::vector<double> dh(n * d), dw(items * d, 0.0);
+  std::int64_t count = 0;
+  ops::cross_entropy_forward_backward<double>({n, d, items, first, 2}, h.data(), targets.data(),
+                                              w.data(), dh.data(), dw.data(), 1.0, &count, ws);
+  std::vector<double> fresh;
+  ops::cross_entropy_forward_backward<double>({n, d, items, first, 2}, h.data(), targets.data(),
+                                              w.data(), dh.data(), dw.data(), 1.0, &count, fresh);
+  CHECK(fresh.size() == static_cast<std::size_t>(2 * items + 2 * 2 * d));
+}
+
+TEST_CASE("activations: derivatives match central differences", "[cpu][gradcheck]") {
+  for (double x : {-3.0, -0.7, 0.3, 2.5}) {
+    const double h = 1e-6;
+    CHECK(std::abs((ops::Silu::f(x + h) - ops::Silu::f(x - h)) / (2 * h) - ops::Silu::df(x)) <
+          1e-8);
+    CHECK(std::abs((ops::Relu::f(x + h) - ops::Relu::f(x - h)) / (2 * h) - ops::Relu::df(x)) <
+          1e-8);
+  }
+}
+
+TEST_CASE("dropout: mask depends only on the key, keeps about 1-p, scales by 1/(1-p)", "[cpu]") {
+  const std::int64_t n = 100000;
+  std::vector<float> a(n, 1.0f), b(n, 1.0f);
+  std::vector<std::uint8_t> ma(n), mb(n);
+  ops::dropout_forward(a.data(), ma.data(), n, 0.25, 77);
+  ops::dropout_forward(b.data(), mb.data(), n, 0.25, 77);
+  CHECK(ma == mb);
+  double kept = 0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    kept += ma[i];
+    CHECK(a[i] == (ma[i] ? 1.0f / 0.75f : 0.0f));
+  }
+  CHECK(std::abs(kept / n - 0.75) < 0.01);
+  std::vector<float> c(n, 1.0f);
+  ops::dropout_forward(c.data(), mb.data(), n, 0.25, 78);
+  CHECK(ma != mb);
+}

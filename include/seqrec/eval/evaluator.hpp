@@ -1,0 +1,54 @@
+// Full-catalogue evaluation of a model on a list of (history, target) cases: every item is
+// scored, special tokens never are, and optionally the items already in the history are removed
+// from the ranking. Cases are scored in batches of rows; metrics use pessimistic tie ranking.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "seqrec/data/batcher.hpp"
+#include "seqrec/data/dataset.hpp"
+#include "seqrec/eval/metrics.hpp"
+
+namespace seqrec::eval {
+
+struct EvalOptions {
+  std::int64_t k = 10;
+  bool exclude_history = false;
+  std::int32_t batch = 256;
+};
+
+/// Ranks every case's target with `model.score_last` and returns MRR/HR/NDCG@k.
+template <typename Model>
+Metrics evaluate(Model& model, std::span<const data::EvalCase> cases, const EvalOptions& opt) {
+  using T = typename Model::T;
+  const std::int32_t L = model.shape().max_len;
+  const std::int64_t I = model.num_items();
+  const std::int32_t first_item = data::Vocabulary::kNumSpecial;
+  MetricAccumulator acc(opt.k);
+  std::vector<std::int32_t> inputs;
+  std::vector<T> scores;
+  std::vector<std::int64_t> excluded;
+  for (std::size_t c0 = 0; c0 < cases.size(); c0 += static_cast<std::size_t>(opt.batch)) {
+    const std::int32_t B =
+        static_cast<std::int32_t>(std::min<std::size_t>(opt.batch, cases.size() - c0));
+    inputs.assign(static_cast<std::size_t>(B) * L, data::Vocabulary::kPad);
+    for (std::int32_t b = 0; b < B; ++b)
+      data::make_eval_row(cases[c0 + b].history, L, inputs.data() + std::int64_t{b} * L);
+    scores.resize(static_cast<std::size_t>(B * I));
+    model.score_last(inputs.data(), B, L, scores.data());
+    for (std::int32_t b = 0; b < B; ++b) {
+      const auto& ec = cases[c0 + b];
+      excluded.clear();
+      if (opt.exclude_history)
+        for (std::int32_t t : ec.history) excluded.push_back(t - first_item);
+      acc.add(pessimistic_rank<T>(std::span<const T>(scores.data() + b * I, I),
+                                  ec.target - first_item, excluded));
+    }
+  }
+  return acc.result();
+}
+
+}  // namespace seqrec::eval

@@ -1,0 +1,146 @@
+// The training loop: epochs of shuffled batches, forward/backward, gradient clipping, AdamW at
+// the scheduled learning rate, a validation pass and a checkpoint after each epoch.
+//
+// Everything random is a function of (seed, epoch) for the batch order and of (seed, step) for
+// dropout, so training resumed from a checkpoint retraces the uninterrupted run exactly, down to
+// the printed losses (given the same thread count).
+#pragma once
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "seqrec/core/progress.hpp"
+#include "seqrec/data/batcher.hpp"
+#include "seqrec/data/dataset.hpp"
+#include "seqrec/eval/evaluator.hpp"
+#include "seqrec/io/checkpoint.hpp"
+#include "seqrec/ops/dropout/dropout_cpu.hpp"
+#include "seqrec/train/adamw.hpp"
+#include "seqrec/train/schedule.hpp"
+
+namespace seqrec::train {
+
+struct TrainOptions {
+  std::int32_t epochs = 10;
+  std::int32_t batch = 128;
+  double lr = 1e-3;
+  std::int64_t warmup = -1;  // steps; -1: 5% of all steps
+  double min_lr_ratio = 0.0;
+  double clip = 1.0;  // max gradient norm; <= 0 disables
+  std::uint64_t seed = 42;
+  AdamWOptions adam;
+  std::string checkpoint;       // written after every epoch when non-empty
+  std::int32_t eval_every = 1;  // validate every N epochs (0: only at the end)
+  bool progress = true;
+  bool log_epochs = true;  // one line per epoch on stderr
+};
+
+struct EpochReport {
+  std::int64_t epoch = 0;   // 1-based
+  double loss = 0;          // mean over the epoch's steps
+  double seconds = 0;       // training time only
+  std::int64_t tokens = 0;  // scored positions
+  std::optional<eval::Metrics> valid;
+};
+
+struct TrainResult {
+  std::vector<EpochReport> epochs;
+  std::vector<double> step_losses;  // every step of this run, in order
+  double train_seconds = 0;
+  std::int64_t train_tokens = 0;
+  double tokens_per_second() const {
+    return train_seconds > 0 ? double(train_tokens) / train_seconds : 0.0;
+  }
+};
+
+/// Trains `model` on split.train from `start` (a fresh run starts at {0, 0, 0}). `config` is
+/// stored in checkpoints next to the model shape. `stop_after_steps` > 0 ends the run early
+/// (tests use it to simulate a crash between checkpoints).
+template <typename Model>
+TrainResult train(Model& model, const data::Split& split, const TrainOptions& opt,
+                  io::TrainState start = {}, const nlohmann::json& config = {},
+                  std::int64_t stop_after_steps = 0) {
+  using Clock = std::chrono::steady_clock;
+  const std::int32_t L = model.shape().max_len;
+  data::TrainBatcher batcher(split.train, L, opt.batch);
+  const std::int64_t per_epoch = static_cast<std::int64_t>(batcher.num_batches());
+  SEQREC_CHECK(per_epoch > 0, "no training sequences");
+  const std::int64_t total = per_epoch * opt.epochs;
+  WarmupCosine schedule{opt.lr, opt.warmup >= 0 ? opt.warmup : total / 20, total, opt.min_lr_ratio};
+  auto& store = model.parameters();
+  TrainResult result;
+  io::TrainState st = start;
+  Progress progress("train", total - st.step, opt.progress);
+  const std::int64_t first_step = st.step;
+  for (; st.epoch < opt.epochs; ++st.epoch, st.batch_in_epoch = 0) {
+    batcher.start_epoch(opt.seed, static_cast<std::uint64_t>(st.epoch));
+    EpochReport rep;
+    rep.epoch = st.epoch + 1;
+    double loss_sum = 0;
+    std::int64_t steps = 0;
+    const auto t0 = Clock::now();
+    for (; st.batch_in_epoch < per_epoch; ++st.batch_in_epoch) {
+      const data::Batch b = batcher.batch(static_cast<std::size_t>(st.batch_in_epoch));
+      store.zero_grads();
+      ++st.step;
+      const std::uint64_t key =
+          ops::dropout_key(opt.seed, static_cast<std::uint64_t>(st.step), 0) | 1;
+      std::int64_t ntok = 0;
+      const double loss =
+          model.forward_backward(b.inputs.data(), b.targets.data(), b.batch, b.length, key, &ntok);
+      clip_grad_norm(store, opt.clip);
+      adamw_step(store, opt.adam, schedule(st.step), st.step);
+      result.step_losses.push_back(loss);
+      loss_sum += loss;
+      ++steps;
+      rep.tokens += ntok;
+      const double secs = rep.seconds + std::chrono::duration<double>(Clock::now() - t0).count();
+      progress.update(
+          st.step - first_step,
+          fmt::format("epoch {}/{} loss {:.4f} {:.0f} tok/s", st.epoch + 1, opt.epochs,
+                      loss_sum / double(steps), secs > 0 ? double(rep.tokens) / secs : 0.0));
+      if (stop_after_steps > 0 && st.step - first_step >= stop_after_steps) {
+        ++st.batch_in_epoch;
+        rep.seconds += std::chrono::duration<double>(Clock::now() - t0).count();
+        result.train_seconds += rep.seconds;
+        result.train_tokens += rep.tokens;
+        progress.finish();
+        if (!opt.checkpoint.empty()) io::save_checkpoint(opt.checkpoint, model, st, config);
+        return result;
+      }
+    }
+    rep.seconds += std::chrono::duration<double>(Clock::now() - t0).count();
+    rep.loss = steps ? loss_sum / double(steps) : 0.0;
+    result.train_seconds += rep.seconds;
+    result.train_tokens += rep.tokens;
+    const bool last = st.epoch + 1 == opt.epochs;
+    if (!split.valid.empty() &&
+        (last || (opt.eval_every > 0 && (st.epoch + 1) % opt.eval_every == 0)))
+      rep.valid = eval::evaluate(model, split.valid, {});
+    progress.finish();
+    if (opt.log_epochs) {
+      std::string line = fmt::format("epoch {}/{}  loss {:.4f}  {:.1f}s  {:.0f} tok/s", rep.epoch,
+                                     opt.epochs, rep.loss, rep.seconds,
+                                     rep.seconds > 0 ? double(rep.tokens) / rep.seconds : 0.0);
+      if (rep.valid)
+        line += fmt::format("  valid mrr@10 {:.4f} ndcg@10 {:.4f} hr@10 {:.4f}", rep.valid->mrr,
+                            rep.valid->ndcg, rep.valid->hr);
+      std::fprintf(stderr, "%s\n", line.c_str());
+    }
+    result.epochs.push_back(rep);
+    if (!opt.checkpoint.empty()) {
+      io::TrainState next{st.step, st.epoch + 1, 0};
+      io::save_checkpoint(opt.checkpoint, model, next, config);
+    }
+  }
+  return result;
+}
+
+}  // namespace seqrec::train

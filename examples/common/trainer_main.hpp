@@ -185,7 +185,7 @@ int run_trainer(int argc, char** argv, const std::string& name, const std::strin
                    static_cast<long long>(start.epoch), static_cast<long long>(start.step));
     }
     std::fprintf(stderr, "model: %s, %zu parameters, %d threads\n", Cfg::describe().c_str(),
-                 model.parameters().size(), backend.threads());
+                 model.parameters().num_parameters(), backend.threads());
 
     const train::TrainResult r = train::train(model, d.split, to, start, config);
     eval::EvalOptions eo;

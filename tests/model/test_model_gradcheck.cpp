@@ -47,7 +47,7 @@ TEMPLATE_TEST_CASE("model: loss gradient wrt every parameter tensor", "[cpu][gra
   const double loss = model.forward_backward(kInputs.data(), kTargets.data(), 3, 6, key, &count);
   CHECK(count == 12);
   CHECK(std::abs(loss - model.loss(kInputs.data(), kTargets.data(), 3, 6, key)) < 1e-12);
-  const std::vector<double> grads = store.grads();
+  const auto grads = store.grads();
   auto f = [&] { return model.loss(kInputs.data(), kTargets.data(), 3, 6, key); };
   for (const auto& e : store.entries()) {
     INFO("tensor " << e.name);

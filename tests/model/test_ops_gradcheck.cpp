@@ -128,7 +128,7 @@ TEST_CASE("cross-entropy: chunking does not change loss or gradients", "[cpu][gr
   const std::int32_t first = 4;
   auto h = random_vector(n * d, 15), w = random_vector(items * d, 16);
   const std::vector<std::int32_t> targets = {0, 4, 12, 7, 0, 5, 9};  // 0 = no target
-  std::vector<double> ws;
+  AlignedVector<double> ws;
   double ref_loss = 0;
   std::vector<double> ref_dh, ref_dw;
   for (std::int64_t chunk : {1, 2, 3, 100}) {
@@ -176,7 +176,7 @@ TEST_CASE("cross-entropy: chunking does not change loss or gradients", "[cpu][gr
   std::int64_t count = 0;
   ops::cross_entropy_forward_backward<double>({n, d, items, first, 2}, h.data(), targets.data(),
                                               w.data(), dh.data(), dw.data(), 1.0, &count, ws);
-  std::vector<double> fresh;
+  AlignedVector<double> fresh;
   ops::cross_entropy_forward_backward<double>({n, d, items, first, 2}, h.data(), targets.data(),
                                               w.data(), dh.data(), dw.data(), 1.0, &count, fresh);
   CHECK(fresh.size() == static_cast<std::size_t>(2 * items + 2 * 2 * d));

@@ -3,8 +3,15 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <vector>
 
 namespace seqrec {
+
+/// Every float buffer is 64-byte aligned (Eigen's max): Eigen peels unaligned heads off its
+/// vectorised reductions, so the summation order — and the last bits of a result — would
+/// otherwise depend on where malloc put a buffer, and two identical runs could differ.
+template <typename T>
+using AlignedVector = std::vector<T, Eigen::aligned_allocator<T>>;
 
 template <typename T>
 using MatRM = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "seqrec/core/eigen.hpp"
 #include "seqrec/core/error.hpp"
 #include "seqrec/io/safetensors.hpp"
 #include "seqrec/model/shape.hpp"
@@ -53,7 +54,7 @@ void save_checkpoint(const std::filesystem::path& path, const Model& model, cons
   data.metadata["config"] = config.dump();
   data.metadata["state"] = nlohmann::json(state).dump();
   for (const auto& e : store.entries()) {
-    auto put = [&](const std::string& prefix, const std::vector<T>& all) {
+    auto put = [&](const std::string& prefix, const AlignedVector<T>& all) {
       data.tensors[prefix + e.name] =
           Tensor::from<T>(std::span<const T>(all.data() + e.offset, e.numel), e.shape);
     };
@@ -120,7 +121,7 @@ CheckpointInfo load_checkpoint(const std::filesystem::path& path, Model& model,
         nlohmann::json(stored).dump());
   auto& store = model.parameters();
   for (const auto& e : store.entries()) {
-    auto get = [&](const std::string& prefix, std::vector<T>& all) {
+    auto get = [&](const std::string& prefix, AlignedVector<T>& all) {
       const std::string name = prefix + e.name;
       auto it = data.tensors.find(name);
       if (it == data.tensors.end()) throw InputError(file, 0, "checkpoint lacks tensor", name);

@@ -153,7 +153,7 @@ class Model {
   };
   /// Saved activations of one block, (B·L, ·) each.
   struct BlockCache {
-    std::vector<T> x_in, a1, stats1, qkv, probs, ctx, x_mid, a2, stats2;
+    AlignedVector<T> x_in, a1, stats1, qkv, probs, ctx, x_mid, a2, stats2;
     std::vector<std::uint8_t> drop_attn, drop_ffn;
     typename Ffn::Cache ffn;
   };
@@ -236,7 +236,7 @@ class Model {
     final_norm_[0].backward(store_, x_.data(), stats_f_.data(), dh_.data(), dx_.data(), N);
     const ops::AttentionShape as{B, L, D, shape_.heads};
     tmp_.resize(x_.size());
-    std::vector<T>& dbranch = dh_;  // dh_ is free again: reuse it for branch gradients
+    AlignedVector<T>& dbranch = dh_;  // dh_ is free again: reuse it for branch gradients
     for (std::size_t li = blocks_.size(); li-- > 0;) {
       const Block& blk = blocks_[li];
       BlockCache& c = caches_[li];
@@ -279,7 +279,7 @@ class Model {
       final_norm_;  // one element; a vector so that Norm need not be default-constructible
   // Activations of the last forward, reused across steps (no allocation in steady state).
   std::vector<std::int32_t> tokens_;
-  std::vector<T> x_, h_, stats_f_, tmp_, dx_, dh_, dqkv_, last_, ce_workspace_;
+  AlignedVector<T> x_, h_, stats_f_, tmp_, dx_, dh_, dqkv_, last_, ce_workspace_;
   std::vector<std::uint8_t> drop_emb_;
   std::vector<BlockCache> caches_;
   double last_p_ = 0.0;

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "seqrec/core/eigen.hpp"
 #include "seqrec/core/error.hpp"
 
 namespace seqrec {
@@ -40,10 +41,13 @@ class ParameterStore {
   ParamId add(std::string name, std::vector<std::int64_t> shape, bool decay, Init init,
               double init_std = 0.0) {
     for (const auto& e : entries_) SEQREC_CHECK(e.name != name, "duplicate parameter name " + name);
-    Entry e{std::move(name), std::move(shape), values_.size(), 0, decay, false, init, init_std};
+    // Each tensor starts on a 64-byte boundary, so its alignment is the same in every store.
+    constexpr std::size_t kAlign = 64 / sizeof(T) > 0 ? 64 / sizeof(T) : 1;
+    const std::size_t offset = (values_.size() + kAlign - 1) / kAlign * kAlign;
+    Entry e{std::move(name), std::move(shape), offset, 0, decay, false, init, init_std};
     e.numel = static_cast<std::size_t>(
         std::accumulate(e.shape.begin(), e.shape.end(), std::int64_t{1}, std::multiplies<>()));
-    values_.resize(values_.size() + e.numel, T(0));
+    values_.resize(offset + e.numel, T(0));
     grads_.resize(values_.size(), T(0));
     m_.resize(values_.size(), T(0));
     v_.resize(values_.size(), T(0));
@@ -66,21 +70,28 @@ class ParameterStore {
   }
   void set_frozen(ParamId id, bool frozen) { entries_.at(id.index).frozen = frozen; }
 
-  std::vector<T>& values() noexcept { return values_; }
-  const std::vector<T>& values() const noexcept { return values_; }
-  std::vector<T>& grads() noexcept { return grads_; }
-  const std::vector<T>& grads() const noexcept { return grads_; }
-  std::vector<T>& moment1() noexcept { return m_; }
-  const std::vector<T>& moment1() const noexcept { return m_; }
-  std::vector<T>& moment2() noexcept { return v_; }
-  const std::vector<T>& moment2() const noexcept { return v_; }
+  AlignedVector<T>& values() noexcept { return values_; }
+  const AlignedVector<T>& values() const noexcept { return values_; }
+  AlignedVector<T>& grads() noexcept { return grads_; }
+  const AlignedVector<T>& grads() const noexcept { return grads_; }
+  AlignedVector<T>& moment1() noexcept { return m_; }
+  const AlignedVector<T>& moment1() const noexcept { return m_; }
+  AlignedVector<T>& moment2() noexcept { return v_; }
+  const AlignedVector<T>& moment2() const noexcept { return v_; }
 
+  /// Elements in the flat arrays (tensor sizes plus alignment padding).
   std::size_t size() const noexcept { return values_.size(); }
+  /// Number of parameters (padding excluded).
+  std::size_t num_parameters() const noexcept {
+    std::size_t n = 0;
+    for (const auto& e : entries_) n += e.numel;
+    return n;
+  }
   void zero_grads() { std::fill(grads_.begin(), grads_.end(), T(0)); }
 
  private:
   std::vector<Entry> entries_;
-  std::vector<T> values_, grads_, m_, v_;
+  AlignedVector<T> values_, grads_, m_, v_;
 };
 
 }  // namespace seqrec

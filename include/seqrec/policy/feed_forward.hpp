@@ -22,8 +22,8 @@ struct Mlp {
   class Layer {
    public:
     struct Cache {
-      std::vector<T> pre;  // (N, F)
-      std::vector<T> act;  // (N, F)
+      AlignedVector<T> pre;  // (N, F)
+      AlignedVector<T> act;  // (N, F)
     };
 
     /// out_std initialises W2 (the residual-branch output; GPT-2 scales it by 1/sqrt(2·layers)).
@@ -52,7 +52,7 @@ struct Mlp {
     /// dy (N, D) → dx (N, D) overwritten; parameter gradients accumulated.
     void backward(ParameterStore<T>& s, const T* x, const Cache& c, const T* dy, T* dx,
                   std::int64_t n) const {
-      std::vector<T>& dact = scratch_;
+      AlignedVector<T>& dact = scratch_;
       dact.resize(static_cast<std::size_t>(n * inner_));
       ops::linear_backward(c.act.data(), s.value(w2_), dy, dact.data(), s.grad(w2_), s.grad(b2_), n,
                            inner_, dim_);
@@ -67,7 +67,7 @@ struct Mlp {
    private:
     ParamId w1_, b1_, w2_, b2_;
     std::int64_t dim_, inner_;
-    mutable std::vector<T> scratch_;
+    mutable AlignedVector<T> scratch_;
   };
 };
 

@@ -35,7 +35,7 @@ template <typename T>
 double cross_entropy_forward_backward(const CrossEntropyShape& s, const T* h,
                                       const std::int32_t* targets, const T* items, T* dh, T* ditems,
                                       T grad_scale, std::int64_t* count,
-                                      std::vector<T>& workspace) {
+                                      AlignedVector<T>& workspace) {
   const std::int64_t D = s.dim, I = s.num_items;
   std::vector<std::int64_t> rows;
   rows.reserve(static_cast<std::size_t>(s.rows));

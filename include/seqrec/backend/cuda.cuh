@@ -1,0 +1,308 @@
+// The CUDA backend: one stream, one cuBLASLt handle with a 32 MiB workspace, and a small caching
+// device allocator, so that ops never call cudaMalloc in a training step. Like cpu::Backend it
+// owns no maths beyond a thin row-major GEMM wrapper around its cuBLASLt handle (fp32 in, fp32
+// out, fp32 compute: no TF32, so results stay within fp32 rounding of the CPU ops).
+//
+// Everything runs on the backend's single stream, which is what makes the allocator simple: a
+// buffer freed after a kernel was queued on the stream may be handed to the next request at once,
+// because every later use is queued behind that kernel on the same stream. Blocks are cached in
+// free lists keyed by size bucket (powers of two up to 64 MiB, 2 MiB multiples above) and given
+// back to the driver when the backend is destroyed or when cudaMalloc runs out of memory.
+//
+// Every CUDA and cuBLAS call is checked: SEQREC_CUDA_CHECK / SEQREC_CUBLAS_CHECK throw
+// seqrec::Error naming the expression, file:line and the library's error string.
+#pragma once
+
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "seqrec/core/error.hpp"
+
+namespace seqrec::cuda::detail {
+
+[[noreturn]] inline void cuda_failed(const char* expr, const char* file, int line, cudaError_t e) {
+  throw ::seqrec::Error(std::string(file) + ":" + std::to_string(line) + ": CUDA call '" + expr +
+                        "' failed: " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
+}
+
+[[noreturn]] inline void cublas_failed(const char* expr, const char* file, int line,
+                                       cublasStatus_t s) {
+  throw ::seqrec::Error(std::string(file) + ":" + std::to_string(line) + ": cuBLAS call '" +
+                        expr + "' failed: status " + std::to_string(static_cast<int>(s)) + " (" +
+                        cublasLtGetStatusString(s) + ")");
+}
+
+}  // namespace seqrec::cuda::detail
+
+/// Throws seqrec::Error when a CUDA runtime call does not return cudaSuccess.
+#define SEQREC_CUDA_CHECK(expr)                                                        \
+  do {                                                                                 \
+    const cudaError_t seqrec_e_ = (expr);                                              \
+    if (seqrec_e_ != cudaSuccess)                                                      \
+      ::seqrec::cuda::detail::cuda_failed(#expr, __FILE__, __LINE__, seqrec_e_);       \
+  } while (0)
+
+/// Throws seqrec::Error when a cuBLAS / cuBLASLt call does not return CUBLAS_STATUS_SUCCESS.
+#define SEQREC_CUBLAS_CHECK(expr)                                                      \
+  do {                                                                                 \
+    const cublasStatus_t seqrec_s_ = (expr);                                           \
+    if (seqrec_s_ != CUBLAS_STATUS_SUCCESS)                                            \
+      ::seqrec::cuda::detail::cublas_failed(#expr, __FILE__, __LINE__, seqrec_s_);     \
+  } while (0)
+
+/// Checks the last kernel launch (configuration errors surface here, not at the <<<>>>).
+#define SEQREC_CUDA_CHECK_LAUNCH() SEQREC_CUDA_CHECK(cudaGetLastError())
+
+namespace seqrec::cuda {
+
+/// Number of CUDA devices, or 0 when cudaGetDeviceCount fails (no driver, driver too old:
+/// cudaErrorInsufficientDriver = 35). When `why` is given it receives the error string.
+inline int cuda_device_available(std::string* why = nullptr) {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    if (why != nullptr) *why = std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e);
+    (void)cudaGetLastError();  // clear the sticky-free error so later calls start clean
+    return 0;
+  }
+  if (n == 0 && why != nullptr) *why = "0 devices";
+  return n;
+}
+
+/// Size-bucketed cache of device blocks. Not thread-safe; single stream (see the file comment).
+class CachingAllocator {
+ public:
+  CachingAllocator() = default;
+  CachingAllocator(const CachingAllocator&) = delete;
+  CachingAllocator& operator=(const CachingAllocator&) = delete;
+  ~CachingAllocator() { release_cached(); }
+
+  /// A block of at least `bytes` bytes (256-byte aligned, as cudaMalloc's are).
+  void* allocate(std::size_t bytes) {
+    const std::size_t b = bucket(bytes);
+    auto it = free_.find(b);
+    if (it != free_.end() && !it->second.empty()) {
+      void* p = it->second.back();
+      it->second.pop_back();
+      live_.emplace(p, b);
+      return p;
+    }
+    void* p = nullptr;
+    cudaError_t e = cudaMalloc(&p, b);
+    if (e == cudaErrorMemoryAllocation) {
+      (void)cudaGetLastError();
+      release_cached();
+      e = cudaMalloc(&p, b);
+    }
+    if (e != cudaSuccess) {
+      throw ::seqrec::Error("cudaMalloc of " + std::to_string(b) + " bytes failed: " +
+                            cudaGetErrorString(e) + " (" + std::to_string(cached_bytes_) +
+                            " bytes cached, " + std::to_string(live_bytes()) + " live)");
+    }
+    live_.emplace(p, b);
+    return p;
+  }
+
+  /// Returns a block to its free list; the memory stays with the process.
+  void deallocate(void* p) noexcept {
+    if (p == nullptr) return;
+    auto it = live_.find(p);
+    if (it == live_.end()) return;  // not ours: nothing sensible to do in a noexcept path
+    free_[it->second].push_back(p);
+    cached_bytes_ += it->second;
+    live_.erase(it);
+  }
+
+  /// Frees every cached (not live) block. Synchronises the device first so that no queued kernel
+  /// still uses a block being freed.
+  void release_cached() noexcept {
+    if (cached_bytes_ == 0) return;
+    (void)cudaDeviceSynchronize();
+    for (auto& [b, list] : free_) {
+      for (void* p : list) (void)cudaFree(p);
+      list.clear();
+    }
+    cached_bytes_ = 0;
+  }
+
+  std::size_t cached_bytes() const noexcept { return cached_bytes_; }
+  std::size_t live_bytes() const noexcept {
+    std::size_t s = 0;
+    for (const auto& [p, b] : live_) s += b;
+    return s;
+  }
+
+  /// The bucket a request of `bytes` falls in: powers of two (at least 512 B) up to 64 MiB, then
+  /// multiples of 2 MiB.
+  static std::size_t bucket(std::size_t bytes) noexcept {
+    constexpr std::size_t kBig = std::size_t{64} << 20, kStep = std::size_t{2} << 20;
+    if (bytes <= 512) return 512;
+    if (bytes > kBig) return (bytes + kStep - 1) / kStep * kStep;
+    std::size_t b = 512;
+    while (b < bytes) b <<= 1;
+    return b;
+  }
+
+ private:
+  std::map<std::size_t, std::vector<void*>> free_;
+  std::map<void*, std::size_t> live_;
+  std::size_t cached_bytes_ = 0;
+};
+
+/// Owning handle to `count` elements of T in device memory from a CachingAllocator. Move-only;
+/// returns its block to the cache when destroyed. Contents are uninitialised.
+template <typename T>
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(CachingAllocator& a, std::size_t count) : alloc_(&a), count_(count) {
+    if (count > 0) ptr_ = static_cast<T*>(a.allocate(count * sizeof(T)));
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  DeviceBuffer(DeviceBuffer&& o) noexcept
+      : alloc_(std::exchange(o.alloc_, nullptr)),
+        ptr_(std::exchange(o.ptr_, nullptr)),
+        count_(std::exchange(o.count_, 0)) {}
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) {
+      reset();
+      alloc_ = std::exchange(o.alloc_, nullptr);
+      ptr_ = std::exchange(o.ptr_, nullptr);
+      count_ = std::exchange(o.count_, 0);
+    }
+    return *this;
+  }
+  ~DeviceBuffer() { reset(); }
+
+  void reset() noexcept {
+    if (alloc_ != nullptr && ptr_ != nullptr) alloc_->deallocate(ptr_);
+    ptr_ = nullptr;
+    count_ = 0;
+  }
+  T* data() noexcept { return ptr_; }
+  const T* data() const noexcept { return ptr_; }
+  std::size_t size() const noexcept { return count_; }
+  std::size_t bytes() const noexcept { return count_ * sizeof(T); }
+
+ private:
+  CachingAllocator* alloc_ = nullptr;
+  T* ptr_ = nullptr;
+  std::size_t count_ = 0;
+};
+
+/// The CUDA backend: device, stream, cuBLASLt handle + workspace, caching allocator.
+class Backend {
+ public:
+  using Scalar = float;
+  static constexpr const char* name = "cuda";
+  static constexpr std::size_t kWorkspaceBytes = std::size_t{32} << 20;
+
+  explicit Backend(int device = 0) : device_(device) {
+    SEQREC_CUDA_CHECK(cudaSetDevice(device_));
+    SEQREC_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    SEQREC_CUBLAS_CHECK(cublasLtCreate(&lt_));
+    workspace_ = DeviceBuffer<std::byte>(alloc_, kWorkspaceBytes);
+    SEQREC_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device_));
+    SEQREC_CUDA_CHECK(
+        cudaDeviceGetAttribute(&max_smem_optin_, cudaDevAttrMaxSharedMemoryPerBlockOptin, device_));
+  }
+  Backend(const Backend&) = delete;
+  Backend& operator=(const Backend&) = delete;
+  ~Backend() {
+    (void)cudaStreamSynchronize(stream_);
+    workspace_.reset();
+    alloc_.release_cached();
+    if (lt_ != nullptr) (void)cublasLtDestroy(lt_);
+    if (stream_ != nullptr) (void)cudaStreamDestroy(stream_);
+  }
+
+  cudaStream_t stream() const noexcept { return stream_; }
+  cublasLtHandle_t lt() const noexcept { return lt_; }
+  void* workspace() noexcept { return workspace_.data(); }
+  CachingAllocator& allocator() noexcept { return alloc_; }
+  int device() const noexcept { return device_; }
+  int num_sms() const noexcept { return num_sms_; }
+  /// Largest dynamic shared memory a block may opt in to (227 KiB on H100).
+  int max_smem_optin() const noexcept { return max_smem_optin_; }
+
+  template <typename T>
+  DeviceBuffer<T> buffer(std::size_t count) {
+    return DeviceBuffer<T>(alloc_, count);
+  }
+  void synchronize() { SEQREC_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+ private:
+  int device_ = 0;
+  cudaStream_t stream_ = nullptr;
+  cublasLtHandle_t lt_ = nullptr;
+  CachingAllocator alloc_;  // declared before workspace_: destroyed after it
+  DeviceBuffer<std::byte> workspace_;
+  int num_sms_ = 0;
+  int max_smem_optin_ = 0;
+};
+
+/// Row-major fp32 GEMM on the backend's stream:
+///   C (M, N) = alpha · op(A) (M, K) · op(B) (K, N) + beta · C,
+/// with op(X) = Xᵀ when trans_x. A is stored (M, K) row-major with leading dimension lda, or
+/// (K, M) when trans_a; likewise B is (K, N) or (N, K). cuBLASLt is column-major, so this computes
+/// Cᵀ = op(B)ᵀ · op(A)ᵀ, which reads the same memory. Compute type fp32 (no TF32).
+inline void gemm_rm(Backend& be, bool trans_a, bool trans_b, std::int64_t M, std::int64_t N,
+                    std::int64_t K, float alpha, const float* A, std::int64_t lda, const float* B,
+                    std::int64_t ldb, float beta, float* C, std::int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  // Column-major problem: m = N, n = M, k = K; first operand is B, second is A.
+  const cublasOperation_t opa = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t opb = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const std::uint64_t a_rows = trans_b ? K : N, a_cols = trans_b ? N : K;
+  const std::uint64_t b_rows = trans_a ? M : K, b_cols = trans_a ? K : M;
+
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
+  cublasLtMatmulPreference_t pref = nullptr;
+  // Release the descriptors on every path, including a throw.
+  struct Guard {
+    cublasLtMatmulDesc_t& op;
+    cublasLtMatrixLayout_t &la, &lb, &lc;
+    cublasLtMatmulPreference_t& pref;
+    ~Guard() {
+      if (pref) cublasLtMatmulPreferenceDestroy(pref);
+      if (lc) cublasLtMatrixLayoutDestroy(lc);
+      if (lb) cublasLtMatrixLayoutDestroy(lb);
+      if (la) cublasLtMatrixLayoutDestroy(la);
+      if (op) cublasLtMatmulDescDestroy(op);
+    }
+  } guard{op, la, lb, lc, pref};
+
+  SEQREC_CUBLAS_CHECK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  SEQREC_CUBLAS_CHECK(
+      cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa)));
+  SEQREC_CUBLAS_CHECK(
+      cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb)));
+  SEQREC_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, CUDA_R_32F, a_rows, a_cols, ldb));
+  SEQREC_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_32F, b_rows, b_cols, lda));
+  SEQREC_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, N, M, ldc));
+  SEQREC_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  const std::size_t ws = Backend::kWorkspaceBytes;
+  SEQREC_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+  cublasLtMatmulHeuristicResult_t heur{};
+  int found = 0;
+  SEQREC_CUBLAS_CHECK(
+      cublasLtMatmulAlgoGetHeuristic(be.lt(), op, la, lb, lc, lc, pref, 1, &heur, &found));
+  if (found == 0) {
+    throw ::seqrec::Error("cuBLASLt found no fp32 algorithm for M=" + std::to_string(M) +
+                          " N=" + std::to_string(N) + " K=" + std::to_string(K));
+  }
+  SEQREC_CUBLAS_CHECK(cublasLtMatmul(be.lt(), op, &alpha, B, la, A, lb, &beta, C, lc, C, lc,
+                                     &heur.algo, be.workspace(), ws, be.stream()));
+}
+
+}  // namespace seqrec::cuda

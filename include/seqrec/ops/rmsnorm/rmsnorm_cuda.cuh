@@ -1,0 +1,121 @@
+// RMSNorm on the GPU, fp32, matching ops/rmsnorm/rmsnorm_cpu.hpp:
+//   y = x · rstd · g,  rstd = 1 / sqrt(mean(x²) + eps)                  (per row of width D)
+//   dx = g·dy·rstd − x · Σ(g·dy·x) · rstd³ / D,  dg += Σ_rows dy·x·rstd.
+// One warp per row: lane k handles columns k, k+32, …, and the row sums are warp shuffles. The
+// backward writes dx directly and accumulates dg without atomics: a fixed grid of blocks walks the
+// rows in a fixed pattern, each warp adds its rows' dy·x·rstd into its own shared-memory row, the
+// block sums its warps in order into a (blocks, D) partial buffer, and a second small kernel sums
+// the partials over blocks in order into dg. The result is bit-identical from run to run.
+#pragma once
+
+#include <cstdint>
+
+#include "seqrec/backend/cuda.cuh"
+
+namespace seqrec::cuda {
+
+namespace detail {
+constexpr int kRmsWarps = 8;           // warps (rows in flight) per block
+constexpr int kRmsPartialBlocks = 256;  // fixed grid of the backward: fixes the summation order
+
+__device__ inline float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+}  // namespace detail
+
+/// x, y (N, D); g (D); rstd (N). Grid: ceil(N / 8) blocks of 8 warps, one warp per row.
+__global__ void rmsnorm_forward_kernel(const float* __restrict__ x, const float* __restrict__ g,
+                                       float* __restrict__ y, float* __restrict__ rstd,
+                                       std::int64_t n, std::int64_t d, float eps) {
+  const int lane = threadIdx.x & 31;
+  const std::int64_t r = static_cast<std::int64_t>(blockIdx.x) * detail::kRmsWarps +
+                         (threadIdx.x >> 5);
+  if (r >= n) return;
+  const float* xr = x + r * d;
+  float ss = 0.f;
+  for (std::int64_t j = lane; j < d; j += 32) ss += xr[j] * xr[j];
+  ss = detail::warp_sum(ss);
+  const float inv = 1.f / sqrtf(ss / static_cast<float>(d) + eps);
+  if (lane == 0) rstd[r] = inv;
+  float* yr = y + r * d;
+  for (std::int64_t j = lane; j < d; j += 32) yr[j] = xr[j] * inv * g[j];
+}
+
+/// dx (N, D) overwritten; partial (gridDim.x, D) receives this block's Σ dy·x·rstd per column.
+/// Dynamic shared memory: 8·D floats.
+__global__ void rmsnorm_backward_kernel(const float* __restrict__ x, const float* __restrict__ g,
+                                        const float* __restrict__ rstd,
+                                        const float* __restrict__ dy, float* __restrict__ dx,
+                                        float* __restrict__ partial, std::int64_t n,
+                                        std::int64_t d) {
+  extern __shared__ float smem[];  // (8, D): one row of column sums per warp
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float* acc = smem + warp * d;
+  for (std::int64_t j = lane; j < d; j += 32) acc[j] = 0.f;  // each lane owns its columns
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * detail::kRmsWarps;
+  for (std::int64_t r = static_cast<std::int64_t>(blockIdx.x) * detail::kRmsWarps + warp; r < n;
+       r += stride) {
+    const float* xr = x + r * d;
+    const float* dyr = dy + r * d;
+    float* dxr = dx + r * d;
+    const float inv = rstd[r];
+    float dot = 0.f;
+    for (std::int64_t j = lane; j < d; j += 32) {
+      dot += g[j] * dyr[j] * xr[j];
+      acc[j] += dyr[j] * xr[j] * inv;
+    }
+    dot = detail::warp_sum(dot);
+    const float c = dot * inv * inv * inv / static_cast<float>(d);
+    for (std::int64_t j = lane; j < d; j += 32) dxr[j] = g[j] * dyr[j] * inv - xr[j] * c;
+  }
+  __syncthreads();
+  for (std::int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+    float s = 0.f;
+    for (int w = 0; w < detail::kRmsWarps; ++w) s += smem[w * d + j];
+    partial[static_cast<std::int64_t>(blockIdx.x) * d + j] = s;
+  }
+}
+
+/// dg[j] += Σ_b partial[b, j], b in order. One thread per column.
+__global__ void rmsnorm_dgain_reduce_kernel(const float* __restrict__ partial,
+                                            float* __restrict__ dg, int blocks, std::int64_t d) {
+  const std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= d) return;
+  float s = 0.f;
+  for (int b = 0; b < blocks; ++b) s += partial[static_cast<std::int64_t>(b) * d + j];
+  dg[j] += s;
+}
+
+/// x, y (N, D); g (D); rstd (N) receives 1/rms. Device pointers; runs on be.stream().
+inline void rmsnorm_forward(Backend& be, const float* x, const float* g, float* y, float* rstd,
+                            std::int64_t n, std::int64_t d, float eps) {
+  if (n == 0) return;
+  const auto blocks = static_cast<unsigned>((n + detail::kRmsWarps - 1) / detail::kRmsWarps);
+  rmsnorm_forward_kernel<<<blocks, 32 * detail::kRmsWarps, 0, be.stream()>>>(x, g, y, rstd, n, d,
+                                                                            eps);
+  SEQREC_CUDA_CHECK_LAUNCH();
+}
+
+/// dx (N, D) overwritten; dg (D) accumulated (+=), deterministically. D ≤ 1536 (the backward
+/// keeps 8·D floats in shared memory, within the default 48 KiB).
+inline void rmsnorm_backward(Backend& be, const float* x, const float* g, const float* rstd,
+                             const float* dy, float* dx, float* dg, std::int64_t n,
+                             std::int64_t d) {
+  SEQREC_CHECK(d >= 1 && d <= 1536, "rmsnorm_backward (CUDA) supports 1 <= D <= 1536, got D = " +
+                                        std::to_string(d));
+  if (n == 0) return;
+  const std::int64_t needed = (n + detail::kRmsWarps - 1) / detail::kRmsWarps;
+  const int blocks =
+      static_cast<int>(needed < detail::kRmsPartialBlocks ? needed : detail::kRmsPartialBlocks);
+  auto partial = be.buffer<float>(static_cast<std::size_t>(blocks) * d);
+  const std::size_t smem = sizeof(float) * detail::kRmsWarps * static_cast<std::size_t>(d);
+  rmsnorm_backward_kernel<<<blocks, 32 * detail::kRmsWarps, smem, be.stream()>>>(
+      x, g, rstd, dy, dx, partial.data(), n, d);
+  SEQREC_CUDA_CHECK_LAUNCH();
+  rmsnorm_dgain_reduce_kernel<<<static_cast<unsigned>((d + 255) / 256), 256, 0, be.stream()>>>(
+      partial.data(), dg, blocks, d);
+  SEQREC_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace seqrec::cuda

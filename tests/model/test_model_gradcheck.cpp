@@ -23,6 +23,8 @@ ModelShape small_shape() {
   s.dropout = 0.3;
   s.init_std = 0.3;
   s.loss_chunk_elems = 2 * 11;  // two rows of logits at a time
+  s.moe_balance_coef = 0.5;     // large, so the auxiliary gradients are checked too
+  s.moe_z_coef = 0.1;
   return s;
 }
 
@@ -37,7 +39,8 @@ const std::vector<std::int32_t> kTargets = {0, 0, 5,  6,  7,  8,   //
 }  // namespace
 
 TEMPLATE_TEST_CASE("model: loss gradient wrt every parameter tensor", "[cpu][gradcheck]",
-                   SasRecConfig, SasRecSiluConfig) {
+                   SasRecConfig, SasRecSiluConfig, OursConfig, GatedConfig, MoeConfig,
+                   SasRecLayerNormConfig, (Config<pos::None, norm::RMSNorm, ffn::ReluMlp>)) {
   cpu::BackendF64 be(1);
   Model<TestType, cpu::BackendF64> model(small_shape(), be, 7);
   auto& store = model.parameters();
@@ -48,6 +51,7 @@ TEMPLATE_TEST_CASE("model: loss gradient wrt every parameter tensor", "[cpu][gra
   CHECK(count == 12);
   CHECK(std::abs(loss - model.loss(kInputs.data(), kTargets.data(), 3, 6, key)) < 1e-12);
   const auto grads = store.grads();
+  if constexpr (requires { TestType::FeedForward::experts; }) CHECK(model.aux_loss() > 0);
   auto f = [&] { return model.loss(kInputs.data(), kTargets.data(), 3, 6, key); };
   for (const auto& e : store.entries()) {
     INFO("tensor " << e.name);

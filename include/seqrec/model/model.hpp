@@ -50,19 +50,18 @@ class Model {
         backend_(&backend),
         item_emb_(store_.add("item_emb.weight", {shape.vocab_size, shape.dim}, true, Init::Normal,
                              shape.init_std)),
-        pos_(store_, shape.max_len, shape.dim, shape.init_std) {
+        pos_(store_, shape_) {
     const double out_std = shape.init_std / std::sqrt(2.0 * std::max(1, shape.layers));
     for (std::int32_t l = 0; l < shape.layers; ++l) {
       const std::string p = "blocks." + std::to_string(l);
       const std::int64_t D = shape.dim;
-      blocks_.push_back(
-          Block{Norm(store_, p + ".norm1", D, shape.norm_eps),
-                store_.add(p + ".attn.qkv.weight", {3 * D, D}, true, Init::Normal, shape.init_std),
-                store_.add(p + ".attn.qkv.bias", {3 * D}, false, Init::Zeros),
-                store_.add(p + ".attn.out.weight", {D, D}, true, Init::Normal, out_std),
-                store_.add(p + ".attn.out.bias", {D}, false, Init::Zeros),
-                Norm(store_, p + ".norm2", D, shape.norm_eps),
-                Ffn(store_, p + ".ffn", D, shape.ffn_dim, shape.init_std, out_std)});
+      blocks_.push_back(Block{
+          Norm(store_, p + ".norm1", D, shape.norm_eps),
+          store_.add(p + ".attn.qkv.weight", {3 * D, D}, true, Init::Normal, shape.init_std),
+          store_.add(p + ".attn.qkv.bias", {3 * D}, false, Init::Zeros),
+          store_.add(p + ".attn.out.weight", {D, D}, true, Init::Normal, out_std),
+          store_.add(p + ".attn.out.bias", {D}, false, Init::Zeros),
+          Norm(store_, p + ".norm2", D, shape.norm_eps), Ffn(store_, p + ".ffn", shape, out_std)});
     }
     final_norm_.emplace_back(store_, "norm_f", shape.dim, shape.norm_eps);
     initialise(seed);
@@ -117,7 +116,7 @@ class Model {
         dh_.data(), store_.grad(item_emb_) + kNumSpecialTokens * D, T(1.0 / double(count)), &seen,
         ce_workspace_);
     backward(batch, len);
-    return loss / double(count);
+    return loss / double(count) + aux_loss();
   }
 
   /// Forward only: the mean loss the same step would report (used by gradient checks).
@@ -129,7 +128,23 @@ class Model {
     const double loss = ops::cross_entropy_forward_backward<T>(
         ce_shape(N), h_.data(), targets, store_.value(item_emb_) + kNumSpecialTokens * shape_.dim,
         nullptr, nullptr, T(1), &count, ce_workspace_);
-    return count ? loss / double(count) : 0.0;
+    return (count ? loss / double(count) : 0.0) + aux_loss();
+  }
+
+  /// Sum of the feed-forward blocks' auxiliary losses in the last forward (MoE; 0 otherwise).
+  double aux_loss() const {
+    double a = 0;
+    for (std::size_t l = 0; l < blocks_.size(); ++l) a += blocks_[l].ffn.aux_loss(caches_[l].ffn);
+    return a;
+  }
+
+  /// Per block, the share of routed tokens each expert received since the last call (MoE
+  /// variants only; empty otherwise).
+  std::vector<std::vector<double>> take_expert_shares() const {
+    std::vector<std::vector<double>> out;
+    if constexpr (requires(const Ffn& f) { f.take_expert_shares(); })
+      for (const auto& b : blocks_) out.push_back(b.ffn.take_expert_shares());
+    return out;
   }
 
   /// Inference: scores (B, I) of every item for the position after the last token of each row.
@@ -165,9 +180,10 @@ class Model {
   }
 
   void check_tokens(const std::int32_t* tokens, std::int32_t batch, std::int32_t len) const {
-    if (len > shape_.max_len)
+    if (len > shape_.max_len && !Cfg::Position::extrapolates)
       throw InputError("model input", 0,
-                       "sequence window longer than --max-len " + std::to_string(shape_.max_len),
+                       "sequence window longer than --max-len " + std::to_string(shape_.max_len) +
+                           " (only extrapolating position encodings such as RoPE allow that)",
                        std::to_string(len));
     for (std::int64_t i = 0; i < std::int64_t{batch} * len; ++i) {
       if (tokens[i] < 0 || tokens[i] >= shape_.vocab_size)
@@ -185,6 +201,8 @@ class Model {
     const std::int64_t B = batch, L = len, N = B * L, D = shape_.dim;
     const double p = dropout_key ? shape_.dropout : 0.0;
     tokens_.assign(tokens, tokens + N);
+    valid_.resize(static_cast<std::size_t>(N));
+    for (std::int64_t i = 0; i < N; ++i) valid_[i] = tokens[i] != kPadToken;
     x_.resize(static_cast<std::size_t>(N * D));
     drop_emb_.resize(x_.size());
     const T scale = shape_.scale_embeddings ? std::sqrt(T(D)) : T(1);
@@ -205,6 +223,7 @@ class Model {
       c.qkv.resize(static_cast<std::size_t>(N * 3 * D));
       ops::linear_forward(c.a1.data(), store_.value(blk.qkv_w), store_.value(blk.qkv_b),
                           c.qkv.data(), N, D, 3 * D);
+      pos_.rotate_qk(c.qkv.data(), B, L);
       c.probs.resize(static_cast<std::size_t>(B * shape_.heads * L * L));
       c.ctx.resize(x_.size());
       ops::attention_forward(as, c.qkv.data(), tokens_.data(), kPadToken, c.ctx.data(),
@@ -218,7 +237,7 @@ class Model {
       c.a2.resize(x_.size());
       c.stats2.resize(c.stats1.size());
       blk.norm2.forward(store_, x_.data(), c.a2.data(), c.stats2.data(), N);
-      blk.ffn.forward(store_, c.a2.data(), tmp_.data(), c.ffn, N);
+      blk.ffn.forward(store_, c.a2.data(), tmp_.data(), c.ffn, N, valid_.data());
       c.drop_ffn.resize(x_.size());
       ops::dropout_forward(tmp_.data(), c.drop_ffn.data(), N * D, p, mix64(key ^ 0x5bd1e995));
       add_into(x_.data(), tmp_.data(), N * D);
@@ -253,6 +272,7 @@ class Model {
                            store_.grad(blk.out_w), store_.grad(blk.out_b), N, D, D);
       dqkv_.resize(static_cast<std::size_t>(N * 3 * D));
       ops::attention_backward(as, c.qkv.data(), c.probs.data(), tmp_.data(), dqkv_.data());
+      pos_.rotate_qk_backward(dqkv_.data(), B, L);
       ops::linear_backward(c.a1.data(), store_.value(blk.qkv_w), dqkv_.data(), tmp_.data(),
                            store_.grad(blk.qkv_w), store_.grad(blk.qkv_b), N, D, 3 * D);
       blk.norm1.backward(store_, c.x_in.data(), c.stats1.data(), tmp_.data(), dbranch.data(), N);
@@ -280,7 +300,7 @@ class Model {
   // Activations of the last forward, reused across steps (no allocation in steady state).
   std::vector<std::int32_t> tokens_;
   AlignedVector<T> x_, h_, stats_f_, tmp_, dx_, dh_, dqkv_, last_, ce_workspace_;
-  std::vector<std::uint8_t> drop_emb_;
+  std::vector<std::uint8_t> drop_emb_, valid_;
   std::vector<BlockCache> caches_;
   double last_p_ = 0.0;
 };

@@ -21,7 +21,10 @@ struct ModelShape {
   double dropout = 0.2;
   double init_std = 0.02;
   double norm_eps = 1e-6;
-  bool scale_embeddings = true;  // multiply item embeddings by sqrt(D) (SASRec)
+  bool scale_embeddings = true;    // multiply item embeddings by sqrt(D) (SASRec)
+  double rope_base = 10000.0;      // RoPE frequency base (used by pos::RoPE only)
+  double moe_balance_coef = 0.01;  // MoE Switch load-balancing loss weight (ffn::MoE only)
+  double moe_z_coef = 0.001;       // MoE router z-loss weight
   std::int64_t loss_chunk_elems = std::int64_t{1} << 22;  // max logits alive at once
 
   void validate() const {
@@ -38,6 +41,10 @@ struct ModelShape {
     if (!(dropout >= 0.0 && dropout < 1.0))
       bad("--dropout must be in [0, 1)", std::to_string(dropout));
     if (!(init_std > 0.0)) bad("init std must be > 0", std::to_string(init_std));
+    if (!(rope_base > 1.0)) bad("RoPE base must be > 1", std::to_string(rope_base));
+    if (!(moe_balance_coef >= 0))
+      bad("MoE balance coefficient must be >= 0", std::to_string(moe_balance_coef));
+    if (!(moe_z_coef >= 0)) bad("MoE z-loss coefficient must be >= 0", std::to_string(moe_z_coef));
     if (loss_chunk_elems < 1) bad("loss chunk must be >= 1", std::to_string(loss_chunk_elems));
   }
 };
@@ -53,7 +60,10 @@ inline void to_json(nlohmann::json& j, const ModelShape& s) {
        {"init_std", s.init_std},
        {"norm_eps", s.norm_eps},
        {"scale_embeddings", s.scale_embeddings},
-       {"loss_chunk_elems", s.loss_chunk_elems}};
+       {"loss_chunk_elems", s.loss_chunk_elems},
+       {"rope_base", s.rope_base},
+       {"moe_balance_coef", s.moe_balance_coef},
+       {"moe_z_coef", s.moe_z_coef}};
 }
 inline void from_json(const nlohmann::json& j, ModelShape& s) {
   j.at("vocab_size").get_to(s.vocab_size);
@@ -67,6 +77,9 @@ inline void from_json(const nlohmann::json& j, ModelShape& s) {
   j.at("norm_eps").get_to(s.norm_eps);
   j.at("scale_embeddings").get_to(s.scale_embeddings);
   j.at("loss_chunk_elems").get_to(s.loss_chunk_elems);
+  j.at("rope_base").get_to(s.rope_base);
+  j.at("moe_balance_coef").get_to(s.moe_balance_coef);
+  j.at("moe_z_coef").get_to(s.moe_z_coef);
 }
 
 }  // namespace seqrec

@@ -113,8 +113,10 @@ class Model {
     std::int64_t seen = 0;
     const double loss = ops::cross_entropy_forward_backward<T>(
         ce_shape(N), h_.data(), targets, store_.value(item_emb_) + kNumSpecialTokens * D,
-        dh_.data(), store_.grad(item_emb_) + kNumSpecialTokens * D, T(1.0 / double(count)), &seen,
-        ce_workspace_);
+        dh_.data(),
+        // A frozen table's gradient would be discarded: skip its (I, D) GEMM.
+        store_.entry(item_emb_).frozen ? nullptr : store_.grad(item_emb_) + kNumSpecialTokens * D,
+        T(1.0 / double(count)), &seen, ce_workspace_);
     backward(batch, len);
     return loss / double(count) + aux_loss();
   }
@@ -281,7 +283,8 @@ class Model {
     ops::dropout_backward(dx_.data(), drop_emb_.data(), N * D, p);
     pos_.add_backward(store_, dx_.data(), B, L);
     const T scale = shape_.scale_embeddings ? std::sqrt(T(D)) : T(1);
-    ops::embedding_backward(tokens_.data(), dx_.data(), store_.grad(item_emb_), N, D, scale);
+    if (!store_.entry(item_emb_).frozen)
+      ops::embedding_backward(tokens_.data(), dx_.data(), store_.grad(item_emb_), N, D, scale);
   }
 
   static void add_into(T* y, const T* x, std::int64_t n) {

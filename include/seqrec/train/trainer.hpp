@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -28,7 +29,13 @@
 namespace seqrec::train {
 
 struct TrainOptions {
-  std::int32_t epochs = 10;
+  std::int32_t epochs = 10;  // main (stage-2) epochs: everything trains
+  // Two-stage training: first `stage1_epochs` epochs at the constant `stage1_lr` with the
+  // `stage1_frozen` tensors frozen (the pretrained item table), then `epochs` epochs of
+  // everything with warmup + cosine and a fresh optimiser state (as a new optimiser would).
+  std::int32_t stage1_epochs = 0;
+  double stage1_lr = 5e-4;
+  std::vector<ParamId> stage1_frozen;
   std::int32_t batch = 128;
   double lr = 1e-3;
   std::int64_t warmup = -1;  // steps; -1: 5% of all steps
@@ -48,6 +55,7 @@ struct EpochReport {
   double seconds = 0;       // training time only
   std::int64_t tokens = 0;  // scored positions
   std::optional<eval::Metrics> valid;
+  std::vector<std::vector<double>> expert_shares;  // MoE: per block, per expert
 };
 
 struct TrainResult {
@@ -72,14 +80,20 @@ TrainResult train(Model& model, const data::Split& split, const TrainOptions& op
   data::TrainBatcher batcher(split.train, L, opt.batch);
   const std::int64_t per_epoch = static_cast<std::int64_t>(batcher.num_batches());
   SEQREC_CHECK(per_epoch > 0, "no training sequences");
-  const std::int64_t total = per_epoch * opt.epochs;
-  WarmupCosine schedule{opt.lr, opt.warmup >= 0 ? opt.warmup : total / 20, total, opt.min_lr_ratio};
+  const std::int64_t stage1_steps = per_epoch * opt.stage1_epochs;
+  const std::int64_t main_steps = per_epoch * opt.epochs;
+  const std::int64_t total = stage1_steps + main_steps;
+  const std::int32_t total_epochs = opt.stage1_epochs + opt.epochs;
+  const WarmupCosine schedule{opt.lr, opt.warmup >= 0 ? opt.warmup : main_steps / 20, main_steps,
+                              opt.min_lr_ratio};
   auto& store = model.parameters();
   TrainResult result;
   io::TrainState st = start;
   Progress progress("train", total - st.step, opt.progress);
   const std::int64_t first_step = st.step;
-  for (; st.epoch < opt.epochs; ++st.epoch, st.batch_in_epoch = 0) {
+  for (; st.epoch < total_epochs; ++st.epoch, st.batch_in_epoch = 0) {
+    const bool stage1 = st.epoch < opt.stage1_epochs;
+    for (ParamId id : opt.stage1_frozen) store.set_frozen(id, stage1);
     batcher.start_epoch(opt.seed, static_cast<std::uint64_t>(st.epoch));
     EpochReport rep;
     rep.epoch = st.epoch + 1;
@@ -96,7 +110,14 @@ TrainResult train(Model& model, const data::Split& split, const TrainOptions& op
       const double loss =
           model.forward_backward(b.inputs.data(), b.targets.data(), b.batch, b.length, key, &ntok);
       clip_grad_norm(store, opt.clip);
-      adamw_step(store, opt.adam, schedule(st.step), st.step);
+      // Optimiser steps count from the start of each stage; stage 2 starts from zero moments,
+      // as a freshly created optimiser would. Both follow from st.step, so resume is exact.
+      const std::int64_t adam_step = stage1 ? st.step : st.step - stage1_steps;
+      if (!stage1 && stage1_steps > 0 && adam_step == 1) {
+        std::fill(store.moment1().begin(), store.moment1().end(), 0);
+        std::fill(store.moment2().begin(), store.moment2().end(), 0);
+      }
+      adamw_step(store, opt.adam, stage1 ? opt.stage1_lr : schedule(adam_step), adam_step);
       result.step_losses.push_back(loss);
       loss_sum += loss;
       ++steps;
@@ -104,8 +125,9 @@ TrainResult train(Model& model, const data::Split& split, const TrainOptions& op
       const double secs = rep.seconds + std::chrono::duration<double>(Clock::now() - t0).count();
       progress.update(
           st.step - first_step,
-          fmt::format("epoch {}/{} loss {:.4f} {:.0f} tok/s", st.epoch + 1, opt.epochs,
-                      loss_sum / double(steps), secs > 0 ? double(rep.tokens) / secs : 0.0));
+          fmt::format("epoch {}/{}{} loss {:.4f} {:.0f} tok/s", st.epoch + 1, total_epochs,
+                      stage1 ? " (stage 1)" : "", loss_sum / double(steps),
+                      secs > 0 ? double(rep.tokens) / secs : 0.0));
       if (stop_after_steps > 0 && st.step - first_step >= stop_after_steps) {
         ++st.batch_in_epoch;
         rep.seconds += std::chrono::duration<double>(Clock::now() - t0).count();
@@ -120,18 +142,25 @@ TrainResult train(Model& model, const data::Split& split, const TrainOptions& op
     rep.loss = steps ? loss_sum / double(steps) : 0.0;
     result.train_seconds += rep.seconds;
     result.train_tokens += rep.tokens;
-    const bool last = st.epoch + 1 == opt.epochs;
+    rep.expert_shares = model.take_expert_shares();  // before validation routes more tokens
+    const bool last = st.epoch + 1 == total_epochs;
     if (!split.valid.empty() &&
         (last || (opt.eval_every > 0 && (st.epoch + 1) % opt.eval_every == 0)))
       rep.valid = eval::evaluate(model, split.valid, {});
+    model.take_expert_shares();
     progress.finish();
     if (opt.log_epochs) {
-      std::string line = fmt::format("epoch {}/{}  loss {:.4f}  {:.1f}s  {:.0f} tok/s", rep.epoch,
-                                     opt.epochs, rep.loss, rep.seconds,
-                                     rep.seconds > 0 ? double(rep.tokens) / rep.seconds : 0.0);
+      std::string line =
+          fmt::format("epoch {}/{}{}  loss {:.4f}  {:.1f}s  {:.0f} tok/s", rep.epoch, total_epochs,
+                      stage1 ? " (stage 1)" : "", rep.loss, rep.seconds,
+                      rep.seconds > 0 ? double(rep.tokens) / rep.seconds : 0.0);
       if (rep.valid)
         line += fmt::format("  valid mrr@10 {:.4f} ndcg@10 {:.4f} hr@10 {:.4f}", rep.valid->mrr,
                             rep.valid->ndcg, rep.valid->hr);
+      for (std::size_t l = 0; l < rep.expert_shares.size(); ++l) {
+        line += fmt::format("\n  block {} expert shares:", l);
+        for (double sh : rep.expert_shares[l]) line += fmt::format(" {:.3f}", sh);
+      }
       std::fprintf(stderr, "%s\n", line.c_str());
     }
     result.epochs.push_back(rep);

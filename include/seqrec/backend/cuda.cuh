@@ -9,6 +9,10 @@
 // free lists keyed by size bucket (powers of two up to 64 MiB, 2 MiB multiples above) and given
 // back to the driver when the backend is destroyed or when cudaMalloc runs out of memory.
 //
+// Kernels in the op headers are `static __global__`: this is a header-only library compiled
+// without -rdc, and a non-static kernel defined in a header is multiply defined at link time as
+// soon as two .cu files include it; static gives each translation unit its own copy.
+//
 // Every CUDA and cuBLAS call is checked: SEQREC_CUDA_CHECK / SEQREC_CUBLAS_CHECK throw
 // seqrec::Error naming the expression, file:line and the library's error string.
 #pragma once
@@ -34,27 +38,27 @@ namespace seqrec::cuda::detail {
 
 [[noreturn]] inline void cublas_failed(const char* expr, const char* file, int line,
                                        cublasStatus_t s) {
-  throw ::seqrec::Error(std::string(file) + ":" + std::to_string(line) + ": cuBLAS call '" +
-                        expr + "' failed: status " + std::to_string(static_cast<int>(s)) + " (" +
+  throw ::seqrec::Error(std::string(file) + ":" + std::to_string(line) + ": cuBLAS call '" + expr +
+                        "' failed: status " + std::to_string(static_cast<int>(s)) + " (" +
                         cublasLtGetStatusString(s) + ")");
 }
 
 }  // namespace seqrec::cuda::detail
 
 /// Throws seqrec::Error when a CUDA runtime call does not return cudaSuccess.
-#define SEQREC_CUDA_CHECK(expr)                                                        \
-  do {                                                                                 \
-    const cudaError_t seqrec_e_ = (expr);                                              \
-    if (seqrec_e_ != cudaSuccess)                                                      \
-      ::seqrec::cuda::detail::cuda_failed(#expr, __FILE__, __LINE__, seqrec_e_);       \
+#define SEQREC_CUDA_CHECK(expr)                                                  \
+  do {                                                                           \
+    const cudaError_t seqrec_e_ = (expr);                                        \
+    if (seqrec_e_ != cudaSuccess)                                                \
+      ::seqrec::cuda::detail::cuda_failed(#expr, __FILE__, __LINE__, seqrec_e_); \
   } while (0)
 
 /// Throws seqrec::Error when a cuBLAS / cuBLASLt call does not return CUBLAS_STATUS_SUCCESS.
-#define SEQREC_CUBLAS_CHECK(expr)                                                      \
-  do {                                                                                 \
-    const cublasStatus_t seqrec_s_ = (expr);                                           \
-    if (seqrec_s_ != CUBLAS_STATUS_SUCCESS)                                            \
-      ::seqrec::cuda::detail::cublas_failed(#expr, __FILE__, __LINE__, seqrec_s_);     \
+#define SEQREC_CUBLAS_CHECK(expr)                                                  \
+  do {                                                                             \
+    const cublasStatus_t seqrec_s_ = (expr);                                       \
+    if (seqrec_s_ != CUBLAS_STATUS_SUCCESS)                                        \
+      ::seqrec::cuda::detail::cublas_failed(#expr, __FILE__, __LINE__, seqrec_s_); \
   } while (0)
 
 /// Checks the last kernel launch (configuration errors surface here, not at the <<<>>>).
@@ -293,6 +297,23 @@ inline void gemm_rm(Backend& be, bool trans_a, bool trans_b, std::int64_t M, std
   const std::size_t ws = Backend::kWorkspaceBytes;
   SEQREC_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
       pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+  // cuBLASLt assumes 256-byte aligned operands unless told otherwise; views such as the item
+  // block of an embedding table (table + first_item·D) are less aligned, so state the truth.
+  auto alignment = [](const void* ptr) {
+    const auto a = reinterpret_cast<std::uintptr_t>(ptr);
+    std::uint32_t al = 256;
+    while (al > 1 && a % al != 0) al >>= 1;
+    return al;
+  };
+  const std::uint32_t al_first = alignment(B), al_second = alignment(A), al_c = alignment(C);
+  SEQREC_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_first, sizeof(al_first)));
+  SEQREC_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_second, sizeof(al_second)));
+  SEQREC_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof(al_c)));
+  SEQREC_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof(al_c)));
   cublasLtMatmulHeuristicResult_t heur{};
   int found = 0;
   SEQREC_CUBLAS_CHECK(

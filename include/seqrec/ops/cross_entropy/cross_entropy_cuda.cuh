@@ -46,10 +46,10 @@ struct SumOp {
 }  // namespace detail
 
 /// hc (c, D) = h[rows[i]] for i < c; rows (c).
-__global__ void cross_entropy_gather_kernel(const float* __restrict__ h,
-                                            const std::int32_t* __restrict__ rows,
-                                            float* __restrict__ hc, std::int64_t c,
-                                            std::int64_t d) {
+static __global__ void cross_entropy_gather_kernel(const float* __restrict__ h,
+                                                   const std::int32_t* __restrict__ rows,
+                                                   float* __restrict__ hc, std::int64_t c,
+                                                   std::int64_t d) {
   const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= c * d) return;
   const std::int64_t r = i / d, j = i - r * d;
@@ -57,10 +57,10 @@ __global__ void cross_entropy_gather_kernel(const float* __restrict__ h,
 }
 
 /// dh[rows[i]] = dhc[i] for i < c.
-__global__ void cross_entropy_scatter_kernel(const float* __restrict__ dhc,
-                                             const std::int32_t* __restrict__ rows,
-                                             float* __restrict__ dh, std::int64_t c,
-                                             std::int64_t d) {
+static __global__ void cross_entropy_scatter_kernel(const float* __restrict__ dhc,
+                                                    const std::int32_t* __restrict__ rows,
+                                                    float* __restrict__ dh, std::int64_t c,
+                                                    std::int64_t d) {
   const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= c * d) return;
   const std::int64_t r = i / d, j = i - r * d;
@@ -69,10 +69,9 @@ __global__ void cross_entropy_scatter_kernel(const float* __restrict__ dhc,
 
 /// One block per row of z (c, I): loss[i] = logsumexp(z_i) − z_i[t_i]; when with_grad, z_i is
 /// overwritten with (softmax(z_i) − onehot(t_i)) · grad_scale. target_items (c) in [0, I).
-__global__ void cross_entropy_forward_backward_kernel(float* __restrict__ z,
-                                                      const std::int32_t* __restrict__ target_items,
-                                                      float* __restrict__ loss, std::int64_t items,
-                                                      float grad_scale, int with_grad) {
+static __global__ void cross_entropy_forward_backward_kernel(
+    float* __restrict__ z, const std::int32_t* __restrict__ target_items, float* __restrict__ loss,
+    std::int64_t items, float grad_scale, int with_grad) {
   __shared__ float scratch[32];
   float* zr = z + static_cast<std::int64_t>(blockIdx.x) * items;
   const std::int64_t t = target_items[blockIdx.x];
@@ -101,10 +100,9 @@ __global__ void cross_entropy_forward_backward_kernel(float* __restrict__ z,
 /// with its fields (rows, dim, num_items, first_item, chunk_rows); a template so that this header
 /// does not pull Eigen into nvcc.
 template <typename Shape>
-double cross_entropy_forward_backward(Backend& be, const Shape& s,
-                                             const float* h, const std::int32_t* targets,
-                                             const float* items, float* dh, float* ditems,
-                                             float grad_scale, std::int64_t* count) {
+double cross_entropy_forward_backward(Backend& be, const Shape& s, const float* h,
+                                      const std::int32_t* targets, const float* items, float* dh,
+                                      float* ditems, float grad_scale, std::int64_t* count) {
   const std::int64_t D = s.dim, I = s.num_items;
   SEQREC_CHECK(s.rows < (std::int64_t{1} << 31), "cross_entropy (CUDA): N must be < 2^31");
   // List the scored rows on the host, validating targets exactly as the CPU op does.
@@ -155,9 +153,8 @@ double cross_entropy_forward_backward(Backend& be, const Shape& s,
     // Z (c, I) = Hc (c, D) · Wᵀ, W (I, D).
     gemm_rm(be, false, true, c, I, D, 1.f, hc.data(), D, items, D, 0.f, logits.data(), I);
     cross_entropy_forward_backward_kernel<<<static_cast<unsigned>(c), detail::kCeThreads, 0,
-                                            be.stream()>>>(logits.data(), d_titems.data() + c0,
-                                                           d_loss.data() + c0, I, grad_scale,
-                                                           with_grad ? 1 : 0);
+                                            be.stream()>>>(
+        logits.data(), d_titems.data() + c0, d_loss.data() + c0, I, grad_scale, with_grad ? 1 : 0);
     SEQREC_CUDA_CHECK_LAUNCH();
     if (dh != nullptr) {
       // dHc (c, D) = G (c, I) · W (I, D).

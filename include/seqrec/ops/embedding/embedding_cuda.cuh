@@ -10,8 +10,8 @@
 // group sums are added in order, so the result is the same every run.
 #pragma once
 
-#include <cub/cub.cuh>
 #include <cstdint>
+#include <cub/cub.cuh>
 
 #include "seqrec/backend/cuda.cuh"
 
@@ -22,9 +22,10 @@ constexpr int kEmbGroups = 8;  // row groups per block in the backward
 }
 
 /// x[i] = table[tokens[i / D] · D + i mod D] · scale, i < N·D (grid-stride).
-__global__ void embedding_forward_kernel(const std::int32_t* __restrict__ tokens,
-                                         const float* __restrict__ table, float* __restrict__ x,
-                                         std::int64_t n, std::int64_t d, float scale) {
+static __global__ void embedding_forward_kernel(const std::int32_t* __restrict__ tokens,
+                                                const float* __restrict__ table,
+                                                float* __restrict__ x, std::int64_t n,
+                                                std::int64_t d, float scale) {
   const std::int64_t total = n * d;
   for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
@@ -34,7 +35,7 @@ __global__ void embedding_forward_kernel(const std::int32_t* __restrict__ tokens
 }
 
 /// Fills rows[i] = i (the values sorted alongside the tokens).
-__global__ void embedding_iota_kernel(std::int32_t* __restrict__ rows, std::int64_t n) {
+static __global__ void embedding_iota_kernel(std::int32_t* __restrict__ rows, std::int64_t n) {
   const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) rows[i] = static_cast<std::int32_t>(i);
 }
@@ -42,13 +43,11 @@ __global__ void embedding_iota_kernel(std::int32_t* __restrict__ rows, std::int6
 /// One block (32 × 8 threads) per run of equal tokens in sorted order. run_token (R), run_start
 /// (R), run_length (R); *num_runs ≤ gridDim.x is read on the device. sorted_rows (N) are row
 /// indices of dx (N, D) grouped by token; dtable (V, D) += Σ_run dx[row] · scale.
-__global__ void embedding_backward_kernel(const std::int32_t* __restrict__ run_token,
-                                          const std::int32_t* __restrict__ run_start,
-                                          const std::int32_t* __restrict__ run_length,
-                                          const std::int32_t* __restrict__ num_runs,
-                                          const std::int32_t* __restrict__ sorted_rows,
-                                          const float* __restrict__ dx, float* __restrict__ dtable,
-                                          std::int64_t d, float scale) {
+static __global__ void embedding_backward_kernel(
+    const std::int32_t* __restrict__ run_token, const std::int32_t* __restrict__ run_start,
+    const std::int32_t* __restrict__ run_length, const std::int32_t* __restrict__ num_runs,
+    const std::int32_t* __restrict__ sorted_rows, const float* __restrict__ dx,
+    float* __restrict__ dtable, std::int64_t d, float scale) {
   __shared__ float part[detail::kEmbGroups][32];
   const int run = blockIdx.x;
   if (run >= *num_runs) return;  // uniform over the block: no __syncthreads is skipped by some
@@ -74,8 +73,8 @@ __global__ void embedding_backward_kernel(const std::int32_t* __restrict__ run_t
 }
 
 /// tokens (N) → x (N, D) = table[tokens] · scale. Tokens must already be validated (< V).
-inline void embedding_forward(Backend& be, const std::int32_t* tokens, const float* table,
-                              float* x, std::int64_t n, std::int64_t d, float scale) {
+inline void embedding_forward(Backend& be, const std::int32_t* tokens, const float* table, float* x,
+                              std::int64_t n, std::int64_t d, float scale) {
   const std::int64_t total = n * d;
   if (total == 0) return;
   const std::int64_t want = (total + 255) / 256;

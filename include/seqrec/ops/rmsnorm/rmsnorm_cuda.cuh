@@ -15,7 +15,7 @@
 namespace seqrec::cuda {
 
 namespace detail {
-constexpr int kRmsWarps = 8;           // warps (rows in flight) per block
+constexpr int kRmsWarps = 8;            // warps (rows in flight) per block
 constexpr int kRmsPartialBlocks = 256;  // fixed grid of the backward: fixes the summation order
 
 __device__ inline float warp_sum(float v) {
@@ -25,12 +25,13 @@ __device__ inline float warp_sum(float v) {
 }  // namespace detail
 
 /// x, y (N, D); g (D); rstd (N). Grid: ceil(N / 8) blocks of 8 warps, one warp per row.
-__global__ void rmsnorm_forward_kernel(const float* __restrict__ x, const float* __restrict__ g,
-                                       float* __restrict__ y, float* __restrict__ rstd,
-                                       std::int64_t n, std::int64_t d, float eps) {
+static __global__ void rmsnorm_forward_kernel(const float* __restrict__ x,
+                                              const float* __restrict__ g, float* __restrict__ y,
+                                              float* __restrict__ rstd, std::int64_t n,
+                                              std::int64_t d, float eps) {
   const int lane = threadIdx.x & 31;
-  const std::int64_t r = static_cast<std::int64_t>(blockIdx.x) * detail::kRmsWarps +
-                         (threadIdx.x >> 5);
+  const std::int64_t r =
+      static_cast<std::int64_t>(blockIdx.x) * detail::kRmsWarps + (threadIdx.x >> 5);
   if (r >= n) return;
   const float* xr = x + r * d;
   float ss = 0.f;
@@ -44,11 +45,12 @@ __global__ void rmsnorm_forward_kernel(const float* __restrict__ x, const float*
 
 /// dx (N, D) overwritten; partial (gridDim.x, D) receives this block's Σ dy·x·rstd per column.
 /// Dynamic shared memory: 8·D floats.
-__global__ void rmsnorm_backward_kernel(const float* __restrict__ x, const float* __restrict__ g,
-                                        const float* __restrict__ rstd,
-                                        const float* __restrict__ dy, float* __restrict__ dx,
-                                        float* __restrict__ partial, std::int64_t n,
-                                        std::int64_t d) {
+static __global__ void rmsnorm_backward_kernel(const float* __restrict__ x,
+                                               const float* __restrict__ g,
+                                               const float* __restrict__ rstd,
+                                               const float* __restrict__ dy, float* __restrict__ dx,
+                                               float* __restrict__ partial, std::int64_t n,
+                                               std::int64_t d) {
   extern __shared__ float smem[];  // (8, D): one row of column sums per warp
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   float* acc = smem + warp * d;
@@ -78,8 +80,9 @@ __global__ void rmsnorm_backward_kernel(const float* __restrict__ x, const float
 }
 
 /// dg[j] += Σ_b partial[b, j], b in order. One thread per column.
-__global__ void rmsnorm_dgain_reduce_kernel(const float* __restrict__ partial,
-                                            float* __restrict__ dg, int blocks, std::int64_t d) {
+static __global__ void rmsnorm_dgain_reduce_kernel(const float* __restrict__ partial,
+                                                   float* __restrict__ dg, int blocks,
+                                                   std::int64_t d) {
   const std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (j >= d) return;
   float s = 0.f;
@@ -93,7 +96,7 @@ inline void rmsnorm_forward(Backend& be, const float* x, const float* g, float* 
   if (n == 0) return;
   const auto blocks = static_cast<unsigned>((n + detail::kRmsWarps - 1) / detail::kRmsWarps);
   rmsnorm_forward_kernel<<<blocks, 32 * detail::kRmsWarps, 0, be.stream()>>>(x, g, y, rstd, n, d,
-                                                                            eps);
+                                                                             eps);
   SEQREC_CUDA_CHECK_LAUNCH();
 }
 
@@ -102,8 +105,8 @@ inline void rmsnorm_forward(Backend& be, const float* x, const float* g, float* 
 inline void rmsnorm_backward(Backend& be, const float* x, const float* g, const float* rstd,
                              const float* dy, float* dx, float* dg, std::int64_t n,
                              std::int64_t d) {
-  SEQREC_CHECK(d >= 1 && d <= 1536, "rmsnorm_backward (CUDA) supports 1 <= D <= 1536, got D = " +
-                                        std::to_string(d));
+  SEQREC_CHECK(d >= 1 && d <= 1536,
+               "rmsnorm_backward (CUDA) supports 1 <= D <= 1536, got D = " + std::to_string(d));
   if (n == 0) return;
   const std::int64_t needed = (n + detail::kRmsWarps - 1) / detail::kRmsWarps;
   const int blocks =

@@ -1,0 +1,240 @@
+// GPU timings of every CUDA op, forward + backward, at the realistic shapes the tests use and at
+// the study's configuration (N = 1024·20 tokens, D = 1024, I = 16859). Plain CUDA, no Google
+// Benchmark: each case runs 3 warm-up iterations, then 20 timed ones (a cudaEvent pair around
+// each), and reports the median. Prints one markdown table: op, shape, ms, achieved GB/s or
+// TFLOP/s, and the fraction of an H100 SXM's peak. Peaks used: 3.35 TB/s HBM3 for memory-bound
+// ops, 67 TFLOP/s fp32 (non-tensor) for GEMM-bound ones — our GEMMs run with fp32 compute (no
+// TF32), so the fp32 peak is the honest bar; the tf32 dense peak (495 TFLOP/s) is not used.
+// Byte counts are the compulsory traffic (each tensor read or written once); flop counts are the
+// useful ones (causal attention counts half the L×L products). Exits 77 when no GPU answers.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "seqrec/backend/cuda.cuh"
+#include "seqrec/core/random.hpp"
+#include "seqrec/ops/attention/attention_cuda.cuh"
+#include "seqrec/ops/cross_entropy/cross_entropy_cuda.cuh"
+#include "seqrec/ops/embedding/embedding_cuda.cuh"
+#include "seqrec/ops/rmsnorm/rmsnorm_cuda.cuh"
+#include "seqrec/train/adamw_cuda.cuh"
+
+namespace {
+
+using seqrec::Rng;
+using seqrec::cuda::Backend;
+using seqrec::cuda::DeviceBuffer;
+
+constexpr double kPeakBytes = 3.35e12;  // H100 SXM HBM3, bytes/s
+constexpr double kPeakFp32 = 67e12;     // H100 SXM fp32 non-tensor, flop/s
+constexpr int kWarmup = 3, kReps = 20;
+
+struct CeShape {
+  std::int64_t rows, dim, num_items;
+  std::int32_t first_item;
+  std::int64_t chunk_rows;
+};
+struct AttnShape {
+  std::int64_t batch, length, dim, heads;
+};
+struct AdamOpts {
+  double beta1 = 0.9, beta2 = 0.98, eps = 1e-8, weight_decay = 0.1;
+};
+
+/// Median milliseconds of f() over kReps runs after kWarmup, timed with events on be's stream.
+double time_ms(Backend& be, const std::function<void()>& f) {
+  for (int i = 0; i < kWarmup; ++i) f();
+  be.synchronize();
+  cudaEvent_t a, b;
+  SEQREC_CUDA_CHECK(cudaEventCreate(&a));
+  SEQREC_CUDA_CHECK(cudaEventCreate(&b));
+  std::vector<float> ms(kReps);
+  for (int i = 0; i < kReps; ++i) {
+    SEQREC_CUDA_CHECK(cudaEventRecord(a, be.stream()));
+    f();
+    SEQREC_CUDA_CHECK(cudaEventRecord(b, be.stream()));
+    SEQREC_CUDA_CHECK(cudaEventSynchronize(b));
+    SEQREC_CUDA_CHECK(cudaEventElapsedTime(&ms[i], a, b));
+  }
+  SEQREC_CUDA_CHECK(cudaEventDestroy(a));
+  SEQREC_CUDA_CHECK(cudaEventDestroy(b));
+  std::sort(ms.begin(), ms.end());
+  return 0.5 * (ms[kReps / 2 - 1] + ms[kReps / 2]);
+}
+
+template <typename T>
+DeviceBuffer<T> upload(Backend& be, const std::vector<T>& h) {
+  auto d = be.buffer<T>(h.size());
+  SEQREC_CUDA_CHECK(
+      cudaMemcpyAsync(d.data(), h.data(), d.bytes(), cudaMemcpyHostToDevice, be.stream()));
+  be.synchronize();
+  return d;
+}
+
+/// Uniform in [−a, a): cheap, and the values do not change the timings.
+DeviceBuffer<float> random(Backend& be, Rng& rng, std::int64_t n, double a = 1.0) {
+  std::vector<float> h(static_cast<std::size_t>(n));
+  for (auto& x : h) x = float(a * (2 * rng.uniform() - 1));
+  return upload(be, h);
+}
+
+void row(const std::string& op, const std::string& shape, double ms, double amount, bool flops) {
+  const double rate = amount / (ms * 1e-3);
+  const double pct = 100.0 * rate / (flops ? kPeakFp32 : kPeakBytes);
+  char buf[128];
+  if (flops)
+    std::snprintf(buf, sizeof buf, "%.2f TFLOP/s", rate * 1e-12);
+  else
+    std::snprintf(buf, sizeof buf, "%.0f GB/s", rate * 1e-9);
+  std::printf("| %s | %s | %.3f | %s | %.1f%% |\n", op.c_str(), shape.c_str(), ms, buf, pct);
+  std::fflush(stdout);
+}
+
+void bench_rmsnorm(Backend& be, Rng& rng, std::int64_t n, std::int64_t d) {
+  auto x = random(be, rng, n * d), g = random(be, rng, d), dy = random(be, rng, n * d);
+  auto y = be.buffer<float>(n * d), rstd = be.buffer<float>(n), dx = be.buffer<float>(n * d),
+       dg = be.buffer<float>(d);
+  SEQREC_CUDA_CHECK(cudaMemsetAsync(dg.data(), 0, dg.bytes(), be.stream()));
+  const double ms = time_ms(be, [&] {
+    seqrec::cuda::rmsnorm_forward(be, x.data(), g.data(), y.data(), rstd.data(), n, d, 1e-6f);
+    seqrec::cuda::rmsnorm_backward(be, x.data(), g.data(), rstd.data(), dy.data(), dx.data(),
+                                   dg.data(), n, d);
+  });
+  // fwd reads x, writes y; bwd reads x, dy, writes dx.
+  row("rmsnorm fwd+bwd", "N=" + std::to_string(n) + " D=" + std::to_string(d), ms,
+      5.0 * n * d * sizeof(float), false);
+}
+
+void bench_embedding(Backend& be, Rng& rng, std::int64_t n, std::int64_t d, std::int64_t vocab) {
+  std::vector<std::int32_t> tok(static_cast<std::size_t>(n));
+  for (auto& t : tok) t = rng.uniform() < 0.25 ? 0 : std::int32_t(rng.below(vocab));
+  auto dtok = upload(be, tok);
+  auto table = random(be, rng, vocab * d), ddx = random(be, rng, n * d);
+  auto x = be.buffer<float>(n * d), dtable = be.buffer<float>(vocab * d);
+  SEQREC_CUDA_CHECK(cudaMemsetAsync(dtable.data(), 0, dtable.bytes(), be.stream()));
+  const float scale = std::sqrt(float(d));
+  const double ms = time_ms(be, [&] {
+    seqrec::cuda::embedding_forward(be, dtok.data(), table.data(), x.data(), n, d, scale);
+    seqrec::cuda::embedding_backward(be, dtok.data(), ddx.data(), dtable.data(), n, d, vocab,
+                                     scale);
+  });
+  // fwd gathers and writes N·D; bwd reads dx (N·D); table rows and the sort are not counted.
+  row("embedding fwd+bwd",
+      "N=" + std::to_string(n) + " D=" + std::to_string(d) + " V=" + std::to_string(vocab) +
+          " (25% pad)",
+      ms, 3.0 * n * d * sizeof(float), false);
+}
+
+void bench_cross_entropy(Backend& be, Rng& rng, std::int64_t n, std::int64_t d, std::int64_t items,
+                         std::int64_t chunk) {
+  std::vector<std::int32_t> tgt(static_cast<std::size_t>(n));
+  for (auto& t : tgt) t = std::int32_t(4 + rng.below(items));
+  auto dtgt = upload(be, tgt);
+  auto h = random(be, rng, n * d), w = random(be, rng, items * d, 1.0 / std::sqrt(double(d)));
+  auto dh = be.buffer<float>(n * d), dw = be.buffer<float>(items * d);
+  SEQREC_CUDA_CHECK(cudaMemsetAsync(dw.data(), 0, dw.bytes(), be.stream()));
+  CeShape s{n, d, items, 4, chunk};
+  std::int64_t count = 0;
+  const double ms = time_ms(be, [&] {
+    (void)seqrec::cuda::cross_entropy_forward_backward(be, s, h.data(), dtgt.data(), w.data(),
+                                                       dh.data(), dw.data(), 1.f / n, &count);
+  });
+  // Three GEMMs of N·I·D multiply-adds (logits, dh, dW).
+  row("cross_entropy fwd+bwd",
+      "N=" + std::to_string(n) + " D=" + std::to_string(d) + " I=" + std::to_string(items) +
+          " chunk=" + std::to_string(chunk),
+      ms, 6.0 * n * items * d, true);
+}
+
+void bench_attention(Backend& be, Rng& rng, std::int64_t B, std::int64_t L, std::int64_t D,
+                     std::int64_t H) {
+  std::vector<std::int32_t> tok(static_cast<std::size_t>(B * L));
+  for (std::int64_t b = 0; b < B; ++b) {
+    const std::int64_t k = std::int64_t(rng.below(std::uint64_t(L)));
+    for (std::int64_t i = 0; i < L; ++i) tok[b * L + i] = i < k ? 0 : 1 + std::int32_t(i);
+  }
+  auto dtok = upload(be, tok);
+  auto qkv = random(be, rng, B * L * 3 * D), dout = random(be, rng, B * L * D);
+  auto out = be.buffer<float>(B * L * D), probs = be.buffer<float>(B * H * L * L),
+       dqkv = be.buffer<float>(B * L * 3 * D);
+  AttnShape s{B, L, D, H};
+  const double ms = time_ms(be, [&] {
+    seqrec::cuda::attention_forward(be, s, qkv.data(), dtok.data(), 0, out.data(), probs.data());
+    seqrec::cuda::attention_backward(be, s, qkv.data(), probs.data(), dout.data(), dqkv.data());
+  });
+  // Causal: fwd QKᵀ, PV and bwd dP, dV, dQ, dK each ≈ B·H·(L²/2)·dh multiply-adds.
+  row("attention fwd+bwd",
+      "B=" + std::to_string(B) + " L=" + std::to_string(L) + " D=" + std::to_string(D) +
+          " H=" + std::to_string(H),
+      ms, 6.0 * B * H * L * L * (D / H), true);
+}
+
+void bench_adamw(Backend& be, Rng& rng, std::int64_t n) {
+  auto p = random(be, rng, n), g = random(be, rng, n, 1e-2), m = random(be, rng, n, 1e-3);
+  auto v = be.buffer<float>(n);  // second moment starts at 0, as in training
+  SEQREC_CUDA_CHECK(cudaMemsetAsync(v.data(), 0, v.bytes(), be.stream()));
+  std::vector<seqrec::cuda::AdamWSegment> segs = {{0, n / 2, true, false},
+                                                  {n / 2, n - n / 2, false, false}};
+  seqrec::cuda::AdamWPlan plan(be, segs);
+  AdamOpts o;
+  std::int64_t step = 1;
+  const double ms = time_ms(be, [&] {
+    (void)seqrec::cuda::clip_grad_norm(be, plan, g.data(), 1e30);
+    seqrec::cuda::adamw_step(be, plan, p.data(), g.data(), m.data(), v.data(), o, 1e-3, step++);
+  });
+  // norm reads g; step reads p, g, m, v and writes p, m, v.
+  row("grad_norm + adamw step", "params=" + std::to_string(n), ms, 8.0 * n * sizeof(float), false);
+}
+
+template <typename F>
+void guarded(const std::string& what, F&& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    std::printf("| %s | FAILED: %s | | | |\n", what.c_str(), e.what());
+    std::fflush(stdout);
+  }
+}
+
+}  // namespace
+
+int main() {
+  std::string why;
+  if (seqrec::cuda::cuda_device_available(&why) == 0) {
+    std::printf("no CUDA device (cudaGetDeviceCount: %s), skipping\n", why.c_str());
+    return 77;
+  }
+  try {
+    Backend be(0);
+    cudaDeviceProp prop{};
+    SEQREC_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    std::printf(
+        "device: %s; median of %d runs after %d warm-up; %% of H100 SXM peak: %.2f TB/s "
+        "HBM or %.0f TFLOP/s fp32 non-tensor (GEMMs use fp32 compute, no TF32)\n\n",
+        prop.name, kReps, kWarmup, kPeakBytes * 1e-12, kPeakFp32 * 1e-12);
+    std::printf("| op | shape | ms | achieved | %% of peak |\n|---|---|---|---|---|\n");
+    Rng rng(7);
+    guarded("rmsnorm", [&] { bench_rmsnorm(be, rng, 25600, 64); });
+    guarded("rmsnorm", [&] { bench_rmsnorm(be, rng, 25600, 1024); });
+    guarded("rmsnorm", [&] { bench_rmsnorm(be, rng, 20480, 1024); });
+    guarded("embedding", [&] { bench_embedding(be, rng, 25600, 64, 3710); });
+    guarded("embedding", [&] { bench_embedding(be, rng, 20480, 1024, 16863); });
+    guarded("cross_entropy", [&] { bench_cross_entropy(be, rng, 4096, 64, 3706, 1024); });
+    guarded("cross_entropy", [&] { bench_cross_entropy(be, rng, 4096, 64, 16859, 1024); });
+    guarded("cross_entropy", [&] { bench_cross_entropy(be, rng, 20480, 1024, 16859, 1024); });
+    guarded("attention", [&] { bench_attention(be, rng, 64, 200, 64, 1); });
+    guarded("attention", [&] { bench_attention(be, rng, 256, 20, 256, 8); });
+    guarded("attention", [&] { bench_attention(be, rng, 1024, 20, 1024, 8); });
+    // Study-sized store: the item table (16863 × 1024) plus two blocks of 12·D² weights.
+    guarded("adamw", [&] { bench_adamw(be, rng, 16863LL * 1024 + 2 * 12LL * 1024 * 1024); });
+  } catch (const std::exception& e) {
+    std::printf("bench setup failed: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,419 @@
+// Every CUDA op against its CPU reference, on fresh random inputs, at small odd shapes (edges:
+// widths that are not multiples of 32, chunk and tile boundaries) and at the realistic shapes of
+// the study. Prints one line per check,
+//   PASS|FAIL <op> <shape> max_abs_err=… max_rel_err=… (rtol … atol …)
+// and a summary; exits 0 iff every check passes, 77 (ctest: skipped) when no GPU answers.
+//
+// A check passes when every element satisfies |gpu − cpu| ≤ atol + rtol·|cpu|, with atol given as
+// a fraction of max|cpu| (outputs differ in scale by orders of magnitude). max_rel_err is taken
+// over elements with |cpu| > atol; below that only atol is meaningful. Tolerances and their
+// reasons sit beside each check. The CPU reference runs single-threaded here (nvcc compiles this
+// file without -fopenmp, so its OpenMP pragmas are ignored), in the order the CPU op documents.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "seqrec/backend/cuda.cuh"
+#include "seqrec/core/random.hpp"
+#include "seqrec/model/parameter_store.hpp"
+#include "seqrec/ops/attention/attention_cpu.hpp"
+#include "seqrec/ops/attention/attention_cuda.cuh"
+#include "seqrec/ops/cross_entropy/cross_entropy_cpu.hpp"
+#include "seqrec/ops/cross_entropy/cross_entropy_cuda.cuh"
+#include "seqrec/ops/embedding/embedding_cpu.hpp"
+#include "seqrec/ops/embedding/embedding_cuda.cuh"
+#include "seqrec/ops/rmsnorm/rmsnorm_cpu.hpp"
+#include "seqrec/ops/rmsnorm/rmsnorm_cuda.cuh"
+#include "seqrec/train/adamw.hpp"
+#include "seqrec/train/adamw_cuda.cuh"
+
+namespace {
+
+using seqrec::Rng;
+using seqrec::cuda::Backend;
+using seqrec::cuda::DeviceBuffer;
+
+int g_pass = 0, g_fail = 0;
+
+void record(bool ok, const std::string& op, const std::string& shape, const std::string& detail) {
+  (ok ? g_pass : g_fail)++;
+  std::printf("%s %s %s %s\n", ok ? "PASS" : "FAIL", op.c_str(), shape.c_str(), detail.c_str());
+  std::fflush(stdout);
+}
+
+/// Element-wise |got − ref| ≤ atol + rtol·|ref| with atol = atol_frac · max|ref|.
+template <typename T, typename A1, typename A2>
+void check(const std::string& op, const std::string& shape, const std::vector<T, A1>& got,
+           const std::vector<T, A2>& ref, double rtol, double atol_frac) {
+  if (got.size() != ref.size()) {
+    record(
+        false, op, shape,
+        "size mismatch: gpu " + std::to_string(got.size()) + " cpu " + std::to_string(ref.size()));
+    return;
+  }
+  double ref_max = 0;
+  for (const T& r : ref) ref_max = std::max(ref_max, std::fabs(double(r)));
+  const double atol = atol_frac * ref_max;
+  double max_abs = 0, max_rel = 0, worst_excess = -1;
+  std::size_t bad = 0, worst = 0, nonfinite = 0;
+  for (std::size_t i = 0; i < ref.size(); ++i) {
+    const double a = double(got[i]), b = double(ref[i]);
+    if (!std::isfinite(a)) {
+      ++nonfinite;
+      ++bad;
+      worst = i;
+      worst_excess = INFINITY;
+      continue;
+    }
+    const double e = std::fabs(a - b);
+    max_abs = std::max(max_abs, e);
+    if (std::fabs(b) > atol && std::fabs(b) > 0) max_rel = std::max(max_rel, e / std::fabs(b));
+    const double limit = atol + rtol * std::fabs(b);
+    if (e > limit) ++bad;
+    if (e - limit > worst_excess) {
+      worst_excess = e - limit;
+      worst = i;
+    }
+  }
+  char buf[512];
+  std::snprintf(buf, sizeof buf,
+                "max_abs_err=%.3e max_rel_err=%.3e (rtol %.0e, atol %.0e*max|ref| = %.3e)", max_abs,
+                max_rel, rtol, atol_frac, atol);
+  std::string detail = buf;
+  if (bad > 0) {
+    std::snprintf(buf, sizeof buf,
+                  " | %zu of %zu elements out of tolerance (%zu non-finite); worst at %zu: gpu "
+                  "%.9g cpu %.9g; max|ref| %.3e",
+                  bad, ref.size(), nonfinite, worst, double(got[worst]), double(ref[worst]),
+                  ref_max);
+    detail += buf;
+  }
+  record(bad == 0, op, shape, detail);
+}
+
+/// A scalar check: |got − ref| ≤ rtol·|ref| (+ 1e-300 so 0 = 0 passes).
+void check_scalar(const std::string& op, const std::string& shape, double got, double ref,
+                  double rtol) {
+  const double e = std::fabs(got - ref), rel = e / std::max(std::fabs(ref), 1e-300);
+  char buf[256];
+  std::snprintf(buf, sizeof buf,
+                "gpu=%.12g cpu=%.12g max_abs_err=%.3e max_rel_err=%.3e (rtol %.0e)", got, ref, e,
+                rel, rtol);
+  record(std::isfinite(got) && e <= rtol * std::fabs(ref) + 1e-300, op, shape, buf);
+}
+
+/// Two GPU runs of a deterministic op must agree bit for bit.
+void check_identical(const std::string& op, const std::string& shape, const std::vector<float>& a,
+                     const std::vector<float>& b) {
+  std::size_t diff = 0;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    if (std::memcmp(&a[i], &b[i], sizeof(float)) != 0) ++diff;
+  record(diff == 0 && a.size() == b.size(), op + ".deterministic", shape,
+         std::to_string(diff) + " of " + std::to_string(a.size()) +
+             " elements differ between two runs (must be 0)");
+}
+
+template <typename T, typename A>
+DeviceBuffer<T> upload(Backend& be, const std::vector<T, A>& h) {
+  auto d = be.buffer<T>(h.size());
+  if (!h.empty())
+    SEQREC_CUDA_CHECK(
+        cudaMemcpyAsync(d.data(), h.data(), d.bytes(), cudaMemcpyHostToDevice, be.stream()));
+  be.synchronize();
+  return d;
+}
+
+template <typename T>
+std::vector<T> download(Backend& be, const DeviceBuffer<T>& d) {
+  std::vector<T> h(d.size());
+  if (!h.empty())
+    SEQREC_CUDA_CHECK(
+        cudaMemcpyAsync(h.data(), d.data(), d.bytes(), cudaMemcpyDeviceToHost, be.stream()));
+  be.synchronize();
+  return h;
+}
+
+std::vector<float> normal(Rng& rng, std::size_t n, double sd = 1.0, double mean = 0.0) {
+  std::vector<float> v(n);
+  for (auto& x : v) x = float(mean + sd * rng.normal());
+  return v;
+}
+
+std::string shape_str(std::initializer_list<std::pair<const char*, std::int64_t>> dims) {
+  std::string s;
+  for (const auto& [k, v] : dims)
+    s += (s.empty() ? "" : ",") + std::string(k) + "=" + std::to_string(v);
+  return s;
+}
+
+// ---- RMSNorm ------------------------------------------------------------------------------------
+void test_rmsnorm(Backend& be, Rng& rng, std::int64_t n, std::int64_t d) {
+  const std::string shape = shape_str({{"N", n}, {"D", d}});
+  const float eps = 1e-6f;
+  auto x = normal(rng, n * d), g = normal(rng, d, 0.1, 1.0), dy = normal(rng, n * d);
+  auto dg0 = normal(rng, d);  // dg is accumulated: start from something non-zero
+  std::vector<float> y(n * d), rstd(n), dx(n * d), dg = dg0;
+  seqrec::ops::rmsnorm_forward(x.data(), g.data(), y.data(), rstd.data(), n, d, eps);
+  seqrec::ops::rmsnorm_backward(x.data(), g.data(), rstd.data(), dy.data(), dx.data(), dg.data(), n,
+                                d);
+
+  auto dx_ = upload(be, x), dg_ = upload(be, g), ddy = upload(be, dy), ddg = upload(be, dg0);
+  auto dy_out = be.buffer<float>(n * d), drstd = be.buffer<float>(n), ddx = be.buffer<float>(n * d);
+  seqrec::cuda::rmsnorm_forward(be, dx_.data(), dg_.data(), dy_out.data(), drstd.data(), n, d, eps);
+  seqrec::cuda::rmsnorm_backward(be, dx_.data(), dg_.data(), drstd.data(), ddy.data(), ddx.data(),
+                                 ddg.data(), n, d);
+  // y, rstd: a D-term sum of squares in another order, then one sqrt: ~sqrt(D)·eps relative.
+  check("rmsnorm.y", shape, download(be, dy_out), y, 1e-4, 1e-5);
+  check("rmsnorm.rstd", shape, download(be, drstd), rstd, 1e-4, 1e-5);
+  // dx: D-term dot product, then a difference of two O(1) terms: judged against max|dx|.
+  check("rmsnorm.dx", shape, download(be, ddx), dx, 1e-4, 1e-5);
+  // dg: N-term float sums (CPU serial, GPU 256 strided partials): the rounding error grows like
+  // eps·N·sd, about 1e-3 at N = 25600 against max|dg| ~ 600, hence atol 1e-4·max|dg|.
+  const auto dg_gpu = download(be, ddg);
+  check("rmsnorm.dgain", shape, dg_gpu, dg, 1e-4, 1e-4);
+  SEQREC_CUDA_CHECK(
+      cudaMemcpyAsync(ddg.data(), dg0.data(), ddg.bytes(), cudaMemcpyHostToDevice, be.stream()));
+  seqrec::cuda::rmsnorm_backward(be, dx_.data(), dg_.data(), drstd.data(), ddy.data(), ddx.data(),
+                                 ddg.data(), n, d);
+  check_identical("rmsnorm.dgain", shape, download(be, ddg), dg_gpu);
+}
+
+// ---- Embedding ----------------------------------------------------------------------------------
+void test_embedding(Backend& be, Rng& rng, std::int64_t n, std::int64_t d, std::int64_t vocab) {
+  const std::string shape = shape_str({{"N", n}, {"D", d}, {"V", vocab}});
+  const float scale = std::sqrt(float(d));
+  // Many repeats: 25% padding (token 0), 25% from 8 hot tokens, the rest uniform over the vocab.
+  std::vector<std::int32_t> tok(n);
+  for (auto& t : tok) {
+    const double u = rng.uniform();
+    t = u < 0.25  ? 0
+        : u < 0.5 ? std::int32_t(1 + rng.below(std::min<std::int64_t>(8, vocab - 1)))
+                  : std::int32_t(rng.below(vocab));
+  }
+  auto table = normal(rng, vocab * d), dx = normal(rng, n * d), dt0 = normal(rng, vocab * d);
+  std::vector<float> x(n * d), dt = dt0;
+  seqrec::ops::embedding_forward(tok.data(), table.data(), x.data(), n, d, scale);
+  seqrec::ops::embedding_backward(tok.data(), dx.data(), dt.data(), n, d, scale);
+
+  auto dtok = upload(be, tok);
+  auto dtable = upload(be, table), ddx = upload(be, dx), ddt = upload(be, dt0);
+  auto dxo = be.buffer<float>(n * d);
+  seqrec::cuda::embedding_forward(be, dtok.data(), dtable.data(), dxo.data(), n, d, scale);
+  seqrec::cuda::embedding_backward(be, dtok.data(), ddx.data(), ddt.data(), n, d, vocab, scale);
+  // Forward: one multiply per element, the same on both sides: exact up to 1e-6 for safety.
+  check("embedding.x", shape, download(be, dxo), x, 1e-6, 0.0);
+  // Backward: per token a sum of up to ~N/4 rows in another order (CPU row order, GPU 8
+  // interleaved groups): error ~ eps·rows·|term|, ~3e-3 for the padding row of magnitude ~2e3.
+  const auto dt_gpu = download(be, ddt);
+  check("embedding.dtable", shape, dt_gpu, dt, 1e-4, 1e-5);
+  SEQREC_CUDA_CHECK(
+      cudaMemcpyAsync(ddt.data(), dt0.data(), ddt.bytes(), cudaMemcpyHostToDevice, be.stream()));
+  seqrec::cuda::embedding_backward(be, dtok.data(), ddx.data(), ddt.data(), n, d, vocab, scale);
+  check_identical("embedding.dtable", shape, download(be, ddt), dt_gpu);
+}
+
+// ---- Cross-entropy ------------------------------------------------------------------------------
+void test_cross_entropy(Backend& be, Rng& rng, std::int64_t n, std::int64_t d, std::int64_t items,
+                        std::int64_t chunk) {
+  const std::string shape = shape_str({{"N", n}, {"D", d}, {"I", items}, {"chunk", chunk}});
+  const std::int32_t first = 4;
+  seqrec::ops::CrossEntropyShape s{n, d, items, first, chunk};
+  // About 10% of rows have no target (tokens 0..3), as padding positions do.
+  std::vector<std::int32_t> tgt(n);
+  for (auto& t : tgt)
+    t = rng.uniform() < 0.1 ? std::int32_t(rng.below(first))
+                            : std::int32_t(first + rng.below(items));
+  // Item rows with sd 1/sqrt(D) make logits O(1), as in a trained model.
+  auto h = normal(rng, n * d), w = normal(rng, items * d, 1.0 / std::sqrt(double(d)));
+  auto dw0 = normal(rng, items * d, 1e-4);
+  const float gs = 1.f / float(n);
+  std::vector<float> dh(n * d), dw = dw0;
+  seqrec::AlignedVector<float> ws;
+  std::int64_t count_cpu = 0, count_gpu = -1;
+  const double loss_cpu = seqrec::ops::cross_entropy_forward_backward(
+      s, h.data(), tgt.data(), w.data(), dh.data(), dw.data(), gs, &count_cpu, ws);
+
+  // On the device the items are the rows after the special tokens of a (first + I, D) table, as
+  // in the model: the operand pointers are then offset by first·D floats (less than 256-byte
+  // aligned when D is not a multiple of 16).
+  auto with_specials = [&](const std::vector<float>& rows_) {
+    std::vector<float> t(static_cast<std::size_t>(first * d), 0.5f);
+    t.insert(t.end(), rows_.begin(), rows_.end());
+    return t;
+  };
+  auto dtgt = upload(be, tgt);
+  auto dh_in = upload(be, h), dtable = upload(be, with_specials(w)),
+       ddtable = upload(be, with_specials(dw0));
+  const float* dw_in = dtable.data() + first * d;
+  float* ddw_ptr = ddtable.data() + first * d;
+  auto ddh = be.buffer<float>(n * d);
+  const double loss_gpu = seqrec::cuda::cross_entropy_forward_backward(
+      be, s, dh_in.data(), dtgt.data(), dw_in, ddh.data(), ddw_ptr, gs, &count_gpu);
+  record(count_gpu == count_cpu, "cross_entropy.count", shape,
+         "gpu=" + std::to_string(count_gpu) + " cpu=" + std::to_string(count_cpu));
+  // Loss: per row logsumexp over I in float (different summation order, expf vs std::exp within
+  // 2 ulp), summed in double in the same row order: ~1e-6 relative per row at most.
+  check_scalar("cross_entropy.loss", shape, loss_gpu, loss_cpu, 1e-5);
+  // dh = G·W (K = I terms) and dW += Gᵀ·Hc (K = chunk rows), cuBLASLt fp32 vs Eigen: different
+  // summation orders of the same fp32 products; judged against each output's max.
+  check("cross_entropy.dh", shape, download(be, ddh), dh, 1e-4, 1e-5);
+  const auto dtable_gpu = download(be, ddtable);
+  const std::vector<float> specials(dtable_gpu.begin(), dtable_gpu.begin() + first * d);
+  const std::vector<float> dw_gpu(dtable_gpu.begin() + first * d, dtable_gpu.end());
+  check("cross_entropy.ditems", shape, dw_gpu, dw, 1e-4, 1e-5);
+  // The special-token rows of the table's gradient must be left alone.
+  check("cross_entropy.dspecials_untouched", shape, specials,
+        std::vector<float>(specials.size(), 0.5f), 0.0, 0.0);
+  // Forward only (null gradients) must give the same loss bit for bit as the fused pass.
+  std::int64_t c2 = 0;
+  const double loss_fwd = seqrec::cuda::cross_entropy_forward_backward(
+      be, s, dh_in.data(), dtgt.data(), dw_in, nullptr, nullptr, gs, &c2);
+  record(loss_fwd == loss_gpu && c2 == count_gpu, "cross_entropy.forward_only", shape,
+         "loss " + std::to_string(loss_fwd) + " vs fused " + std::to_string(loss_gpu) +
+             " (must be identical)");
+}
+
+// ---- Attention ----------------------------------------------------------------------------------
+void test_attention(Backend& be, Rng& rng, std::int64_t B, std::int64_t L, std::int64_t D,
+                    std::int64_t H) {
+  const std::string shape = shape_str({{"B", B}, {"L", L}, {"D", D}, {"H", H}});
+  seqrec::ops::AttentionShape s{B, L, D, H};
+  const std::int32_t pad = 0;
+  // Left padding as SASRec batches have it: sequence b has `k` leading pads, k uniform in
+  // [0, L); a few rows fully padded but the last position, a few with none.
+  std::vector<std::int32_t> tok(B * L);
+  for (std::int64_t b = 0; b < B; ++b) {
+    const std::int64_t k = std::int64_t(rng.below(std::uint64_t(L)));
+    for (std::int64_t i = 0; i < L; ++i)
+      tok[b * L + i] = i < k ? pad : std::int32_t(1 + rng.below(1000));
+  }
+  auto qkv = normal(rng, B * L * 3 * D), dout = normal(rng, B * L * D);
+  std::vector<float> out(B * L * D), probs(B * H * L * L), dqkv(B * L * 3 * D);
+  seqrec::ops::attention_forward(s, qkv.data(), tok.data(), pad, out.data(), probs.data());
+  seqrec::ops::attention_backward(s, qkv.data(), probs.data(), dout.data(), dqkv.data());
+
+  auto dtok = upload(be, tok);
+  auto dqkv_in = upload(be, qkv), ddout = upload(be, dout);
+  auto dout_ = be.buffer<float>(B * L * D), dprobs = be.buffer<float>(B * H * L * L),
+       ddqkv = be.buffer<float>(B * L * 3 * D);
+  seqrec::cuda::attention_forward(be, s, dqkv_in.data(), dtok.data(), pad, dout_.data(),
+                                  dprobs.data());
+  seqrec::cuda::attention_backward(be, s, dqkv_in.data(), dprobs.data(), ddout.data(),
+                                   ddqkv.data());
+  // Scores are dh-term dot products (GPU sequential, CPU Eigen GEMM), then softmax: ~1e-6
+  // relative; out, dqkv are ≤ L-term sums of those: judged against each output's max.
+  check("attention.probs", shape, download(be, dprobs), probs, 1e-4, 1e-5);
+  check("attention.out", shape, download(be, dout_), out, 1e-4, 1e-5);
+  check("attention.dqkv", shape, download(be, ddqkv), dqkv, 1e-4, 1e-5);
+}
+
+// ---- AdamW
+// ---------------------------------------------------------------------------------------
+void test_adamw(Backend& be, Rng& rng) {
+  seqrec::ParameterStore<float> st;
+  st.add("item_emb", {20003, 64}, true, seqrec::Init::Zeros);
+  auto norm = st.add("norm", {64}, false, seqrec::Init::Zeros);
+  auto frozen = st.add("frozen_w", {256, 64}, true, seqrec::Init::Zeros);
+  st.add("bias", {4099}, false, seqrec::Init::Zeros);
+  st.add("w2", {4097, 3}, true, seqrec::Init::Zeros);
+  st.set_frozen(frozen, true);
+  (void)norm;
+  const std::size_t n = st.size();
+  const std::string shape = "params=" + std::to_string(n) + ",tensors=5(1 frozen)";
+  auto fill = [](auto& dst, const std::vector<float>& src) {
+    std::copy(src.begin(), src.end(), dst.begin());
+  };
+  fill(st.values(), normal(rng, n));
+  fill(st.grads(), normal(rng, n, 0.01));
+  fill(st.moment1(), normal(rng, n, 0.01));
+  for (auto& v : st.moment2()) v = float(1e-4 * std::pow(rng.normal(), 2));
+  seqrec::train::AdamWOptions o;
+  o.weight_decay = 0.1;
+  const double lr = 1e-3;
+  const std::int64_t step = 7;
+
+  auto dp = upload(be, st.values()), dg = upload(be, st.grads()), dm = upload(be, st.moment1()),
+       dv = upload(be, st.moment2());
+  seqrec::cuda::AdamWPlan plan(be, seqrec::cuda::adamw_segments(st));
+
+  const double norm_cpu = seqrec::train::grad_norm(st);
+  const double norm_gpu = seqrec::cuda::grad_norm(be, plan, dg.data());
+  // Both sum squares in double, in different orders: ~n·1e-16 relative at worst.
+  check_scalar("adamw.grad_norm", shape, norm_gpu, norm_cpu, 1e-10);
+  const double max_norm = 0.5 * norm_cpu;  // forces clipping
+  seqrec::train::clip_grad_norm(st, max_norm);
+  const double pre = seqrec::cuda::clip_grad_norm(be, plan, dg.data(), max_norm);
+  check_scalar("adamw.clip_norm_before", shape, pre, norm_cpu, 1e-10);
+  // g·f with f from norms equal to 1e-15: at most 1 ulp apart.
+  check("adamw.clipped_grads", shape, download(be, dg), st.grads(), 1e-6, 0.0);
+  seqrec::train::adamw_step(st, o, lr, step);
+  seqrec::cuda::adamw_step(be, plan, dp.data(), dg.data(), dm.data(), dv.data(), o, lr, step);
+  // Same float formula; only FMA contraction and the clipped grads' last ulp may differ.
+  check("adamw.params", shape, download(be, dp), st.values(), 1e-5, 1e-7);
+  check("adamw.moment1", shape, download(be, dm), st.moment1(), 1e-5, 1e-7);
+  check("adamw.moment2", shape, download(be, dv), st.moment2(), 1e-5, 1e-7);
+}
+
+template <typename F>
+void guarded(const std::string& op, const std::string& shape, F&& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    record(false, op, shape, std::string("exception: ") + e.what());
+  }
+}
+
+}  // namespace
+
+int main() {
+  std::string why;
+  if (seqrec::cuda::cuda_device_available(&why) == 0) {
+    std::printf("no CUDA device (cudaGetDeviceCount: %s), skipping\n", why.c_str());
+    return 77;
+  }
+  try {
+    Backend be(0);
+    cudaDeviceProp prop{};
+    SEQREC_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    std::printf("device: %s (sm_%d%d, %d SMs)\n", prop.name, prop.major, prop.minor,
+                prop.multiProcessorCount);
+    Rng rng(20240611);
+
+    for (auto [n, d] :
+         {std::pair<std::int64_t, std::int64_t>{1000, 50}, {25600, 64}, {25600, 1024}})
+      guarded("rmsnorm", shape_str({{"N", n}, {"D", d}}), [&] { test_rmsnorm(be, rng, n, d); });
+
+    for (auto [n, d, v] : {std::tuple<std::int64_t, std::int64_t, std::int64_t>{1000, 37, 50},
+                           {25600, 64, 3710},
+                           {25600, 256, 16863}})
+      guarded("embedding", shape_str({{"N", n}, {"D", d}, {"V", v}}),
+              [&] { test_embedding(be, rng, n, d, v); });
+
+    for (auto [n, d, i, c] :
+         {std::tuple<std::int64_t, std::int64_t, std::int64_t, std::int64_t>{300, 40, 1001, 128},
+          {4096, 64, 3706, 1024},
+          {4096, 64, 16859, 1024}})
+      guarded("cross_entropy", shape_str({{"N", n}, {"D", d}, {"I", i}, {"chunk", c}}),
+              [&] { test_cross_entropy(be, rng, n, d, i, c); });
+
+    for (auto [b, l, d, h] :
+         {std::tuple<std::int64_t, std::int64_t, std::int64_t, std::int64_t>{3, 37, 48, 2},
+          {64, 200, 64, 1},
+          {256, 20, 256, 8}})
+      guarded("attention", shape_str({{"B", b}, {"L", l}, {"D", d}, {"H", h}}),
+              [&] { test_attention(be, rng, b, l, d, h); });
+
+    guarded("adamw", "store", [&] { test_adamw(be, rng); });
+  } catch (const std::exception& e) {
+    record(false, "setup", "-", std::string("exception: ") + e.what());
+  }
+  std::printf("%d passed, %d failed\n", g_pass, g_fail);
+  return g_fail == 0 && g_pass > 0 ? 0 : 1;
+}

@@ -1,10 +1,12 @@
-// The shared body of every trainer binary: parse the common flags, load and split the data,
-// build Model<Config, cpu::Backend>, train, evaluate, print the metrics table and write the
+// The shared body of every trainer binary and of the ablation runner: the common flags, loading
+// and splitting the data, building Model<Config, cpu::Backend>, pretrained initialisation,
+// two-stage training, evaluation (plus the length-extrapolation and cold-item analyses) and the
 // metrics JSON. A trainer binary is one line naming its Config.
 #pragma once
 
 #include <fmt/format.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cxxopts.hpp>
 #include <exception>
@@ -14,23 +16,33 @@
 #include <optional>
 #include <seqrec/model.hpp>
 #include <string>
+#include <vector>
 
 namespace seqrec::app {
+
+// ---- data ---------------------------------------------------------------------------------------
 
 struct LoadedData {
   data::Dataset dataset;
   data::Split split;
   std::string name;
   std::size_t interactions = 0;
+  std::optional<data::ItemEmbeddings> builtin_text;  // the synthetic dataset's text vectors
 };
 
-inline LoadedData load_data(const cxxopts::ParseResult& a, std::int32_t max_len) {
+inline LoadedData load_data(const cxxopts::ParseResult& a, std::int32_t max_len, std::int32_t dim) {
   LoadedData out;
   data::InteractionLog log;
   const std::string path = a["data"].as<std::string>();
   if (path.empty()) {
     out.name = "synthetic (embedded default, generated in code)";
-    log = data::make_synthetic().log;
+    // Its text vectors are as wide as the model (the interactions do not depend on the width).
+    data::SyntheticOptions so;
+    so.text_dim = std::max(so.text_dim, dim);
+    data::SyntheticData syn = data::make_synthetic(so);
+    log = std::move(syn.log);
+    out.builtin_text = data::ItemEmbeddings{std::move(syn.text_item_ids), syn.text_dim,
+                                            std::move(syn.text), "synthetic text vectors"};
   } else if (std::filesystem::is_directory(path)) {
     out.name = path;
     log = data::load_dataset_dir(path).log;
@@ -62,13 +74,16 @@ inline LoadedData load_data(const cxxopts::ParseResult& a, std::int32_t max_len)
   if (out.split.dropped_users > 0)
     std::fprintf(stderr, "warning: dropped %zu users too short for --protocol %s\n",
                  out.split.dropped_users, protocol.c_str());
+  std::fprintf(stderr,
+               "data: %s — %zu users, %d items, %zu interactions; %zu train sequences, %zu valid, "
+               "%zu test\n",
+               out.name.c_str(), out.dataset.users.size(), out.dataset.vocab.num_items(),
+               out.interactions, out.split.train.size(), out.split.valid.size(),
+               out.split.test.size());
   return out;
 }
 
-inline nlohmann::json metrics_json(const std::optional<eval::Metrics>& m) {
-  if (!m) return nullptr;
-  return {{"mrr@10", m->mrr}, {"hr@10", m->hr}, {"ndcg@10", m->ndcg}, {"users", m->count}};
-}
+// ---- options ------------------------------------------------------------------------------------
 
 inline void add_common_options(cxxopts::Options& o) {
   // clang-format off
@@ -90,9 +105,27 @@ inline void add_common_options(cxxopts::Options& o) {
     ("layers", "transformer blocks", cxxopts::value<std::int32_t>()->default_value("2"))
     ("heads", "attention heads (must divide --dim)", cxxopts::value<std::int32_t>()->default_value("2"))
     ("ffn-dim", "feed-forward inner width (0: 4 x dim)", cxxopts::value<std::int32_t>()->default_value("0"))
-    ("dropout", "dropout rate", cxxopts::value<double>()->default_value("0.2"));
+    ("dropout", "dropout rate", cxxopts::value<double>()->default_value("0.2"))
+    ("rope-base", "RoPE frequency base", cxxopts::value<double>()->default_value("10000"))
+    ("moe-balance", "MoE load-balancing loss weight", cxxopts::value<double>()->default_value("0.01"))
+    ("moe-z", "MoE router z-loss weight", cxxopts::value<double>()->default_value("0.001"));
+  o.add_options("pretrained init (variants with title embeddings)")
+    ("embeddings", "item embedding matrix (.npy float32/float16 or .safetensors); on the embedded "
+                   "dataset its built-in text vectors are used when absent",
+     cxxopts::value<std::string>()->default_value(""))
+    ("embedding-ids", "raw item id of each row, one per line", cxxopts::value<std::string>()->default_value(""))
+    ("embedding-adapter", "exact, truncate (Matryoshka encoders) or pca when widths differ",
+     cxxopts::value<std::string>()->default_value("pca"))
+    ("embedding-norm", "mean row norm after rescaling (0: the random init's expected norm)",
+     cxxopts::value<double>()->default_value("0"))
+    ("neighbour-window", "co-occurrence window for items without an embedding",
+     cxxopts::value<std::int32_t>()->default_value("3"))
+    ("stage1-epochs", "epochs with the item table frozen before --epochs of full training "
+                      "(-1: 4 for pretrained variants, 0 otherwise)",
+     cxxopts::value<std::int32_t>()->default_value("-1"))
+    ("stage1-lr", "constant learning rate of stage 1", cxxopts::value<double>()->default_value("0.0005"));
   o.add_options("training")
-    ("epochs", "training epochs", cxxopts::value<std::int32_t>()->default_value("30"))
+    ("epochs", "training epochs (stage 2 when two-stage)", cxxopts::value<std::int32_t>()->default_value("30"))
     ("batch", "sequences per batch", cxxopts::value<std::int32_t>()->default_value("128"))
     ("lr", "peak learning rate", cxxopts::value<double>()->default_value("0.001"))
     ("weight-decay", "AdamW decoupled weight decay", cxxopts::value<double>()->default_value("0.0"))
@@ -100,15 +133,250 @@ inline void add_common_options(cxxopts::Options& o) {
     ("clip", "max gradient norm (0: off)", cxxopts::value<double>()->default_value("1.0"))
     ("seed", "seed of initialisation, batch order and dropout", cxxopts::value<std::uint64_t>()->default_value("42"))
     ("threads", "CPU threads (0: all cores)", cxxopts::value<int>()->default_value("0"))
-    ("device", "cpu (cuda arrives with the CUDA backend)", cxxopts::value<std::string>()->default_value("cpu"))
+    ("device", "cpu (the CUDA model is exercised by tests/cuda and bench/)", cxxopts::value<std::string>()->default_value("cpu"))
     ("eval-every", "validate every N epochs (0: at the end only)", cxxopts::value<std::int32_t>()->default_value("1"))
     ("exclude-history", "do not rank items already in the user's history")
+    ("analysis", "also report metrics per history length (window 2 x max-len where the position "
+                 "encoding allows) and on cold targets (<= 5 training interactions)")
     ("checkpoint", "write a checkpoint here after every epoch", cxxopts::value<std::string>()->default_value(""))
     ("resume", "resume training from this checkpoint", cxxopts::value<std::string>()->default_value(""))
     ("metrics-json", "write final metrics and config here", cxxopts::value<std::string>()->default_value(""))
     ("no-progress", "no progress bar / progress lines")
     ("h,help", "print this help");
   // clang-format on
+}
+
+/// Everything a run needs besides the variant type, parsed and validated once.
+struct RunOptions {
+  ModelShape shape;
+  train::TrainOptions train;
+  std::int32_t stage1_epochs = -1;  // -1: variant's default
+  int threads = 0;
+  std::string embeddings, embedding_ids;
+  data::DimAdapter adapter = data::DimAdapter::Pca;
+  double embedding_norm = 0;
+  std::int32_t neighbour_window = 3;
+  bool exclude_history = false;
+  bool analysis = false;
+  std::string resume, metrics_json;
+  nlohmann::json config;  // the flags as given, for checkpoints and metrics
+};
+
+inline RunOptions parse_run_options(const cxxopts::ParseResult& a) {
+  RunOptions r;
+  if (!a.unmatched().empty())
+    throw InputError("command line", 0, "unexpected argument", a.unmatched()[0]);
+  if (a["device"].as<std::string>() != "cpu")
+    throw InputError("--device", 0, "only cpu trains from this binary in this version",
+                     a["device"].as<std::string>());
+  ModelShape& s = r.shape;
+  s.max_len = a["max-len"].as<std::int32_t>();
+  s.dim = a["dim"].as<std::int32_t>();
+  s.layers = a["layers"].as<std::int32_t>();
+  s.heads = a["heads"].as<std::int32_t>();
+  const std::int32_t ffn = a["ffn-dim"].as<std::int32_t>();
+  s.ffn_dim = ffn > 0 ? ffn : 4 * s.dim;
+  s.dropout = a["dropout"].as<double>();
+  s.rope_base = a["rope-base"].as<double>();
+  s.moe_balance_coef = a["moe-balance"].as<double>();
+  s.moe_z_coef = a["moe-z"].as<double>();
+  train::TrainOptions& t = r.train;
+  t.epochs = a["epochs"].as<std::int32_t>();
+  t.batch = a["batch"].as<std::int32_t>();
+  t.lr = a["lr"].as<double>();
+  t.adam.weight_decay = a["weight-decay"].as<double>();
+  t.warmup = a["warmup"].as<std::int64_t>();
+  t.clip = a["clip"].as<double>();
+  t.seed = a["seed"].as<std::uint64_t>();
+  t.checkpoint = a["checkpoint"].as<std::string>();
+  t.eval_every = a["eval-every"].as<std::int32_t>();
+  t.progress = !a.count("no-progress");
+  t.stage1_lr = a["stage1-lr"].as<double>();
+  r.stage1_epochs = a["stage1-epochs"].as<std::int32_t>();
+  if (t.epochs < 0) throw InputError("--epochs", 0, "must be >= 0", std::to_string(t.epochs));
+  if (t.batch < 1) throw InputError("--batch", 0, "must be >= 1", std::to_string(t.batch));
+  if (!(t.lr > 0)) throw InputError("--lr", 0, "must be > 0", std::to_string(t.lr));
+  if (!(t.stage1_lr > 0))
+    throw InputError("--stage1-lr", 0, "must be > 0", std::to_string(t.stage1_lr));
+  r.threads = a["threads"].as<int>();
+  r.embeddings = a["embeddings"].as<std::string>();
+  r.embedding_ids = a["embedding-ids"].as<std::string>();
+  if (r.embeddings.empty() != r.embedding_ids.empty())
+    throw InputError("--embeddings", 0, "--embeddings and --embedding-ids go together",
+                     r.embeddings.empty() ? r.embedding_ids : r.embeddings);
+  r.adapter = data::parse_dim_adapter(a["embedding-adapter"].as<std::string>());
+  r.embedding_norm = a["embedding-norm"].as<double>();
+  r.neighbour_window = a["neighbour-window"].as<std::int32_t>();
+  if (r.neighbour_window < 1)
+    throw InputError("--neighbour-window", 0, "must be >= 1", std::to_string(r.neighbour_window));
+  r.exclude_history = a.count("exclude-history") > 0;
+  r.analysis = a.count("analysis") > 0;
+  r.resume = a["resume"].as<std::string>();
+  r.metrics_json = a["metrics-json"].as<std::string>();
+  r.config = {{"data", a["data"].as<std::string>()},
+              {"protocol", a["protocol"].as<std::string>()},
+              {"truncate", a["truncate"].as<std::string>()},
+              {"epochs", t.epochs},
+              {"stage1_epochs", r.stage1_epochs},
+              {"stage1_lr", t.stage1_lr},
+              {"batch", t.batch},
+              {"lr", t.lr},
+              {"weight_decay", t.adam.weight_decay},
+              {"warmup", t.warmup},
+              {"clip", t.clip},
+              {"embeddings", r.embeddings},
+              {"embedding_adapter", std::string(data::dim_adapter_name(r.adapter))}};
+  return r;
+}
+
+// ---- one run ------------------------------------------------------------------------------------
+
+inline nlohmann::json metrics_json(const std::optional<eval::Metrics>& m) {
+  if (!m) return nullptr;
+  return {{"mrr@10", m->mrr}, {"hr@10", m->hr}, {"ndcg@10", m->ndcg}, {"users", m->count}};
+}
+
+struct RunResult {
+  std::string variant;
+  std::size_t params_total = 0, params_active = 0;
+  eval::Metrics valid;
+  std::optional<eval::Metrics> test;
+  double train_seconds = 0, tokens_per_second = 0;
+  std::int32_t epochs_run = 0;
+  nlohmann::json extra = nlohmann::json::object();  // init report, analyses, expert shares
+};
+
+/// Parameters, and those a token actually uses (MoE: K of E experts).
+template <typename Model>
+std::pair<std::size_t, std::size_t> count_parameters(const Model& model) {
+  std::size_t total = 0, active = 0;
+  double expert_share = 1.0;
+  using Ffn = typename Model::Config::FeedForward;
+  if constexpr (requires { Ffn::experts; }) expert_share = double(Ffn::top_k) / Ffn::experts;
+  for (const auto& e : model.parameters().entries()) {
+    total += e.numel;
+    const bool expert = e.name.find(".experts.") != std::string::npos;
+    active += expert ? static_cast<std::size_t>(std::llround(e.numel * expert_share)) : e.numel;
+  }
+  return {total, active};
+}
+
+template <typename Cfg>
+RunResult run_variant(const RunOptions& ro, const LoadedData& d, std::uint64_t seed,
+                      const std::string& binary) {
+  cpu::Backend backend(ro.threads);
+  ModelShape shape = ro.shape;
+  shape.vocab_size = d.dataset.vocab.size();
+  train::TrainOptions to = ro.train;
+  to.seed = seed;
+  constexpr bool pretrained = Cfg::Initializer::pretrained;
+  to.stage1_epochs = ro.stage1_epochs >= 0 ? ro.stage1_epochs : (pretrained ? 4 : 0);
+
+  Model<Cfg, cpu::Backend> model(shape, backend, seed);
+  RunResult res;
+  res.variant = Cfg::describe();
+  std::tie(res.params_total, res.params_active) = count_parameters(model);
+  std::fprintf(stderr, "model: %s, %zu parameters (%zu active), %d threads\n",
+               Cfg::describe().c_str(), res.params_total, res.params_active, backend.threads());
+
+  if constexpr (pretrained) {
+    if (ro.resume.empty()) {
+      std::optional<data::ItemEmbeddings> emb;
+      if (!ro.embeddings.empty())
+        emb = data::load_item_embeddings(ro.embeddings, ro.embedding_ids);
+      else if (d.builtin_text)
+        emb = *d.builtin_text;
+      else
+        throw InputError("--embeddings", 0,
+                         "this variant starts from title embeddings: pass --embeddings and "
+                         "--embedding-ids (tools/embed_titles.py makes them)",
+                         "");
+      const double norm =
+          ro.embedding_norm > 0 ? ro.embedding_norm : shape.init_std * std::sqrt(double(shape.dim));
+      const auto rep = data::init_item_table<float>(
+          model.parameters().value(model.item_embedding()), shape.dim, d.dataset.vocab, *emb,
+          ro.adapter, norm, d.split.train, ro.neighbour_window);
+      std::fprintf(stderr, "%s\n", data::to_string(rep).c_str());
+      res.extra["init_report"] = {{"matched", rep.matched},
+                                  {"ignored", rep.ignored},
+                                  {"missing_before_completion", rep.missing_before_completion},
+                                  {"filled_per_round", rep.filled_per_round},
+                                  {"left_random", rep.left_random},
+                                  {"mean_norm_before", rep.mean_norm_before},
+                                  {"mean_norm_after", rep.mean_norm_after}};
+    }
+  }
+  if (to.stage1_epochs > 0) to.stage1_frozen = {model.item_embedding()};
+
+  nlohmann::json config = ro.config;
+  config["variant"] = Cfg::describe();
+  config["binary"] = binary;
+  config["seed"] = seed;
+  config["stage1_epochs"] = to.stage1_epochs;
+  config["threads"] = backend.threads();
+  io::TrainState start;
+  if (!ro.resume.empty()) {
+    start = io::load_checkpoint(ro.resume, model).state;
+    std::fprintf(stderr, "resumed from %s at epoch %lld, step %lld\n", ro.resume.c_str(),
+                 static_cast<long long>(start.epoch), static_cast<long long>(start.step));
+  }
+  const train::TrainResult r = train::train(model, d.split, to, start, config);
+  res.train_seconds = r.train_seconds;
+  res.tokens_per_second = r.tokens_per_second();
+  res.epochs_run = to.stage1_epochs + to.epochs;
+
+  eval::EvalOptions eo;
+  eo.exclude_history = ro.exclude_history;
+  res.valid = eval::evaluate(model, d.split.valid, eo);
+  if (d.split.has_test) res.test = eval::evaluate(model, d.split.test, eo);
+
+  nlohmann::json history = nlohmann::json::array();
+  for (const auto& e : r.epochs)
+    history.push_back({{"epoch", e.epoch},
+                       {"loss", e.loss},
+                       {"seconds", e.seconds},
+                       {"valid", metrics_json(e.valid)},
+                       {"expert_shares", e.expert_shares}});
+  res.extra["history"] = history;
+
+  if (ro.analysis) {
+    // Extrapolation: histories up to 2L where the encoding allows it, else the trained window.
+    const auto& cases = d.split.has_test ? d.split.test : d.split.valid;
+    eval::EvalOptions wide = eo;
+    wide.window = Cfg::Position::extrapolates ? 2 * shape.max_len : shape.max_len;
+    const auto ranks_wide = eval::rank_cases(model, cases, wide);
+    const auto ranks = eval::rank_cases(model, cases, eo);
+    const std::int64_t L = shape.max_len;
+    const std::vector<std::int64_t> edges = {L / 4, L / 2, L - 1, 2 * L - 1, 1 << 30};
+    nlohmann::json buckets = nlohmann::json::array();
+    const auto b_wide = eval::metrics_by_history_length(cases, ranks_wide, edges);
+    const auto b_std = eval::metrics_by_history_length(cases, ranks, edges);
+    for (std::size_t i = 0; i < b_wide.size(); ++i)
+      buckets.push_back({{"history", b_wide[i].hi >= (1 << 30)
+                                         ? fmt::format("{}+", b_wide[i].lo)
+                                         : fmt::format("{}-{}", b_wide[i].lo, b_wide[i].hi)},
+                         {"users", b_wide[i].metrics.count},
+                         {"mrr@10_window_L", b_std[i].metrics.mrr},
+                         {"mrr@10_window_2L", b_wide[i].metrics.mrr}});
+    res.extra["length_buckets"] = buckets;
+    res.extra["window_2L_used"] = Cfg::Position::extrapolates;
+    const auto counts = eval::item_counts(d.split, shape.vocab_size);
+    const auto cold = eval::cold_target_metrics(cases, ranks, counts, 5);
+    res.extra["cold_targets"] = {{"max_train_interactions", 5}, {"metrics", metrics_json(cold)}};
+  }
+  return res;
+}
+
+inline void print_table(const RunResult& r, const eval::Metrics& pop, std::int32_t epochs) {
+  std::printf("\n%-22s %8s %8s %8s %8s\n", "split (model)", "users", "MRR@10", "NDCG@10", "HR@10");
+  auto row = [](const char* label, const eval::Metrics& m) {
+    std::printf("%-22s %8zu %8.4f %8.4f %8.4f\n", label, m.count, m.mrr, m.ndcg, m.hr);
+  };
+  row("valid (popularity)", pop);
+  row("valid (seqrec)", r.valid);
+  if (r.test) row("test (seqrec)", *r.test);
+  std::printf("trained %d epochs in %.1f s, %.0f train tokens/s\n", epochs, r.train_seconds,
+              r.tokens_per_second);
 }
 
 /// Runs a trainer for Config. Returns the process exit code.
@@ -122,108 +390,39 @@ int run_trainer(int argc, char** argv, const std::string& name, const std::strin
       std::cout << options.help() << std::endl;
       return 0;
     }
-    if (!a.unmatched().empty())
-      throw InputError("command line", 0, "unexpected argument", a.unmatched()[0]);
-    if (a["device"].as<std::string>() != "cpu")
-      throw InputError("--device", 0, "only cpu is available in this build",
-                       a["device"].as<std::string>());
-
-    cpu::Backend backend(a["threads"].as<int>());
-    ModelShape shape;
-    shape.max_len = a["max-len"].as<std::int32_t>();
-    shape.dim = a["dim"].as<std::int32_t>();
-    shape.layers = a["layers"].as<std::int32_t>();
-    shape.heads = a["heads"].as<std::int32_t>();
-    const std::int32_t ffn = a["ffn-dim"].as<std::int32_t>();
-    shape.ffn_dim = ffn > 0 ? ffn : 4 * shape.dim;
-    shape.dropout = a["dropout"].as<double>();
-
-    LoadedData d = load_data(a, shape.max_len);
-    shape.vocab_size = d.dataset.vocab.size();
-    std::fprintf(stderr,
-                 "data: %s — %zu users, %d items, %zu interactions; %zu train sequences, "
-                 "%zu valid, %zu test\n",
-                 d.name.c_str(), d.dataset.users.size(), d.dataset.vocab.num_items(),
-                 d.interactions, d.split.train.size(), d.split.valid.size(), d.split.test.size());
-
-    train::TrainOptions to;
-    to.epochs = a["epochs"].as<std::int32_t>();
-    to.batch = a["batch"].as<std::int32_t>();
-    to.lr = a["lr"].as<double>();
-    to.adam.weight_decay = a["weight-decay"].as<double>();
-    to.warmup = a["warmup"].as<std::int64_t>();
-    to.clip = a["clip"].as<double>();
-    to.seed = a["seed"].as<std::uint64_t>();
-    to.checkpoint = a["checkpoint"].as<std::string>();
-    to.eval_every = a["eval-every"].as<std::int32_t>();
-    to.progress = !a.count("no-progress");
-    if (to.epochs < 0) throw InputError("--epochs", 0, "must be >= 0", std::to_string(to.epochs));
-    if (to.batch < 1) throw InputError("--batch", 0, "must be >= 1", std::to_string(to.batch));
-    if (!(to.lr > 0)) throw InputError("--lr", 0, "must be > 0", std::to_string(to.lr));
-
-    nlohmann::json config = {{"variant", Cfg::describe()},
-                             {"binary", name},
-                             {"data", d.name},
-                             {"protocol", a["protocol"].as<std::string>()},
-                             {"truncate", a["truncate"].as<std::string>()},
-                             {"epochs", to.epochs},
-                             {"batch", to.batch},
-                             {"lr", to.lr},
-                             {"weight_decay", to.adam.weight_decay},
-                             {"warmup", to.warmup},
-                             {"clip", to.clip},
-                             {"seed", to.seed},
-                             {"threads", backend.threads()},
-                             {"shape", shape}};
-
-    Model<Cfg, cpu::Backend> model(shape, backend, to.seed);
-    io::TrainState start;
-    const std::string resume = a["resume"].as<std::string>();
-    if (!resume.empty()) {
-      start = io::load_checkpoint(resume, model).state;
-      std::fprintf(stderr, "resumed from %s at epoch %lld, step %lld\n", resume.c_str(),
-                   static_cast<long long>(start.epoch), static_cast<long long>(start.step));
-    }
-    std::fprintf(stderr, "model: %s, %zu parameters, %d threads\n", Cfg::describe().c_str(),
-                 model.parameters().num_parameters(), backend.threads());
-
-    const train::TrainResult r = train::train(model, d.split, to, start, config);
-    eval::EvalOptions eo;
-    eo.exclude_history = a.count("exclude-history") > 0;
-    const eval::Metrics valid = eval::evaluate(model, d.split.valid, eo);
-    std::optional<eval::Metrics> test;
-    if (d.split.has_test) test = eval::evaluate(model, d.split.test, eo);
-    const eval::Metrics pop_valid =
+    const RunOptions ro = parse_run_options(a);
+    const LoadedData d = load_data(a, ro.shape.max_len, ro.shape.dim);
+    const RunResult r = run_variant<Cfg>(ro, d, ro.train.seed, name);
+    const eval::Metrics pop =
         eval::popularity_baseline(d.split, d.dataset.vocab.num_items(), d.split.valid);
-
-    std::printf("\n%-22s %8s %8s %8s %8s\n", "split (model)", "users", "MRR@10", "NDCG@10",
-                "HR@10");
-    auto row = [](const char* label, const eval::Metrics& m) {
-      std::printf("%-22s %8zu %8.4f %8.4f %8.4f\n", label, m.count, m.mrr, m.ndcg, m.hr);
-    };
-    row("valid (popularity)", pop_valid);
-    row("valid (seqrec)", valid);
-    if (test) row("test (seqrec)", *test);
-    std::printf("trained %d epochs in %.1f s, %.0f train tokens/s\n", to.epochs, r.train_seconds,
-                r.tokens_per_second());
-
-    const std::string mj = a["metrics-json"].as<std::string>();
-    if (!mj.empty()) {
-      nlohmann::json epochs = nlohmann::json::array();
-      for (const auto& e : r.epochs)
-        epochs.push_back({{"epoch", e.epoch},
-                          {"loss", e.loss},
-                          {"seconds", e.seconds},
-                          {"valid", metrics_json(e.valid)}});
-      nlohmann::json out = {{"valid", metrics_json(valid)},
-                            {"test", metrics_json(test)},
-                            {"popularity_valid", metrics_json(pop_valid)},
-                            {"epochs", to.epochs},
-                            {"train_seconds", r.train_seconds},
-                            {"train_tokens_per_second", r.tokens_per_second()},
-                            {"history", epochs},
-                            {"config", config}};
-      io::atomic_write(mj, out.dump(2) + "\n");
+    print_table(r, pop, r.epochs_run);
+    if (r.extra.contains("length_buckets")) {
+      std::printf("\nMRR@10 by history length (%s):\n", r.extra["window_2L_used"].get<bool>()
+                                                            ? "window L vs 2L"
+                                                            : "learned positions: window L only");
+      for (const auto& b : r.extra["length_buckets"])
+        std::printf("  %-14s users %6zu  L: %.4f  2L: %.4f\n",
+                    b["history"].get<std::string>().c_str(), b["users"].get<std::size_t>(),
+                    b["mrr@10_window_L"].get<double>(), b["mrr@10_window_2L"].get<double>());
+      const auto& c = r.extra["cold_targets"]["metrics"];
+      if (!c.is_null())
+        std::printf("cold targets (<= 5 train interactions): users %zu, MRR@10 %.4f\n",
+                    c["users"].get<std::size_t>(), c["mrr@10"].get<double>());
+    }
+    if (!ro.metrics_json.empty()) {
+      nlohmann::json out = {
+          {"valid", metrics_json(r.valid)},
+          {"test", metrics_json(r.test)},
+          {"popularity_valid", metrics_json(pop)},
+          {"epochs", r.epochs_run},
+          {"train_seconds", r.train_seconds},
+          {"train_tokens_per_second", r.tokens_per_second},
+          {"parameters", {{"total", r.params_total}, {"active", r.params_active}}},
+          {"config", ro.config}};
+      out["config"]["variant"] = r.variant;
+      out["config"]["shape"] = ro.shape;
+      for (const auto& [k, v] : r.extra.items()) out[k] = v;
+      io::atomic_write(ro.metrics_json, out.dump(2) + "\n");
     }
     return 0;
   } catch (const cxxopts::exceptions::exception& e) {

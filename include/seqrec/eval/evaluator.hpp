@@ -1,6 +1,9 @@
 // Full-catalogue evaluation of a model on a list of (history, target) cases: every item is
 // scored, special tokens never are, and optionally the items already in the history are removed
 // from the ranking. Cases are scored in batches of rows; metrics use pessimistic tie ranking.
+//
+// rank_cases() returns one rank per case so that analyses (per history length, cold targets)
+// aggregate subsets of the same ranks instead of scoring again.
 #pragma once
 
 #include <algorithm>
@@ -8,6 +11,7 @@
 #include <span>
 #include <vector>
 
+#include "seqrec/core/eigen.hpp"
 #include "seqrec/data/batcher.hpp"
 #include "seqrec/data/dataset.hpp"
 #include "seqrec/eval/metrics.hpp"
@@ -18,18 +22,20 @@ struct EvalOptions {
   std::int64_t k = 10;
   bool exclude_history = false;
   std::int32_t batch = 256;
+  std::int32_t window = 0;  // tokens of history fed to the model; 0: the model's max_len
 };
 
-/// Ranks every case's target with `model.score_last` and returns MRR/HR/NDCG@k.
+/// The pessimistic rank of every case's target.
 template <typename Model>
-Metrics evaluate(Model& model, std::span<const data::EvalCase> cases, const EvalOptions& opt) {
+std::vector<std::int64_t> rank_cases(Model& model, std::span<const data::EvalCase> cases,
+                                     const EvalOptions& opt) {
   using T = typename Model::T;
-  const std::int32_t L = model.shape().max_len;
+  const std::int32_t L = opt.window > 0 ? opt.window : model.shape().max_len;
   const std::int64_t I = model.num_items();
   const std::int32_t first_item = data::Vocabulary::kNumSpecial;
-  MetricAccumulator acc(opt.k);
+  std::vector<std::int64_t> ranks(cases.size());
   std::vector<std::int32_t> inputs;
-  std::vector<T> scores;
+  AlignedVector<T> scores;
   std::vector<std::int64_t> excluded;
   for (std::size_t c0 = 0; c0 < cases.size(); c0 += static_cast<std::size_t>(opt.batch)) {
     const std::int32_t B =
@@ -44,10 +50,18 @@ Metrics evaluate(Model& model, std::span<const data::EvalCase> cases, const Eval
       excluded.clear();
       if (opt.exclude_history)
         for (std::int32_t t : ec.history) excluded.push_back(t - first_item);
-      acc.add(pessimistic_rank<T>(std::span<const T>(scores.data() + b * I, I),
-                                  ec.target - first_item, excluded));
+      ranks[c0 + b] = pessimistic_rank<T>(std::span<const T>(scores.data() + b * I, I),
+                                          ec.target - first_item, excluded);
     }
   }
+  return ranks;
+}
+
+/// MRR/HR/NDCG@k over all cases.
+template <typename Model>
+Metrics evaluate(Model& model, std::span<const data::EvalCase> cases, const EvalOptions& opt) {
+  MetricAccumulator acc(opt.k);
+  for (std::int64_t r : rank_cases(model, cases, opt)) acc.add(r);
   return acc.result();
 }
 

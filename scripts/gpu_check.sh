@@ -40,7 +40,7 @@ fi
 section "CUDA tests"
 if grep -qsF "$build_abs/tests" "$build/tests/CTestTestfile.cmake"; then
   out="$(mktemp)"
-  timeout 240 ctest --test-dir "$build" -L cuda --output-on-failure 2>&1 | tee "$out"
+  timeout 240 ctest --test-dir "$build" -L cuda --output-on-failure -V 2>&1 | tee "$out"
   rc=${PIPESTATUS[0]}
   if grep -q 'No tests were found' "$out"; then
     echo "   ctest found no CUDA tests in $build (was it configured with nvcc?)"
@@ -95,6 +95,26 @@ else
   echo "   $bench not built"
   bench_failed=1
   summary+=("bench: not built")
+fi
+
+section "GPU training benchmark (study config)"
+# SEQREC_DATA: a folder with interactions.tsv (e.g. amazon18_games copied next to the build) for
+# a timed real epoch; without it only synthetic batches are timed.
+train_bench="$build/bench/gpu_train_bench"
+if [[ -x "$train_bench" ]]; then
+  timeout 240 "$train_bench" ${SEQREC_DATA:+--data "$SEQREC_DATA"}
+  rc=$?
+  case $rc in
+    0) summary+=("train bench: done") ;;
+    77) summary+=("train bench: skipped (no GPU answered)") ;;
+    127) explain_start_failure "$train_bench"; bench_failed=1; summary+=("train bench: could not start") ;;
+    124) bench_failed=1; summary+=("train bench: TIMED OUT (240 s)") ;;
+    *) bench_failed=1; summary+=("train bench: FAILED (rc $rc)") ;;
+  esac
+else
+  echo "   $train_bench not built"
+  bench_failed=1
+  summary+=("train bench: not built")
 fi
 
 section "summary"

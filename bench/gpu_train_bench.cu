@@ -1,0 +1,281 @@
+// Training throughput of Model<OursRandomConfig, cuda::Backend> (fp32) at the study's best shape:
+// dim 1024, 5 layers, 8 heads, ffn 4096, max_len 20, batch 1024, vocab 4+16859, dropout 0.1
+// (RoPE, RMSNorm, SiLU MLP; random init — the title init of OursConfig costs nothing per step).
+//
+//   gpu_train_bench [--steps N] [--warmup N] [--data DIR]
+//
+// Part 1, synthetic: 8 pre-built batches of random items with realistic left padding (sequence
+// length 1 + ⌊Exp(mean 10)⌋, so a row holds min(n, 20) targets, about 9.1 of 20 on average),
+// cycled; 3 warm-up steps, then 30 timed steps of zero_grads + forward_backward + clip 1.0 +
+// AdamW on the device (wall clock around each step; every step synchronises when it returns the
+// loss). Prints ms/step, train tokens/s (non-pad targets), model FLOPs per token, achieved
+// TFLOP/s, MFU against 67 TFLOP/s (H100 SXM fp32 non-tensor: this version runs fp32 GEMMs without
+// TF32; bf16 comes later) and device memory.
+//
+// FLOPs per scored (non-pad) token, counted, not measured:
+//   6·P  +  12·layers·L·D  +  6·D·I
+// with P the non-embedding parameters (blocks and final norm: every GEMM weight is used in one
+// forward GEMM and two backward GEMMs, 2 flops per multiply-add), 12·layers·L·D the attention
+// score and value products over the full L×L window (forward 4·L·D per token and layer, backward
+// twice that; PaLM's convention, causal masking not halved), and 6·D·I the tied output
+// projection over all I items (logits, dH, dW). MFU counts only scored tokens; the padding rows
+// the dense layers also process are reported separately as "executed" FLOPs (HFU).
+//
+// Part 2 (--data DIR): reads DIR/interactions.tsv, builds the dataset and the study's holdout
+// split (20 % of users held out, seed 42), and times one real epoch over split.train with the
+// project's TrainBatcher (batch assembly on the host included): seconds per epoch.
+//
+// Exits 77 when no GPU answers, 1 on an error.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <vector>
+
+#include "seqrec/backend/cuda.cuh"
+#include "seqrec/core/random.hpp"
+#include "seqrec/data/batcher.hpp"
+#include "seqrec/data/dataset.hpp"
+#include "seqrec/data/interactions.hpp"
+#include "seqrec/model/config.hpp"
+#include "seqrec/model/model_cuda.cuh"
+#include "seqrec/ops/dropout/dropout_cpu.hpp"
+#include "seqrec/train/adamw.hpp"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using Cfg = seqrec::OursRandomConfig;
+using GpuModel = seqrec::Model<Cfg, seqrec::cuda::Backend>;
+
+constexpr double kPeakFp32 = 67e12;  // H100 SXM fp32 non-tensor, flop/s
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+
+seqrec::ModelShape study_shape(std::int32_t vocab) {
+  seqrec::ModelShape s;
+  s.vocab_size = vocab;
+  s.max_len = 20;
+  s.dim = 1024;
+  s.layers = 5;
+  s.heads = 8;
+  s.ffn_dim = 4096;
+  s.dropout = 0.1;
+  // Logits of up to 2^26 elements at once (256 MiB): ~3980 rows per chunk at I = 16859, so the
+  // loss is 2–3 large GEMM triples per step rather than the CPU default's 37 small ones.
+  s.loss_chunk_elems = std::int64_t{1} << 26;
+  return s;
+}
+
+struct Batch {
+  std::int32_t B = 0, L = 0;
+  std::vector<std::int32_t> inputs, targets;
+  std::int64_t scored = 0;
+};
+
+Batch synthetic_batch(seqrec::Rng& rng, std::int32_t B, std::int32_t L, std::int32_t vocab) {
+  Batch b;
+  b.B = B;
+  b.L = L;
+  b.inputs.resize(static_cast<std::size_t>(B) * L);
+  b.targets.resize(b.inputs.size());
+  for (std::int32_t r = 0; r < B; ++r) {
+    double u = rng.uniform();
+    if (u < 1e-300) u = 1e-300;
+    const auto n = static_cast<std::size_t>(1 + std::floor(-10.0 * std::log(u)));
+    std::vector<std::int32_t> seq(n);
+    for (auto& t : seq)
+      t = seqrec::kNumSpecialTokens +
+          static_cast<std::int32_t>(rng.below(static_cast<std::uint64_t>(vocab - 4)));
+    seqrec::data::make_train_row(seq, L, b.inputs.data() + std::size_t(r) * L,
+                                 b.targets.data() + std::size_t(r) * L);
+  }
+  for (std::int32_t t : b.targets) b.scored += t >= seqrec::kNumSpecialTokens;
+  return b;
+}
+
+std::size_t used_bytes() {
+  std::size_t free_b = 0, total_b = 0;
+  SEQREC_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+  return total_b - free_b;
+}
+
+/// Non-embedding parameters: everything but the item table (and a learned position table).
+double non_embedding_params(const GpuModel& m) {
+  double p = 0;
+  for (const auto& e : m.parameters().entries())
+    if (e.name != "item_emb.weight" && e.name != "pos_emb.weight") p += double(e.numel);
+  return p;
+}
+
+void synthetic_part(seqrec::cuda::Backend& be, int steps, int warmup) {
+  const std::int32_t B = 1024, L = 20, vocab = 4 + 16859;
+  const seqrec::ModelShape shape = study_shape(vocab);
+  const std::size_t mem0 = used_bytes();
+  GpuModel model(shape, be, 42);
+  const std::size_t mem_model = used_bytes();
+  const auto& store = model.parameters();
+  const double P = non_embedding_params(model);
+  const double D = shape.dim, I = model.num_items(), layers = shape.layers;
+  const double per_token_dense = 6.0 * P + 12.0 * layers * L * D;
+  const double per_token_logits = 6.0 * D * I;
+  const double per_token = per_token_dense + per_token_logits;
+  std::printf(
+      "config: %s; dim %d, layers %d, heads %d, ffn %d, max_len %d, batch %d, vocab %d, "
+      "dropout %.2f, fp32 (no TF32)\n",
+      GpuModel::describe().c_str(), shape.dim, shape.layers, shape.heads, shape.ffn_dim,
+      shape.max_len, B, shape.vocab_size, shape.dropout);
+  std::printf("parameters: %.1f M total, %.1f M non-embedding (P)\n",
+              double(store.num_parameters()) / 1e6, P / 1e6);
+  std::printf(
+      "model FLOPs per scored token = 6*P + 12*layers*L*D + 6*D*I = %.3f + %.4f + %.3f "
+      "= %.3f GFLOP\n",
+      6.0 * P / 1e9, 12.0 * layers * L * D / 1e9, per_token_logits / 1e9, per_token / 1e9);
+
+  seqrec::Rng rng(2024);
+  std::vector<Batch> batches;
+  double scored_total = 0;
+  for (int i = 0; i < 8; ++i) {
+    batches.push_back(synthetic_batch(rng, B, L, vocab));
+    scored_total += double(batches.back().scored);
+  }
+  std::printf("synthetic batches: mean %.2f scored tokens per row of %d (%.1f%% padding)\n",
+              scored_total / (8.0 * B), L, 100.0 * (1.0 - scored_total / (8.0 * B * L)));
+
+  const seqrec::train::AdamWOptions opt;
+  std::vector<double> ms;
+  double tokens = 0, flops_model = 0, flops_exec = 0, last_loss = 0;
+  std::size_t mem_peak = 0;
+  for (int s = 0; s < warmup + steps; ++s) {
+    const Batch& b = batches[static_cast<std::size_t>(s) % batches.size()];
+    const std::uint64_t key = seqrec::ops::dropout_key(42, std::uint64_t(s) + 1, 0) | 1;
+    be.synchronize();
+    const auto t0 = Clock::now();
+    model.zero_grads();
+    std::int64_t nt = 0;
+    last_loss = model.forward_backward(b.inputs.data(), b.targets.data(), b.B, b.L, key, &nt);
+    model.optimizer_step(opt, 1e-3, s + 1, 1.0);
+    be.synchronize();
+    const double dt = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+    mem_peak = std::max(mem_peak, used_bytes());
+    if (!std::isfinite(last_loss))
+      throw seqrec::Error("non-finite loss at step " + std::to_string(s));
+    if (s < warmup) continue;
+    ms.push_back(dt);
+    tokens += double(nt);
+    flops_model += double(nt) * per_token;
+    flops_exec += double(b.B) * b.L * per_token_dense + double(nt) * per_token_logits;
+  }
+  double total_ms = 0;
+  for (double x : ms) total_ms += x;
+  std::vector<double> sorted = ms;
+  std::sort(sorted.begin(), sorted.end());
+  const double median = sorted[sorted.size() / 2];
+  const double secs = total_ms / 1e3;
+  const double tflops = flops_model / secs / 1e12, tflops_exec = flops_exec / secs / 1e12;
+  std::printf(
+      "\n%d timed steps after %d warm-up: %.1f ms/step mean, %.1f median, %.1f min, "
+      "%.1f max (loss %.4f at the last step)\n",
+      steps, warmup, total_ms / steps, median, sorted.front(), sorted.back(), last_loss);
+  std::printf("train tokens/s (non-pad targets): %.0f\n", tokens / secs);
+  std::printf(
+      "achieved: %.2f TFLOP/s model (scored tokens) -> MFU %.1f%% of %.0f TFLOP/s fp32; "
+      "%.2f TFLOP/s executed incl. padding rows -> HFU %.1f%%\n",
+      tflops, 100.0 * tflops * 1e12 / kPeakFp32, kPeakFp32 / 1e12, tflops_exec,
+      100.0 * tflops_exec * 1e12 / kPeakFp32);
+  std::printf(
+      "device memory in use (cudaMemGetInfo): %.2f GiB before the model, %.2f GiB with "
+      "parameters + grads + AdamW moments, %.2f GiB peak over the steps (the caching "
+      "allocator keeps its blocks, so this is its high-water mark; allocator: %.2f GiB "
+      "live, %.2f GiB cached)\n",
+      mem0 / kGiB, mem_model / kGiB, mem_peak / kGiB, be.allocator().live_bytes() / kGiB,
+      be.allocator().cached_bytes() / kGiB);
+}
+
+void data_part(seqrec::cuda::Backend& be, const std::string& dir) {
+  const auto t0 = Clock::now();
+  const auto files = seqrec::data::load_dataset_dir(dir);
+  const seqrec::data::Dataset d = seqrec::data::build_dataset(files.log);
+  const seqrec::data::Split split = seqrec::data::split_holdout(d, seqrec::data::HoldoutOptions{});
+  const double load_s = std::chrono::duration<double>(Clock::now() - t0).count();
+  std::printf(
+      "\ndataset %s: %zu users, %d items, %zu interactions; holdout split: %zu train "
+      "sequences, %zu valid cases (loaded in %.1f s)\n",
+      dir.c_str(), d.users.size(), d.vocab.num_items(), d.num_interactions(), split.train.size(),
+      split.valid.size(), load_s);
+  const std::int32_t B = 1024, L = 20;
+  const seqrec::ModelShape shape = study_shape(d.vocab.size());
+  GpuModel model(shape, be, 42);
+  seqrec::data::TrainBatcher batcher(split.train, L, B);
+  const seqrec::train::AdamWOptions opt;
+  // One untimed forward/backward on the first batch (allocations), without an update.
+  batcher.start_epoch(42, 0);
+  {
+    const auto b = batcher.batch(0);
+    std::int64_t nt = 0;
+    model.zero_grads();
+    model.forward_backward(b.inputs.data(), b.targets.data(), b.batch, b.length, 1, &nt);
+  }
+  be.synchronize();
+  const auto t1 = Clock::now();
+  double loss_sum = 0;
+  std::int64_t tokens = 0;
+  const std::size_t nb = batcher.num_batches();
+  for (std::size_t i = 0; i < nb; ++i) {
+    const auto b = batcher.batch(i);
+    const std::uint64_t key = seqrec::ops::dropout_key(42, std::uint64_t(i) + 1, 0) | 1;
+    model.zero_grads();
+    std::int64_t nt = 0;
+    loss_sum +=
+        model.forward_backward(b.inputs.data(), b.targets.data(), b.batch, b.length, key, &nt);
+    model.optimizer_step(opt, 1e-3, std::int64_t(i) + 1, 1.0);
+    tokens += nt;
+  }
+  be.synchronize();
+  const double secs = std::chrono::duration<double>(Clock::now() - t1).count();
+  std::printf(
+      "one epoch: %zu batches of %d, %lld scored tokens, %.2f s/epoch, %.0f tokens/s, "
+      "mean loss %.4f\n",
+      nb, B, static_cast<long long>(tokens), secs, double(tokens) / secs, loss_sum / double(nb));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int steps = 30, warmup = 3;
+  std::string data_dir;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if ((a == "--steps" || a == "--warmup" || a == "--data") && i + 1 < argc) {
+      const std::string v = argv[++i];
+      if (a == "--steps") steps = std::max(1, std::atoi(v.c_str()));
+      if (a == "--warmup") warmup = std::max(0, std::atoi(v.c_str()));
+      if (a == "--data") data_dir = v;
+    } else {
+      std::fprintf(stderr, "usage: %s [--steps N] [--warmup N] [--data DIR]\n", argv[0]);
+      return 1;
+    }
+  }
+  std::string why;
+  if (seqrec::cuda::cuda_device_available(&why) == 0) {
+    std::printf("no CUDA device (cudaGetDeviceCount: %s), skipping\n", why.c_str());
+    return 77;
+  }
+  try {
+    seqrec::cuda::Backend be(0);
+    cudaDeviceProp prop{};
+    SEQREC_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    std::printf("device: %s (sm_%d%d, %d SMs, %.1f GiB)\n", prop.name, prop.major, prop.minor,
+                prop.multiProcessorCount, double(prop.totalGlobalMem) / kGiB);
+    synthetic_part(be, steps, warmup);
+    if (!data_dir.empty()) data_part(be, data_dir);
+  } catch (const std::exception& e) {
+    std::printf("gpu_train_bench failed: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,497 @@
+// Model<Config, cuda::Backend>: the model of model/model.hpp on one GPU, fp32 throughout.
+//
+// Same parameters, same names, same order, same initialisation: they are registered into a host
+// ParameterStore<float> by the very calls of the CPU model (the policies' own Layer constructors
+// for norms, positions and the feed-forward block), drawn on the host from the seed exactly as the
+// CPU model draws them, then uploaded. parameters(), checkpoints and the pretrained-init loader
+// therefore work on the host store unchanged. The device keeps four flat arrays — values,
+// gradients and both AdamW moments — with the host store's offsets; the host copy is NOT kept in
+// sync during training:
+//   upload()          host values + moments → device (after loading a checkpoint or init)
+//   download()        device values + moments → host (before checkpointing / host-side eval)
+//   download_grads()  device gradients → host (tests)
+//   zero_grads()      device gradients = 0 (forward_backward accumulates, as on the CPU)
+//   optimizer_step()  clipping + AdamW on the device, honouring the host store's frozen flags
+//
+// forward_backward / loss / score_last take HOST token arrays (score_last writes HOST scores), so
+// the trainer and the evaluator call this model exactly like the CPU one. The step mirrors the CPU
+// model op for op (read model.hpp's forward() and backward() beside this file), with the same
+// dropout sites and keys: embeddings mix64(key ^ 1), attention output mix64(key ^ (l·16 + 2)),
+// FFN output mix64(that ^ 0x5bd1e995). Dropout masks are recomputed from the counter hash in the
+// backward instead of being stored; they are bit-identical to the CPU's.
+//
+// Supported policies in this version: positions Learned, RoPE, None; norm RMSNorm; FFN
+// Mlp<Relu>, Mlp<Silu>. Anything else stops compilation with a static_assert naming the family.
+// Linear layers are cuBLASLt fp32 GEMMs (gemm_rm, no TF32); every other reduction has a fixed
+// order, so a step repeats bit for bit.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "seqrec/backend/cuda.cuh"
+#include "seqrec/model/model.hpp"
+#include "seqrec/ops/attention/attention_cuda.cuh"
+#include "seqrec/ops/cross_entropy/cross_entropy_cuda.cuh"
+#include "seqrec/ops/dropout/dropout_cuda.cuh"
+#include "seqrec/ops/elementwise/elementwise_cuda.cuh"
+#include "seqrec/ops/embedding/embedding_cuda.cuh"
+#include "seqrec/ops/rmsnorm/rmsnorm_cuda.cuh"
+#include "seqrec/ops/rope/rope_cuda.cuh"
+#include "seqrec/train/adamw.hpp"
+#include "seqrec/train/adamw_cuda.cuh"
+
+namespace seqrec {
+
+namespace detail {
+/// Which policies the CUDA model implements (see the static_asserts in the class).
+enum class CudaPos { Unsupported, Learned, RoPE, None };
+template <typename P>
+inline constexpr CudaPos kCudaPos = CudaPos::Unsupported;
+template <>
+inline constexpr CudaPos kCudaPos<policy::pos::Learned> = CudaPos::Learned;
+template <>
+inline constexpr CudaPos kCudaPos<policy::pos::RoPE> = CudaPos::RoPE;
+template <>
+inline constexpr CudaPos kCudaPos<policy::pos::None> = CudaPos::None;
+
+template <typename P>
+inline constexpr bool kCudaNorm = false;
+template <>
+inline constexpr bool kCudaNorm<policy::norm::RMSNorm> = true;
+
+template <typename P>
+struct CudaFfn {
+  static constexpr bool supported = false;
+  static constexpr cuda::Activation act = cuda::Activation::Relu;
+};
+template <>
+struct CudaFfn<policy::ffn::Mlp<ops::Relu>> {
+  static constexpr bool supported = true;
+  static constexpr cuda::Activation act = cuda::Activation::Relu;
+};
+template <>
+struct CudaFfn<policy::ffn::Mlp<ops::Silu>> {
+  static constexpr bool supported = true;
+  static constexpr cuda::Activation act = cuda::Activation::Silu;
+};
+}  // namespace detail
+
+template <typename Cfg>
+class Model<Cfg, cuda::Backend> {
+  static_assert(detail::kCudaPos<typename Cfg::Position> != detail::CudaPos::Unsupported,
+                "Model<Cfg, cuda::Backend>: unsupported position policy; the CUDA backend "
+                "implements pos::Learned, pos::RoPE and pos::None");
+  static_assert(detail::kCudaNorm<typename Cfg::Normalization>,
+                "Model<Cfg, cuda::Backend>: unsupported normalisation policy (norm::LayerNorm "
+                "is CPU-only); the CUDA backend implements norm::RMSNorm");
+  static_assert(detail::CudaFfn<typename Cfg::FeedForward>::supported,
+                "Model<Cfg, cuda::Backend>: unsupported feed-forward policy (ffn::GatedMlp and "
+                "ffn::MoE are CPU-only); the CUDA backend implements ffn::ReluMlp and "
+                "ffn::SiluMlp");
+
+ public:
+  using T = float;
+  using Config = Cfg;
+  // Host policy layers: used only to register the parameters exactly as the CPU model does.
+  using Position = typename Cfg::Position::template Layer<T>;
+  using Norm = typename Cfg::Normalization::template Layer<T>;
+  using Ffn = typename Cfg::FeedForward::template Layer<T>;
+
+  /// Registers and initialises the parameters as Model<Cfg, cpu::Backend>(shape, ·, seed) does,
+  /// then uploads them (moments zero) to the device.
+  Model(const ModelShape& shape, cuda::Backend& backend, std::uint64_t seed)
+      : shape_((shape.validate(), shape)), be_(&backend) {
+    const std::int64_t D = shape_.dim;
+    item_emb_ =
+        store_.add("item_emb.weight", {shape_.vocab_size, D}, true, Init::Normal, shape_.init_std);
+    { const Position registers(store_, shape_); }
+    if constexpr (kPos == detail::CudaPos::Learned) pos_emb_ = store_.find("pos_emb.weight");
+    const double out_std = shape_.init_std / std::sqrt(2.0 * std::max(1, shape_.layers));
+    for (std::int32_t l = 0; l < shape_.layers; ++l) {
+      const std::string p = "blocks." + std::to_string(l);
+      Block b;
+      { const Norm registers(store_, p + ".norm1", D, shape_.norm_eps); }
+      b.qkv_w = store_.add(p + ".attn.qkv.weight", {3 * D, D}, true, Init::Normal, shape_.init_std);
+      b.qkv_b = store_.add(p + ".attn.qkv.bias", {3 * D}, false, Init::Zeros);
+      b.out_w = store_.add(p + ".attn.out.weight", {D, D}, true, Init::Normal, out_std);
+      b.out_b = store_.add(p + ".attn.out.bias", {D}, false, Init::Zeros);
+      { const Norm registers(store_, p + ".norm2", D, shape_.norm_eps); }
+      { const Ffn registers(store_, p + ".ffn", shape_, out_std); }
+      b.norm1 = store_.find(p + ".norm1.weight");
+      b.norm2 = store_.find(p + ".norm2.weight");
+      b.fc1_w = store_.find(p + ".ffn.fc1.weight");
+      b.fc1_b = store_.find(p + ".ffn.fc1.bias");
+      b.fc2_w = store_.find(p + ".ffn.fc2.weight");
+      b.fc2_b = store_.find(p + ".ffn.fc2.bias");
+      blocks_.push_back(b);
+    }
+    { const Norm registers(store_, "norm_f", D, shape_.norm_eps); }
+    norm_f_ = store_.find("norm_f.weight");
+
+    const std::size_t n = store_.size();
+    values_ = be_->buffer<float>(n);
+    grads_ = be_->buffer<float>(n);
+    m_ = be_->buffer<float>(n);
+    v_ = be_->buffer<float>(n);
+    initialise(seed);  // draws on the host and uploads values and (zero) moments
+    zero_grads();
+  }
+
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  static std::string describe() { return Cfg::describe(); }
+  const ModelShape& shape() const noexcept { return shape_; }
+  /// The host store: names, shapes, frozen flags, and values as of the last upload()/download().
+  ParameterStore<T>& parameters() noexcept { return store_; }
+  const ParameterStore<T>& parameters() const noexcept { return store_; }
+  std::int32_t num_items() const noexcept { return shape_.vocab_size - kNumSpecialTokens; }
+  ParamId item_embedding() const noexcept { return item_emb_; }
+  cuda::Backend& backend() noexcept { return *be_; }
+
+  /// Re-draws every parameter from `seed` on the host (as the CPU model does) and uploads values
+  /// and moments.
+  void initialise(std::uint64_t seed) {
+    Rng rng(seed);
+    for (const auto& e : store_.entries()) {
+      T* v = store_.values().data() + e.offset;
+      for (std::size_t i = 0; i < e.numel; ++i) {
+        switch (e.init) {
+          case Init::Zeros:
+            v[i] = T(0);
+            break;
+          case Init::Ones:
+            v[i] = T(1);
+            break;
+          case Init::Normal:
+            v[i] = static_cast<T>(rng.normal() * e.init_std);
+            break;
+        }
+      }
+    }
+    upload();
+  }
+
+  /// Host values and both moments → device.
+  void upload() {
+    copy_to_device(values_.data(), store_.values().data());
+    copy_to_device(m_.data(), store_.moment1().data());
+    copy_to_device(v_.data(), store_.moment2().data());
+    be_->synchronize();
+  }
+  /// Device values and both moments → host store.
+  void download() {
+    copy_to_host(store_.values().data(), values_.data());
+    copy_to_host(store_.moment1().data(), m_.data());
+    copy_to_host(store_.moment2().data(), v_.data());
+    be_->synchronize();
+  }
+  /// Device gradients → host store.
+  void download_grads() {
+    copy_to_host(store_.grads().data(), grads_.data());
+    be_->synchronize();
+  }
+  /// Device gradients = 0.
+  void zero_grads() {
+    SEQREC_CUDA_CHECK(cudaMemsetAsync(grads_.data(), 0, grads_.bytes(), be_->stream()));
+  }
+  /// Device moments = 0 (a fresh optimiser, e.g. at the start of stage two).
+  void reset_moments() {
+    SEQREC_CUDA_CHECK(cudaMemsetAsync(m_.data(), 0, m_.bytes(), be_->stream()));
+    SEQREC_CUDA_CHECK(cudaMemsetAsync(v_.data(), 0, v_.bytes(), be_->stream()));
+  }
+
+  /// Gradient clipping (max norm `clip`, <= 0 disables) then one AdamW update at `lr`, step
+  /// 1-based, over the tensors not frozen in the host store, on the device. Same formulas as
+  /// train::clip_grad_norm + train::adamw_step. Returns the gradient norm before clipping.
+  double optimizer_step(const train::AdamWOptions& o, double lr, std::int64_t step, double clip) {
+    refresh_plan();
+    const double norm = cuda::clip_grad_norm(*be_, *plan_, grads_.data(), clip);
+    cuda::adamw_step(*be_, *plan_, values_.data(), grads_.data(), m_.data(), v_.data(), o, lr,
+                     step);
+    return norm;
+  }
+
+  /// One training step's forward and backward on HOST inputs/targets (B, L), left-padded.
+  /// Gradients are added into the device gradients (zero_grads() first). dropout_key == 0
+  /// disables dropout. Returns the mean cross-entropy over non-padding targets; *num_targets
+  /// receives their count.
+  double forward_backward(const std::int32_t* inputs, const std::int32_t* targets,
+                          std::int32_t batch, std::int32_t len, std::uint64_t dropout_key,
+                          std::int64_t* num_targets) {
+    forward(inputs, batch, len, dropout_key);
+    const std::int64_t N = std::int64_t{batch} * len, D = shape_.dim;
+    std::int64_t count = 0;
+    for (std::int64_t r = 0; r < N; ++r) count += targets[r] >= kNumSpecialTokens;
+    if (num_targets) *num_targets = count;
+    if (count == 0) return 0.0;
+    upload_targets(targets, N);
+    ensure(dh_, N * D);
+    ensure(dx_, N * D);
+    std::int64_t seen = 0;
+    const double loss = cuda::cross_entropy_forward_backward(
+        *be_, ce_shape(N), h_.data(), targets_.data(), value(item_emb_) + kNumSpecialTokens * D,
+        dh_.data(),
+        // A frozen table's gradient would be discarded: skip its (I, D) GEMM.
+        store_.entry(item_emb_).frozen ? nullptr : grad(item_emb_) + kNumSpecialTokens * D,
+        T(1.0 / double(count)), &seen);
+    backward(batch, len);
+    return loss / double(count) + aux_loss();
+  }
+
+  /// Forward only: the mean loss the same step would report.
+  double loss(const std::int32_t* inputs, const std::int32_t* targets, std::int32_t batch,
+              std::int32_t len, std::uint64_t dropout_key) {
+    forward(inputs, batch, len, dropout_key);
+    const std::int64_t N = std::int64_t{batch} * len;
+    upload_targets(targets, N);
+    std::int64_t count = 0;
+    const double loss = cuda::cross_entropy_forward_backward(
+        *be_, ce_shape(N), h_.data(), targets_.data(),
+        value(item_emb_) + kNumSpecialTokens * shape_.dim, nullptr, nullptr, T(1), &count);
+    return (count ? loss / double(count) : 0.0) + aux_loss();
+  }
+
+  /// No feed-forward policy of the CUDA model has an auxiliary loss.
+  double aux_loss() const { return 0.0; }
+  /// No MoE on the CUDA model: always empty.
+  std::vector<std::vector<double>> take_expert_shares() const { return {}; }
+
+  /// Inference: HOST scores (B, I) of every item for the position after the last token of each
+  /// row of the HOST inputs (B, L).
+  void score_last(const std::int32_t* inputs, std::int32_t batch, std::int32_t len, T* scores) {
+    forward(inputs, batch, len, 0);
+    const std::int64_t D = shape_.dim, I = num_items(), B = batch, L = len;
+    if (B == 0) return;
+    ensure(scores_, B * I);
+    // Rows L−1 of each sequence are rows of h_ with stride L·D: the GEMM reads them in place.
+    cuda::gemm_rm(*be_, false, true, B, I, D, 1.f, h_.data() + (L - 1) * D, L * D,
+                  value(item_emb_) + kNumSpecialTokens * D, D, 0.f, scores_.data(), I);
+    SEQREC_CUDA_CHECK(cudaMemcpyAsync(scores, scores_.data(), sizeof(T) * B * I,
+                                      cudaMemcpyDeviceToHost, be_->stream()));
+    be_->synchronize();
+  }
+
+ private:
+  static constexpr detail::CudaPos kPos = detail::kCudaPos<typename Cfg::Position>;
+  static constexpr cuda::Activation kAct = detail::CudaFfn<typename Cfg::FeedForward>::act;
+
+  struct Block {
+    ParamId norm1, qkv_w, qkv_b, out_w, out_b, norm2, fc1_w, fc1_b, fc2_w, fc2_b;
+  };
+  /// Saved activations of one block on the device. The block's input is resid_[l].
+  struct BlockCache {
+    cuda::DeviceBuffer<float> a1, stats1, qkv, probs, ctx, x_mid, a2, stats2, pre, act;
+  };
+
+  float* value(ParamId id) { return values_.data() + store_.entry(id).offset; }
+  float* grad(ParamId id) { return grads_.data() + store_.entry(id).offset; }
+
+  template <typename U>
+  void ensure(cuda::DeviceBuffer<U>& b, std::int64_t count) {
+    if (b.size() < static_cast<std::size_t>(count))
+      b = be_->buffer<U>(static_cast<std::size_t>(count));
+  }
+  void copy_to_device(float* dst, const float* src) {
+    SEQREC_CUDA_CHECK(cudaMemcpyAsync(dst, src, sizeof(float) * store_.size(),
+                                      cudaMemcpyHostToDevice, be_->stream()));
+  }
+  void copy_to_host(float* dst, const float* src) {
+    SEQREC_CUDA_CHECK(cudaMemcpyAsync(dst, src, sizeof(float) * store_.size(),
+                                      cudaMemcpyDeviceToHost, be_->stream()));
+  }
+  void upload_targets(const std::int32_t* targets, std::int64_t n) {
+    ensure(targets_, n);
+    SEQREC_CUDA_CHECK(cudaMemcpyAsync(targets_.data(), targets, sizeof(std::int32_t) * n,
+                                      cudaMemcpyHostToDevice, be_->stream()));
+  }
+
+  /// Rebuilds the optimiser's tile plan when the host store's frozen flags changed.
+  void refresh_plan() {
+    std::vector<char> frozen;
+    for (const auto& e : store_.entries()) frozen.push_back(e.frozen ? 1 : 0);
+    if (plan_ && frozen == plan_frozen_) return;
+    plan_ = std::make_unique<cuda::AdamWPlan>(*be_, cuda::adamw_segments(store_));
+    plan_frozen_ = std::move(frozen);
+  }
+
+  ops::CrossEntropyShape ce_shape(std::int64_t rows) const {
+    const std::int64_t I = num_items();
+    return {rows, shape_.dim, I, kNumSpecialTokens,
+            std::max<std::int64_t>(1, shape_.loss_chunk_elems / I)};
+  }
+
+  void check_tokens(const std::int32_t* tokens, std::int32_t batch, std::int32_t len) const {
+    if (len > shape_.max_len && !Cfg::Position::extrapolates)
+      throw InputError("model input", 0,
+                       "sequence window longer than --max-len " + std::to_string(shape_.max_len) +
+                           " (only extrapolating position encodings such as RoPE allow that)",
+                       std::to_string(len));
+    for (std::int64_t i = 0; i < std::int64_t{batch} * len; ++i) {
+      if (tokens[i] < 0 || tokens[i] >= shape_.vocab_size)
+        throw InputError("model input", 0,
+                         "token at row " + std::to_string(i / len) + ", position " +
+                             std::to_string(i % len) + " is outside the vocabulary [0, " +
+                             std::to_string(shape_.vocab_size) + ")",
+                         std::to_string(tokens[i]));
+    }
+  }
+
+  /// linear layer: y (N, out) = x (N, in) · Wᵀ + b, W (out, in).
+  void linear_forward(const float* x, const float* w, const float* b, float* y, std::int64_t n,
+                      std::int64_t in, std::int64_t out) {
+    cuda::gemm_rm(*be_, false, true, n, out, in, 1.f, x, in, w, in, 0.f, y, out);
+    cuda::bias_add(*be_, y, b, n, out);
+  }
+  /// dx (N, in) = dy · W (overwritten); dW += dyᵀ · x; db += Σ_rows dy.
+  void linear_backward(const float* x, const float* w, const float* dy, float* dx, float* dw,
+                       float* db, std::int64_t n, std::int64_t in, std::int64_t out) {
+    cuda::gemm_rm(*be_, false, false, n, in, out, 1.f, dy, out, w, in, 0.f, dx, in);
+    cuda::gemm_rm(*be_, true, false, out, in, n, 1.f, dy, out, x, in, 1.f, dw, in);
+    cuda::column_sum_add(*be_, dy, db, n, out);
+  }
+
+  std::uint64_t attn_key(std::uint64_t dropout_key, std::size_t l) const {
+    return mix64(dropout_key ^ (l * 16 + 2));
+  }
+
+  void forward(const std::int32_t* tokens, std::int32_t batch, std::int32_t len,
+               std::uint64_t dropout_key) {
+    check_tokens(tokens, batch, len);
+    const std::int64_t B = batch, L = len, N = B * L, D = shape_.dim, H = shape_.heads,
+                       F = shape_.ffn_dim;
+    const double p = dropout_key ? shape_.dropout : 0.0;
+    const float eps = static_cast<float>(shape_.norm_eps);
+    ensure(tokens_, N);
+    SEQREC_CUDA_CHECK(cudaMemcpyAsync(tokens_.data(), tokens, sizeof(std::int32_t) * N,
+                                      cudaMemcpyHostToDevice, be_->stream()));
+    resid_.resize(blocks_.size() + 1);
+    for (auto& r : resid_) ensure(r, N * D);
+    caches_.resize(blocks_.size());
+    ensure(tmp_, N * D);
+    ensure(h_, N * D);
+    ensure(stats_f_, N);
+    if constexpr (kPos == detail::CudaPos::RoPE) rope_.ensure(*be_, L, D / H, shape_.rope_base);
+
+    const T scale = shape_.scale_embeddings ? std::sqrt(T(D)) : T(1);
+    float* x0 = resid_[0].data();
+    cuda::embedding_forward(*be_, tokens_.data(), value(item_emb_), x0, N, D, scale);
+    if constexpr (kPos == detail::CudaPos::Learned) {
+      SEQREC_CHECK(L <= shape_.max_len, "sequence window longer than the learned position table");
+      cuda::position_add(*be_, x0, value(pos_emb_), B, L, D);
+    }
+    cuda::dropout_forward(*be_, x0, N * D, p, mix64(dropout_key ^ 1));
+    const ops::AttentionShape as{B, L, D, H};
+    for (std::size_t l = 0; l < blocks_.size(); ++l) {
+      const Block& blk = blocks_[l];
+      BlockCache& c = caches_[l];
+      const std::uint64_t key = attn_key(dropout_key, l);
+      const float* x_in = resid_[l].data();
+      ensure(c.a1, N * D);
+      ensure(c.stats1, N);
+      ensure(c.qkv, N * 3 * D);
+      ensure(c.probs, B * H * L * L);
+      ensure(c.ctx, N * D);
+      ensure(c.x_mid, N * D);
+      ensure(c.a2, N * D);
+      ensure(c.stats2, N);
+      ensure(c.pre, N * F);
+      ensure(c.act, N * F);
+      // x_mid = x_in + drop(Wo · attn(rope(Wqkv · norm1(x_in))))
+      cuda::rmsnorm_forward(*be_, x_in, value(blk.norm1), c.a1.data(), c.stats1.data(), N, D, eps);
+      linear_forward(c.a1.data(), value(blk.qkv_w), value(blk.qkv_b), c.qkv.data(), N, D, 3 * D);
+      if constexpr (kPos == detail::CudaPos::RoPE)
+        cuda::rope_apply(*be_, rope_, c.qkv.data(), B, L, D, H, +1);
+      cuda::attention_forward(*be_, as, c.qkv.data(), tokens_.data(), kPadToken, c.ctx.data(),
+                              c.probs.data());
+      linear_forward(c.ctx.data(), value(blk.out_w), value(blk.out_b), tmp_.data(), N, D, D);
+      cuda::dropout_add(*be_, c.x_mid.data(), x_in, tmp_.data(), N * D, p, key);
+      // x_out = x_mid + drop(W2 · act(W1 · norm2(x_mid) + b1) + b2)
+      cuda::rmsnorm_forward(*be_, c.x_mid.data(), value(blk.norm2), c.a2.data(), c.stats2.data(), N,
+                            D, eps);
+      linear_forward(c.a2.data(), value(blk.fc1_w), value(blk.fc1_b), c.pre.data(), N, D, F);
+      cuda::activation_forward<kAct>(*be_, c.pre.data(), c.act.data(), N * F);
+      linear_forward(c.act.data(), value(blk.fc2_w), value(blk.fc2_b), tmp_.data(), N, F, D);
+      cuda::dropout_add(*be_, resid_[l + 1].data(), c.x_mid.data(), tmp_.data(), N * D, p,
+                        mix64(key ^ 0x5bd1e995));
+    }
+    cuda::rmsnorm_forward(*be_, resid_[blocks_.size()].data(), value(norm_f_), h_.data(),
+                          stats_f_.data(), N, D, eps);
+    last_p_ = p;
+    last_key_ = dropout_key;
+  }
+
+  /// Reverse of forward(): starts from dh_ (gradient of the loss wrt h), ends in the embeddings.
+  void backward(std::int32_t batch, std::int32_t len) {
+    const std::int64_t B = batch, L = len, N = B * L, D = shape_.dim, H = shape_.heads,
+                       F = shape_.ffn_dim;
+    const double p = last_p_;
+    ensure(dqkv_, N * 3 * D);
+    ensure(dact_, N * F);
+    float* dx = dx_.data();
+    float* dbranch = dh_.data();  // dh_ is free after the final norm: branch gradients
+    float* tmp = tmp_.data();
+    cuda::rmsnorm_backward(*be_, resid_[blocks_.size()].data(), value(norm_f_), stats_f_.data(),
+                           dh_.data(), dx, grad(norm_f_), N, D);
+    const ops::AttentionShape as{B, L, D, H};
+    for (std::size_t li = blocks_.size(); li-- > 0;) {
+      const Block& blk = blocks_[li];
+      BlockCache& c = caches_[li];
+      const std::uint64_t key = attn_key(last_key_, li);
+      // x_out = x_mid + drop(ffn(norm2(x_mid)))
+      cuda::dropout_backward(*be_, dx, dbranch, N * D, p, mix64(key ^ 0x5bd1e995));
+      linear_backward(c.act.data(), value(blk.fc2_w), dbranch, dact_.data(), grad(blk.fc2_w),
+                      grad(blk.fc2_b), N, F, D);
+      cuda::activation_backward<kAct>(*be_, c.pre.data(), dact_.data(), N * F);
+      linear_backward(c.a2.data(), value(blk.fc1_w), dact_.data(), tmp, grad(blk.fc1_w),
+                      grad(blk.fc1_b), N, D, F);
+      cuda::rmsnorm_backward(*be_, c.x_mid.data(), value(blk.norm2), c.stats2.data(), tmp, dbranch,
+                             grad(blk.norm2), N, D);
+      cuda::add_into(*be_, dx, dbranch, N * D);  // dx is now d x_mid
+      // x_mid = x_in + drop(Wo · attn(rope(Wqkv · norm1(x_in))))
+      cuda::dropout_backward(*be_, dx, dbranch, N * D, p, key);
+      linear_backward(c.ctx.data(), value(blk.out_w), dbranch, tmp, grad(blk.out_w),
+                      grad(blk.out_b), N, D, D);
+      cuda::attention_backward(*be_, as, c.qkv.data(), c.probs.data(), tmp, dqkv_.data());
+      if constexpr (kPos == detail::CudaPos::RoPE)
+        cuda::rope_apply(*be_, rope_, dqkv_.data(), B, L, D, H, -1);
+      linear_backward(c.a1.data(), value(blk.qkv_w), dqkv_.data(), tmp, grad(blk.qkv_w),
+                      grad(blk.qkv_b), N, D, 3 * D);
+      cuda::rmsnorm_backward(*be_, resid_[li].data(), value(blk.norm1), c.stats1.data(), tmp,
+                             dbranch, grad(blk.norm1), N, D);
+      cuda::add_into(*be_, dx, dbranch, N * D);  // dx is now d x_in
+    }
+    cuda::dropout_backward(*be_, dx, dx, N * D, p, mix64(last_key_ ^ 1));
+    if constexpr (kPos == detail::CudaPos::Learned)
+      cuda::position_add_backward(*be_, dx, grad(pos_emb_), B, L, D);
+    const T scale = shape_.scale_embeddings ? std::sqrt(T(D)) : T(1);
+    if (!store_.entry(item_emb_).frozen)
+      cuda::embedding_backward(*be_, tokens_.data(), dx, grad(item_emb_), N, D, shape_.vocab_size,
+                               scale);
+  }
+
+  ModelShape shape_;
+  cuda::Backend* be_;
+  ParameterStore<T> store_;
+  ParamId item_emb_, pos_emb_, norm_f_;
+  std::vector<Block> blocks_;
+  // Device parameters, gradients and AdamW moments, laid out as store_'s flat arrays.
+  cuda::DeviceBuffer<float> values_, grads_, m_, v_;
+  std::unique_ptr<cuda::AdamWPlan> plan_;
+  std::vector<char> plan_frozen_;
+  cuda::RopeTable rope_;
+  // Activations of the last forward and backward scratch, reused across steps.
+  cuda::DeviceBuffer<std::int32_t> tokens_, targets_;
+  std::vector<cuda::DeviceBuffer<float>> resid_;  // block inputs, then the last block's output
+  std::vector<BlockCache> caches_;
+  cuda::DeviceBuffer<float> h_, stats_f_, tmp_, dx_, dh_, dqkv_, dact_, scores_;
+  double last_p_ = 0.0;
+  std::uint64_t last_key_ = 0;
+};
+
+}  // namespace seqrec

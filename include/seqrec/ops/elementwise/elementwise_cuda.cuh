@@ -1,0 +1,193 @@
+// Small element-wise and reduction kernels of the CUDA model, fp32, all on the backend's stream:
+//
+//   bias_add                y (N, C) += b (C) per row                (linear layers' bias)
+//   column_sum_add          db (C) += Σ_rows dy (N, C)               (their bias gradient)
+//   add_into                y (n) += x (n)                           (residual gradients)
+//   position_add            x (B, L, D) += P (L, D)                  (learned positions)
+//   position_add_backward   dP (L, D) += Σ_b dx (B, L, D)
+//   activation_forward      y = f(x);  activation_backward  d *= f'(x)     (ReLU, SiLU)
+//
+// No atomics anywhere: every sum has a fixed order, so results repeat bit for bit. The column sum
+// is two passes: a fixed grid of row chunks writes per-chunk column sums (each thread one column,
+// rows in order, so reads are coalesced across a warp), then one thread per column adds the chunk
+// sums in chunk order. The position gradient is one thread per (l, j) summing over b in order.
+// Element-wise arithmetic uses round-to-nearest intrinsics where the CPU computes the same single
+// operation, so those outputs equal the CPU's floats given equal inputs.
+#pragma once
+
+#include <cstdint>
+
+#include "seqrec/backend/cuda.cuh"
+
+namespace seqrec::cuda {
+
+/// Activations the CUDA model implements (ops::Relu and ops::Silu of ops/activation).
+enum class Activation { Relu, Silu };
+
+namespace detail {
+constexpr int kColSumChunks = 64;  // row chunks of column_sum_add: fixes its summation order
+
+inline unsigned ew_blocks(std::int64_t n) {
+  const std::int64_t want = (n + 255) / 256;
+  return static_cast<unsigned>(want < 65535 * 8 ? want : 65535 * 8);
+}
+
+template <Activation A>
+__device__ inline float act_f(float x) {
+  if constexpr (A == Activation::Relu) {
+    return x > 0.f ? x : 0.f;
+  } else {
+    return x / (1.f + expf(-x));
+  }
+}
+template <Activation A>
+__device__ inline float act_df(float x) {
+  if constexpr (A == Activation::Relu) {
+    return x > 0.f ? 1.f : 0.f;
+  } else {
+    const float s = 1.f / (1.f + expf(-x));
+    return s * (1.f + x * (1.f - s));
+  }
+}
+}  // namespace detail
+
+static __global__ void bias_add_kernel(float* __restrict__ y, const float* __restrict__ b,
+                                       std::int64_t rows, std::int64_t cols) {
+  const std::int64_t total = rows * cols;
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+    y[i] = __fadd_rn(y[i], b[i % cols]);
+}
+
+/// partial (gridDim.y, C): chunk blockIdx.y's column sums, rows in ascending order.
+static __global__ void column_sum_partial_kernel(const float* __restrict__ x,
+                                                 float* __restrict__ partial, std::int64_t rows,
+                                                 std::int64_t cols, std::int64_t chunk) {
+  const std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= cols) return;
+  const std::int64_t r0 = static_cast<std::int64_t>(blockIdx.y) * chunk;
+  const std::int64_t r1 = r0 + chunk < rows ? r0 + chunk : rows;
+  float s = 0.f;
+  for (std::int64_t r = r0; r < r1; ++r) s += x[r * cols + j];
+  partial[static_cast<std::int64_t>(blockIdx.y) * cols + j] = s;
+}
+
+/// out[j] += Σ_c partial[c, j], c in order.
+static __global__ void column_sum_reduce_kernel(const float* __restrict__ partial,
+                                                float* __restrict__ out, int chunks,
+                                                std::int64_t cols) {
+  const std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= cols) return;
+  float s = 0.f;
+  for (int c = 0; c < chunks; ++c) s += partial[static_cast<std::int64_t>(c) * cols + j];
+  out[j] += s;
+}
+
+static __global__ void add_into_kernel(float* __restrict__ y, const float* __restrict__ x,
+                                       std::int64_t n) {
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+    y[i] = __fadd_rn(y[i], x[i]);
+}
+
+static __global__ void position_add_kernel(float* __restrict__ x, const float* __restrict__ p,
+                                           std::int64_t total, std::int64_t ld) {
+  // x is (B, L·D) as rows of ld = L·D; p is (L·D).
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+    x[i] = __fadd_rn(x[i], p[i % ld]);
+}
+
+/// One thread per (l, j) = k < L·D: dp[k] += Σ_b dx[b·L·D + k], b in order.
+static __global__ void position_add_backward_kernel(const float* __restrict__ dx,
+                                                    float* __restrict__ dp, std::int64_t batch,
+                                                    std::int64_t ld) {
+  const std::int64_t k = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (k >= ld) return;
+  float s = 0.f;
+  for (std::int64_t b = 0; b < batch; ++b) s += dx[b * ld + k];
+  dp[k] += s;
+}
+
+template <Activation A>
+static __global__ void activation_forward_kernel(const float* __restrict__ x, float* __restrict__ y,
+                                                 std::int64_t n) {
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+    y[i] = detail::act_f<A>(x[i]);
+}
+
+template <Activation A>
+static __global__ void activation_backward_kernel(const float* __restrict__ x,
+                                                  float* __restrict__ d, std::int64_t n) {
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+    d[i] = __fmul_rn(d[i], detail::act_df<A>(x[i]));
+}
+
+/// y (rows, cols) += b (cols), per row.
+inline void bias_add(Backend& be, float* y, const float* b, std::int64_t rows, std::int64_t cols) {
+  if (rows * cols == 0) return;
+  bias_add_kernel<<<detail::ew_blocks(rows * cols), 256, 0, be.stream()>>>(y, b, rows, cols);
+  SEQREC_CUDA_CHECK_LAUNCH();
+}
+
+/// out (cols) += Σ_rows x (rows, cols), deterministic.
+inline void column_sum_add(Backend& be, const float* x, float* out, std::int64_t rows,
+                           std::int64_t cols) {
+  if (rows == 0 || cols == 0) return;
+  const std::int64_t want = rows < detail::kColSumChunks ? rows : detail::kColSumChunks;
+  const std::int64_t chunk = (rows + want - 1) / want;
+  const int chunks = static_cast<int>((rows + chunk - 1) / chunk);
+  auto partial = be.buffer<float>(static_cast<std::size_t>(chunks) * cols);
+  const dim3 grid(static_cast<unsigned>((cols + 255) / 256), static_cast<unsigned>(chunks));
+  column_sum_partial_kernel<<<grid, 256, 0, be.stream()>>>(x, partial.data(), rows, cols, chunk);
+  SEQREC_CUDA_CHECK_LAUNCH();
+  column_sum_reduce_kernel<<<static_cast<unsigned>((cols + 255) / 256), 256, 0, be.stream()>>>(
+      partial.data(), out, chunks, cols);
+  SEQREC_CUDA_CHECK_LAUNCH();
+}
+
+/// y (n) += x (n).
+inline void add_into(Backend& be, float* y, const float* x, std::int64_t n) {
+  if (n == 0) return;
+  add_into_kernel<<<detail::ew_blocks(n), 256, 0, be.stream()>>>(y, x, n);
+  SEQREC_CUDA_CHECK_LAUNCH();
+}
+
+/// x (B, L, D) += p (L, D) for every b; p is the first L rows of the position table.
+inline void position_add(Backend& be, float* x, const float* p, std::int64_t batch,
+                         std::int64_t length, std::int64_t dim) {
+  const std::int64_t total = batch * length * dim;
+  if (total == 0) return;
+  position_add_kernel<<<detail::ew_blocks(total), 256, 0, be.stream()>>>(x, p, total, length * dim);
+  SEQREC_CUDA_CHECK_LAUNCH();
+}
+
+/// dp (L, D) += Σ_b dx (B, L, D), deterministic (one thread per (l, j), b in order).
+inline void position_add_backward(Backend& be, const float* dx, float* dp, std::int64_t batch,
+                                  std::int64_t length, std::int64_t dim) {
+  const std::int64_t ld = length * dim;
+  if (ld == 0 || batch == 0) return;
+  position_add_backward_kernel<<<static_cast<unsigned>((ld + 255) / 256), 256, 0, be.stream()>>>(
+      dx, dp, batch, ld);
+  SEQREC_CUDA_CHECK_LAUNCH();
+}
+
+/// y (n) = f(x) (n); y and x are distinct buffers.
+template <Activation A>
+void activation_forward(Backend& be, const float* x, float* y, std::int64_t n) {
+  if (n == 0) return;
+  activation_forward_kernel<A><<<detail::ew_blocks(n), 256, 0, be.stream()>>>(x, y, n);
+  SEQREC_CUDA_CHECK_LAUNCH();
+}
+
+/// d (n) *= f'(x) (n): the gradient through the activation, x the pre-activation.
+template <Activation A>
+void activation_backward(Backend& be, const float* x, float* d, std::int64_t n) {
+  if (n == 0) return;
+  activation_backward_kernel<A><<<detail::ew_blocks(n), 256, 0, be.stream()>>>(x, d, n);
+  SEQREC_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace seqrec::cuda

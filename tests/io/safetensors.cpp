@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "seqrec/core/random.hpp"
+#include "support/temp_dir.hpp"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::ContainsSubstring;
@@ -27,24 +28,7 @@ using seqrec::io::Tensor;
 
 namespace {
 
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path_ = fs::temp_directory_path() /
-            ("seqrec_io_st_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
+using TempDir = seqrec::test::TempDir;  // tag: io_st
 
 std::vector<std::byte> to_bytes(std::string_view s) {
   const auto b = std::as_bytes(std::span<const char>(s.data(), s.size()));

@@ -18,6 +18,7 @@
 
 #include "seqrec/core/random.hpp"
 #include "seqrec/io/npy.hpp"
+#include "support/temp_dir.hpp"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::ContainsSubstring;
@@ -31,24 +32,7 @@ namespace {
 
 const fs::path kFixtures = fs::path(SEQREC_TEST_FIXTURES) / "pretrained";
 
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path_ = fs::temp_directory_path() /
-            ("seqrec_io_npy_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
+using TempDir = seqrec::test::TempDir;  // tag: io_npy
 
 /// A version 1.0 file from a header text (written as is, no padding) and raw data bytes.
 std::vector<std::byte> npy_bytes(const std::string& header, std::size_t data_bytes = 0,

@@ -393,8 +393,8 @@ int run_trainer(int argc, char** argv, const std::string& name, const std::strin
     const RunOptions ro = parse_run_options(a);
     const LoadedData d = load_data(a, ro.shape.max_len, ro.shape.dim);
     const RunResult r = run_variant<Cfg>(ro, d, ro.train.seed, name);
-    const eval::Metrics pop =
-        eval::popularity_baseline(d.split, d.dataset.vocab.num_items(), d.split.valid);
+    const eval::Metrics pop = eval::popularity_baseline(d.split, d.dataset.vocab.num_items(),
+                                                        d.split.valid, 10, ro.exclude_history);
     print_table(r, pop, r.epochs_run);
     if (r.extra.contains("length_buckets")) {
       std::printf("\nMRR@10 by history length (%s):\n", r.extra["window_2L_used"].get<bool>()

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "seqrec/core/random.hpp"
+#include "seqrec/eval/baselines.hpp"
 #include "seqrec/eval/metrics.hpp"
 
 using namespace seqrec;
@@ -67,4 +68,13 @@ TEST_CASE("MRR, HR and NDCG at K from ranks", "[cpu]") {
   CHECK(std::abs(m.mrr - (1.0 + 0.5 + 0.1) / 5) < 1e-12);
   CHECK(std::abs(m.ndcg - (1.0 + 1 / std::log2(3.0) + 1 / std::log2(11.0)) / 5) < 1e-12);
   CHECK(eval::MetricAccumulator(10).result().count == 0);
+}
+
+TEST_CASE("popularity baseline ranks by training counts and can exclude the history", "[cpu]") {
+  data::Split split;
+  split.train = {{4, 5, 5, 6}};  // items 0, 1, 2 seen 1, 2, 1 times
+  const std::vector<data::EvalCase> cases = {{0, {5}, 6}};
+  // Target (count 1) ties with item 0 and trails item 1: pessimistic rank 3, or 2 without item 1.
+  CHECK(std::abs(eval::popularity_baseline(split, 3, cases).mrr - 1.0 / 3) < 1e-12);
+  CHECK(std::abs(eval::popularity_baseline(split, 3, cases, 10, true).mrr - 1.0 / 2) < 1e-12);
 }

@@ -2,6 +2,8 @@
 // several seeds, and writes the table as markdown and JSON (variant, description, parameters
 // total/active, MRR@10 mean ± std, HR@10, NDCG@10, train time). The variants are a compile-time
 // list walked with Boost.Hana: adding a row is adding a type, and nothing switches at run time.
+// Every row trains the same number of epochs: title-init rows spend --stage1-epochs with the
+// item table frozen, random-init rows train normally for those epochs.
 #include <boost/hana.hpp>
 #include <cmath>
 #include <sstream>
@@ -102,7 +104,15 @@ int main(int argc, char** argv) {
       Row row{v.binary, v.description, Cfg::describe()};
       for (std::uint64_t seed : seeds) {
         std::fprintf(stderr, "== %s seed %llu\n", v.binary, static_cast<unsigned long long>(seed));
-        const app::RunResult r = app::run_variant<Cfg>(ro, d, seed, v.binary);
+        // Same budget for every row: random-init variants have no table to keep frozen, so they
+        // spend the stage-1 epochs in ordinary training instead.
+        app::RunOptions rv = ro;
+        if constexpr (!Cfg::Initializer::pretrained) {
+          const std::int32_t s1 = ro.stage1_epochs >= 0 ? ro.stage1_epochs : 4;
+          rv.train.epochs += s1;
+          rv.stage1_epochs = 0;
+        }
+        const app::RunResult r = app::run_variant<Cfg>(rv, d, seed, v.binary);
         row.params_total = r.params_total;
         row.params_active = r.params_active;
         const eval::Metrics& m = r.test ? *r.test : r.valid;

@@ -34,6 +34,36 @@ namespace seqrec {
 inline constexpr std::int32_t kPadToken = 0;
 inline constexpr std::int32_t kNumSpecialTokens = 4;
 
+namespace detail {
+
+/// The chunked loss's shape: at most loss_chunk_elems logits alive at once.
+inline ops::CrossEntropyShape loss_shape(const ModelShape& s, std::int64_t rows) {
+  const std::int64_t items = s.vocab_size - kNumSpecialTokens;
+  return {rows, s.dim, items, kNumSpecialTokens,
+          std::max<std::int64_t>(1, s.loss_chunk_elems / items)};
+}
+
+/// Rejects a window longer than max_len (unless the positions extrapolate) and any token outside
+/// the vocabulary, naming its row, position and value. Shared by every backend's model.
+inline void check_model_input(const ModelShape& s, bool extrapolates, const std::int32_t* tokens,
+                              std::int32_t batch, std::int32_t len) {
+  if (len > s.max_len && !extrapolates)
+    throw InputError("model input", 0,
+                     "sequence window longer than --max-len " + std::to_string(s.max_len) +
+                         " (only extrapolating position encodings such as RoPE allow that)",
+                     std::to_string(len));
+  for (std::int64_t i = 0; i < std::int64_t{batch} * len; ++i) {
+    if (tokens[i] < 0 || tokens[i] >= s.vocab_size)
+      throw InputError("model input", 0,
+                       "token at row " + std::to_string(i / len) + ", position " +
+                           std::to_string(i % len) + " is outside the vocabulary [0, " +
+                           std::to_string(s.vocab_size) + ")",
+                       std::to_string(tokens[i]));
+  }
+}
+
+}  // namespace detail
+
 template <typename Cfg, typename Backend>
 class Model {
  public:
@@ -176,25 +206,10 @@ class Model {
   };
 
   ops::CrossEntropyShape ce_shape(std::int64_t rows) const {
-    const std::int64_t I = num_items();
-    return {rows, shape_.dim, I, kNumSpecialTokens,
-            std::max<std::int64_t>(1, shape_.loss_chunk_elems / I)};
+    return detail::loss_shape(shape_, rows);
   }
-
   void check_tokens(const std::int32_t* tokens, std::int32_t batch, std::int32_t len) const {
-    if (len > shape_.max_len && !Cfg::Position::extrapolates)
-      throw InputError("model input", 0,
-                       "sequence window longer than --max-len " + std::to_string(shape_.max_len) +
-                           " (only extrapolating position encodings such as RoPE allow that)",
-                       std::to_string(len));
-    for (std::int64_t i = 0; i < std::int64_t{batch} * len; ++i) {
-      if (tokens[i] < 0 || tokens[i] >= shape_.vocab_size)
-        throw InputError("model input", 0,
-                         "token at row " + std::to_string(i / len) + ", position " +
-                             std::to_string(i % len) + " is outside the vocabulary [0, " +
-                             std::to_string(shape_.vocab_size) + ")",
-                         std::to_string(tokens[i]));
-    }
+    detail::check_model_input(shape_, Cfg::Position::extrapolates, tokens, batch, len);
   }
 
   void forward(const std::int32_t* tokens, std::int32_t batch, std::int32_t len,

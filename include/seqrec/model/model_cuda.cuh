@@ -321,25 +321,10 @@ class Model<Cfg, cuda::Backend> {
   }
 
   ops::CrossEntropyShape ce_shape(std::int64_t rows) const {
-    const std::int64_t I = num_items();
-    return {rows, shape_.dim, I, kNumSpecialTokens,
-            std::max<std::int64_t>(1, shape_.loss_chunk_elems / I)};
+    return detail::loss_shape(shape_, rows);
   }
-
   void check_tokens(const std::int32_t* tokens, std::int32_t batch, std::int32_t len) const {
-    if (len > shape_.max_len && !Cfg::Position::extrapolates)
-      throw InputError("model input", 0,
-                       "sequence window longer than --max-len " + std::to_string(shape_.max_len) +
-                           " (only extrapolating position encodings such as RoPE allow that)",
-                       std::to_string(len));
-    for (std::int64_t i = 0; i < std::int64_t{batch} * len; ++i) {
-      if (tokens[i] < 0 || tokens[i] >= shape_.vocab_size)
-        throw InputError("model input", 0,
-                         "token at row " + std::to_string(i / len) + ", position " +
-                             std::to_string(i % len) + " is outside the vocabulary [0, " +
-                             std::to_string(shape_.vocab_size) + ")",
-                         std::to_string(tokens[i]));
-    }
+    detail::check_model_input(shape_, Cfg::Position::extrapolates, tokens, batch, len);
   }
 
   /// linear layer: y (N, out) = x (N, in) · Wᵀ + b, W (out, in).

@@ -105,25 +105,7 @@ class Model {
   ParamId item_embedding() const noexcept { return item_emb_; }
 
   /// Re-draws every parameter from `seed` (used by the constructor).
-  void initialise(std::uint64_t seed) {
-    Rng rng(seed);
-    for (const auto& e : store_.entries()) {
-      T* v = store_.values().data() + e.offset;
-      for (std::size_t i = 0; i < e.numel; ++i) {
-        switch (e.init) {
-          case Init::Zeros:
-            v[i] = T(0);
-            break;
-          case Init::Ones:
-            v[i] = T(1);
-            break;
-          case Init::Normal:
-            v[i] = static_cast<T>(rng.normal() * e.init_std);
-            break;
-        }
-      }
-    }
-  }
+  void initialise(std::uint64_t seed) { store_.initialise(seed); }
 
   /// One training step's forward and backward on inputs/targets (B, L), left-padded. Gradients
   /// are added into the store (the caller zeroes them). dropout_key == 0 disables dropout.

@@ -157,23 +157,7 @@ class Model<Cfg, cuda::Backend> {
   /// Re-draws every parameter from `seed` on the host (as the CPU model does) and uploads values
   /// and moments.
   void initialise(std::uint64_t seed) {
-    Rng rng(seed);
-    for (const auto& e : store_.entries()) {
-      T* v = store_.values().data() + e.offset;
-      for (std::size_t i = 0; i < e.numel; ++i) {
-        switch (e.init) {
-          case Init::Zeros:
-            v[i] = T(0);
-            break;
-          case Init::Ones:
-            v[i] = T(1);
-            break;
-          case Init::Normal:
-            v[i] = static_cast<T>(rng.normal() * e.init_std);
-            break;
-        }
-      }
-    }
+    store_.initialise(seed);
     upload();
   }
 

@@ -12,6 +12,7 @@
 
 #include "seqrec/core/eigen.hpp"
 #include "seqrec/core/error.hpp"
+#include "seqrec/core/random.hpp"
 
 namespace seqrec {
 
@@ -67,6 +68,27 @@ class ParameterStore {
     for (std::size_t i = 0; i < entries_.size(); ++i)
       if (entries_[i].name == name) return ParamId{i};
     throw Error("no parameter named '" + name + "'");
+  }
+  /// Draws every tensor from its init spec, in registration order, from one stream seeded with
+  /// `seed`: every backend's model registers the same tensors, so they start identical.
+  void initialise(std::uint64_t seed) {
+    Rng rng(seed);
+    for (const auto& e : entries_) {
+      T* v = values_.data() + e.offset;
+      for (std::size_t i = 0; i < e.numel; ++i) {
+        switch (e.init) {
+          case Init::Zeros:
+            v[i] = T(0);
+            break;
+          case Init::Ones:
+            v[i] = T(1);
+            break;
+          case Init::Normal:
+            v[i] = static_cast<T>(rng.normal() * e.init_std);
+            break;
+        }
+      }
+    }
   }
   void set_frozen(ParamId id, bool frozen) { entries_.at(id.index).frozen = frozen; }
 

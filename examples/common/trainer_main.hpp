@@ -213,6 +213,11 @@ inline RunOptions parse_run_options(const cxxopts::ParseResult& a) {
   r.analysis = a.count("analysis") > 0;
   r.resume = a["resume"].as<std::string>();
   r.metrics_json = a["metrics-json"].as<std::string>();
+  // Output folders are made here so that a long run cannot fail at its first save.
+  for (const std::string& out : {t.checkpoint, r.metrics_json}) {
+    const std::filesystem::path parent = std::filesystem::path(out).parent_path();
+    if (!out.empty() && !parent.empty()) std::filesystem::create_directories(parent);
+  }
   r.config = {{"data", a["data"].as<std::string>()},
               {"protocol", a["protocol"].as<std::string>()},
               {"truncate", a["truncate"].as<std::string>()},

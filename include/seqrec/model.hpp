@@ -31,6 +31,7 @@
 #include "seqrec/model/parameter_store.hpp"
 #include "seqrec/model/shape.hpp"
 #include "seqrec/train/adamw.hpp"
+#include "seqrec/train/dpo.hpp"
 #include "seqrec/train/schedule.hpp"
 #include "seqrec/train/trainer.hpp"
 

@@ -145,6 +145,24 @@ class Model {
     return (count ? loss / double(count) : 0.0) + aux_loss();
   }
 
+  /// Custom heads (DPO): runs the forward pass and returns the final hidden states (B·L, D)
+  /// after the last norm, valid until the next call. Pair with backward_hidden().
+  const T* forward_hidden(const std::int32_t* inputs, std::int32_t batch, std::int32_t len,
+                          std::uint64_t dropout_key) {
+    forward(inputs, batch, len, dropout_key);
+    return h_.data();
+  }
+
+  /// Backward of the last forward_hidden() from dL/dh (B·L, D); gradients are added into the
+  /// store (the MoE auxiliary losses' included, as in forward_backward).
+  void backward_hidden(const T* dh, std::int32_t batch, std::int32_t len) {
+    const std::size_t n = static_cast<std::size_t>(std::int64_t{batch} * len * shape_.dim);
+    SEQREC_CHECK(n == h_.size(), "backward_hidden: shape differs from the last forward");
+    dx_.resize(n);
+    dh_.assign(dh, dh + n);
+    backward(batch, len);
+  }
+
   /// Sum of the feed-forward blocks' auxiliary losses in the last forward (MoE; 0 otherwise).
   double aux_loss() const {
     double a = 0;

@@ -1,0 +1,37 @@
+# Trains a tiny train_ours model, fine-tunes it with dpo_finetune (S-DPO with an anchor, to cover
+# the options), and checks the metrics JSON: before/after metrics, pairs, the measured hard share.
+file(MAKE_DIRECTORY ${OUT})
+execute_process(COMMAND ${TRAIN} --epochs 1 --stage1-epochs 1 --dim 16 --heads 1 --layers 1
+                        --max-len 20 --no-progress --threads 1 --checkpoint ${OUT}/ours.safetensors
+                RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "train_ours exited with ${rc}")
+endif()
+execute_process(COMMAND ${DPO} --init-checkpoint ${OUT}/ours.safetensors --loss sdpo --negatives 3
+                        --ce-weight 0.5 --no-progress --threads 1 --metrics-json ${OUT}/dpo.json
+                        --checkpoint ${OUT}/dpo.safetensors
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out)
+if(NOT rc EQUAL 0 OR NOT out MATCHES "valid \\(after\\)")
+  message(FATAL_ERROR "dpo_finetune exited with ${rc}: ${out}")
+endif()
+file(READ ${OUT}/dpo.json json)
+string(JSON pairs GET "${json}" pairs)
+if(NOT pairs EQUAL 3000)
+  message(FATAL_ERROR "expected one pair per training sequence (3000), got ${pairs}")
+endif()
+string(JSON share GET "${json}" hard_share_measured)
+if(share LESS 0.2 OR share GREATER 0.4)
+  message(FATAL_ERROR "hard share ${share} is far from 0.3")
+endif()
+foreach(split valid_before valid test)
+  string(JSON v GET "${json}" ${split} mrr@10)
+endforeach()
+if(NOT EXISTS ${OUT}/dpo.safetensors)
+  message(FATAL_ERROR "no tuned checkpoint written")
+endif()
+# A checkpoint from other data must be refused with the vocabulary sizes named.
+execute_process(COMMAND ${DPO} --init-checkpoint ${OUT}/ours.safetensors
+                        --data ${FIXTURE} --no-progress RESULT_VARIABLE rc ERROR_VARIABLE err)
+if(rc EQUAL 0 OR NOT err MATCHES "vocabulary of [0-9]+ tokens, this data has [0-9]+")
+  message(FATAL_ERROR "mismatched data was not refused clearly (${rc}): ${err}")
+endif()

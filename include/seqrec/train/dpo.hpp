@@ -1,0 +1,553 @@
+// DPO fine-tuning of a trained next-item model (the study's third stage).
+//
+// Preference pairs come from the training sequences: at the last position of each (or at every
+// position), the chosen item is the true next item and the rejected items are drawn by cosine
+// similarity to it in the trained model's item table, among items that are neither the chosen
+// one nor in the history before it: a share `hard_share` from the `hard_top` most similar, the
+// rest from ranks hard_top+1 .. easy_top (the study: 30% from the top 10, 70% from 11–200).
+//
+// The sequence-level log-probability of an item is its log-softmax over the whole catalogue at
+// that position. With u = β (log π − log π_ref) for the policy π and the frozen reference:
+//   DPO    (1/K) Σ_j −log σ(u_c − u_j)                 (K rejected items, averaged pairwise)
+//   S-DPO  −log σ(−log Σ_j exp(u_j − u_c))              (all K rejected in one softmax)
+// plus, optionally, λ · (−log π(c)), a cross-entropy anchor that keeps the chosen item's
+// likelihood from falling (plain DPO lowers it while widening the margin).
+//
+// The reference's log-probabilities depend only on the fixed pairs, so they are computed once
+// before training (reference_log_probs); the policy's head is evaluated chunk by chunk so that
+// the (pairs, items) logits never exist at once.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <optional>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "seqrec/core/eigen.hpp"
+#include "seqrec/core/error.hpp"
+#include "seqrec/core/progress.hpp"
+#include "seqrec/core/random.hpp"
+#include "seqrec/data/batcher.hpp"
+#include "seqrec/data/dataset.hpp"
+#include "seqrec/data/vocabulary.hpp"
+#include "seqrec/eval/evaluator.hpp"
+#include "seqrec/ops/dropout/dropout_cpu.hpp"
+#include "seqrec/train/adamw.hpp"
+#include "seqrec/train/schedule.hpp"
+#include "seqrec/train/trainer.hpp"
+
+namespace seqrec::train {
+
+// ---- preference pairs ---------------------------------------------------------------------------
+
+struct PairOptions {
+  std::int32_t negatives = 1;   // rejected items per chosen item (K)
+  double hard_share = 0.3;      // probability that a rejected item comes from the hard pool
+  std::int32_t hard_top = 10;   // hard pool: similarity ranks 1 .. hard_top
+  std::int32_t easy_top = 200;  // easy pool: ranks hard_top+1 .. easy_top
+  bool all_positions = false;   // a pair at every position, not only the last
+  std::uint64_t seed = 1;
+
+  void validate() const {
+    SEQREC_CHECK(negatives >= 1,
+                 "negatives per positive must be >= 1, got " + std::to_string(negatives));
+    SEQREC_CHECK(hard_share >= 0 && hard_share <= 1,
+                 "hard share must lie in [0, 1], got " + std::to_string(hard_share));
+    SEQREC_CHECK(hard_top >= 1 && easy_top > hard_top, "need 1 <= hard_top < easy_top, got " +
+                                                           std::to_string(hard_top) + " and " +
+                                                           std::to_string(easy_top));
+  }
+};
+
+/// Preference examples laid out like training rows: windows of L tokens and, per position, the
+/// chosen token (kPad where that position has no pair) and K rejected tokens.
+struct PreferenceData {
+  std::int32_t len = 0;                   // L
+  std::int32_t negatives = 0;             // K
+  std::vector<std::int32_t> inputs;       // (n, L)
+  std::vector<std::int32_t> chosen;       // (n, L)
+  std::vector<std::int32_t> rejected;     // (n, L, K)
+  std::vector<std::int32_t> rank;         // (n, L, K) 1-based rank among admissible items
+  std::vector<std::int64_t> pair_offset;  // (n + 1) index of each example's first pair
+
+  std::size_t examples() const { return len > 0 ? inputs.size() / std::size_t(len) : 0; }
+  std::size_t pairs() const { return pair_offset.empty() ? 0 : std::size_t(pair_offset.back()); }
+};
+
+namespace detail {
+
+/// Item tokens of the table sorted by decreasing cosine similarity to `anchor` (anchor itself
+/// left out; ties go to the smaller token), at most `depth` of them. `unit` holds the (I, D)
+/// unit-normalised item rows.
+template <typename T>
+void rank_by_similarity(const AlignedVector<T>& unit, std::int32_t items, std::int32_t dim,
+                        std::int32_t anchor, std::size_t depth, std::vector<float>& sims,
+                        std::vector<std::int32_t>& out) {
+  const std::int32_t a = anchor - kNumSpecialTokens;
+  CMapRM<T> U(unit.data(), items, dim);
+  sims.resize(static_cast<std::size_t>(items));
+  for (std::int32_t i = 0; i < items; ++i) sims[i] = static_cast<float>(U.row(i).dot(U.row(a)));
+  out.resize(static_cast<std::size_t>(items));
+  std::iota(out.begin(), out.end(), 0);
+  out.erase(out.begin() + a);
+  depth = std::min(depth, out.size());
+  auto better = [&](std::int32_t x, std::int32_t y) {
+    return sims[x] != sims[y] ? sims[x] > sims[y] : x < y;
+  };
+  std::partial_sort(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(depth), out.end(),
+                    better);
+  out.resize(depth);
+  for (auto& t : out) t += kNumSpecialTokens;
+}
+
+}  // namespace detail
+
+/// Builds preference pairs from training sequences and the trained item table (vocab, D) of a
+/// model (special-token rows are ignored). Deterministic in o.seed, whatever the thread count.
+template <typename T>
+PreferenceData build_preference_pairs(const std::vector<std::vector<std::int32_t>>& sequences,
+                                      const T* table, std::int32_t vocab, std::int32_t dim,
+                                      std::int32_t L, const PairOptions& o) {
+  o.validate();
+  const std::int32_t items = vocab - kNumSpecialTokens;
+  SEQREC_CHECK(items > o.easy_top, "the catalogue (" + std::to_string(items) +
+                                       " items) must be larger than the easy pool's last rank (" +
+                                       std::to_string(o.easy_top) + ")");
+  const std::size_t K = static_cast<std::size_t>(o.negatives), Ls = static_cast<std::size_t>(L);
+  PreferenceData d;
+  d.len = L;
+  d.negatives = o.negatives;
+  const std::size_t n = sequences.size();
+  d.inputs.resize(n * Ls);
+  d.chosen.resize(n * Ls);
+  d.rejected.assign(n * Ls * K, data::Vocabulary::kPad);
+  d.rank.assign(n * Ls * K, 0);
+  d.pair_offset.assign(n + 1, 0);
+  for (std::size_t e = 0; e < n; ++e) {
+    SEQREC_CHECK(!sequences[e].empty(), "training sequence " + std::to_string(e) + " is empty");
+    std::int32_t* in = d.inputs.data() + e * Ls;
+    std::int32_t* ch = d.chosen.data() + e * Ls;
+    data::make_train_row(sequences[e], L, in, ch);
+    if (!o.all_positions) std::fill(ch, ch + Ls - 1, data::Vocabulary::kPad);
+    std::int64_t count = 0;
+    for (std::size_t p = 0; p < Ls; ++p) {
+      if (ch[p] == data::Vocabulary::kPad) continue;
+      SEQREC_CHECK(ch[p] >= kNumSpecialTokens && ch[p] < vocab,
+                   "training token outside the vocabulary: " + std::to_string(ch[p]));
+      ++count;
+    }
+    d.pair_offset[e + 1] = d.pair_offset[e] + count;
+  }
+
+  // Unit rows of the item table, and for every chosen item a similarity ranking deep enough for
+  // any pair: easy_top admissible items plus however many of the history it may have to skip.
+  AlignedVector<T> unit(static_cast<std::size_t>(items) * dim);
+  {
+    CMapRM<T> W(table + std::int64_t{kNumSpecialTokens} * dim, items, dim);
+    MapRM<T> U(unit.data(), items, dim);
+    for (std::int32_t i = 0; i < items; ++i) {
+      const T norm = W.row(i).norm();
+      U.row(i) = norm > T(0) ? (W.row(i) / norm).eval() : W.row(i) * T(0);
+    }
+  }
+  std::vector<std::int32_t> index_of(static_cast<std::size_t>(vocab), -1), anchors;
+  std::size_t max_history = 0;
+  for (std::size_t e = 0; e < n; ++e) {
+    for (std::size_t p = 0; p < Ls; ++p) {
+      const std::int32_t c = d.chosen[e * Ls + p];
+      if (c == data::Vocabulary::kPad) continue;
+      if (index_of[c] < 0) {
+        index_of[c] = static_cast<std::int32_t>(anchors.size());
+        anchors.push_back(c);
+      }
+    }
+    max_history = std::max(max_history, sequences[e].size());
+  }
+  const std::size_t depth = std::min<std::size_t>(
+      static_cast<std::size_t>(items) - 1, static_cast<std::size_t>(o.easy_top) + max_history);
+  std::vector<std::vector<std::int32_t>> ranking(anchors.size());
+#pragma omp parallel
+  {
+    std::vector<float> sims;
+#pragma omp for schedule(dynamic, 16)
+    for (std::int64_t k = 0; k < std::int64_t(anchors.size()); ++k)
+      detail::rank_by_similarity(unit, items, dim, anchors[k], depth, sims, ranking[k]);
+  }
+
+  const std::int32_t hard = o.hard_top, easy = o.easy_top;
+#pragma omp parallel
+  {
+    std::vector<std::pair<std::int32_t, std::int32_t>> first;  // (item, first position)
+    std::vector<std::int32_t> admissible;
+    std::vector<std::uint8_t> used;
+#pragma omp for schedule(dynamic, 64)
+    for (std::int64_t e = 0; e < std::int64_t(n); ++e) {
+      const auto& seq = sequences[e];
+      first.clear();
+      for (std::size_t i = 0; i < seq.size(); ++i)
+        first.emplace_back(seq[i], static_cast<std::int32_t>(i));
+      std::stable_sort(first.begin(), first.end(),
+                       [](const auto& x, const auto& y) { return x.first < y.first; });
+      first.erase(std::unique(first.begin(), first.end(),
+                              [](const auto& x, const auto& y) { return x.first == y.first; }),
+                  first.end());
+      const std::size_t keep = std::min(seq.size(), Ls), pad = Ls - keep;
+      for (std::size_t p = pad; p < Ls; ++p) {
+        const std::int32_t c = d.chosen[e * Ls + p];
+        if (c == data::Vocabulary::kPad) continue;
+        // The target at window slot p is seq[q]; its history is seq[0 .. q-1].
+        const std::int32_t q = static_cast<std::int32_t>(seq.size() - keep + (p - pad));
+        auto in_history = [&](std::int32_t item) {
+          auto it = std::lower_bound(first.begin(), first.end(), std::make_pair(item, -1));
+          return it != first.end() && it->first == item && it->second < q;
+        };
+        admissible.clear();
+        for (std::int32_t t : ranking[index_of[c]]) {
+          if (t == c || in_history(t)) continue;
+          admissible.push_back(t);
+          if (admissible.size() == std::size_t(easy)) break;
+        }
+        // The ranking was cut at `depth`, which leaves room for every history item to be
+        // skipped; fewer admissible items than easy_top can only mean a tiny catalogue.
+        SEQREC_CHECK(admissible.size() >= K, "only " + std::to_string(admissible.size()) +
+                                                 " admissible negatives for item token " +
+                                                 std::to_string(c) + "; fewer than --negatives");
+        const std::size_t hard_n = std::min<std::size_t>(std::size_t(hard), admissible.size());
+        const std::size_t easy_n = admissible.size() - hard_n;
+        Rng rng(mix64(o.seed ^ mix64(static_cast<std::uint64_t>(e) * Ls + p + 1)));
+        used.assign(admissible.size(), 0);
+        std::size_t hard_left = hard_n, easy_left = easy_n;
+        for (std::size_t j = 0; j < K; ++j) {
+          bool from_hard = rng.uniform() < o.hard_share;
+          if (from_hard && hard_left == 0) from_hard = false;
+          if (!from_hard && easy_left == 0) from_hard = true;
+          const std::size_t lo = from_hard ? 0 : hard_n;
+          const std::size_t size = from_hard ? hard_n : easy_n;
+          // Draw the r-th unused slot of the pool.
+          std::size_t r = rng.below(from_hard ? hard_left : easy_left), slot = lo;
+          for (;; ++slot) {
+            if (used[slot]) continue;
+            if (r == 0) break;
+            --r;
+          }
+          SEQREC_CHECK(slot < lo + size, "negative sampling ran past its pool");
+          used[slot] = 1;
+          (from_hard ? hard_left : easy_left)--;
+          d.rejected[(e * Ls + p) * K + j] = admissible[slot];
+          d.rank[(e * Ls + p) * K + j] = static_cast<std::int32_t>(slot) + 1;
+        }
+      }
+    }
+  }
+  return d;
+}
+
+// ---- losses -------------------------------------------------------------------------------------
+
+enum class PreferenceLoss { Dpo, SDpo };
+
+struct DpoOptions {
+  PreferenceLoss loss = PreferenceLoss::Dpo;
+  double beta = 0.1;
+  double ce_weight = 0.0;  // λ of the cross-entropy anchor −λ log π(chosen)
+};
+
+inline double softplus(double x) { return std::max(x, 0.0) + std::log1p(std::exp(-std::abs(x))); }
+inline double sigmoid(double x) {
+  return x >= 0 ? 1.0 / (1.0 + std::exp(-x)) : std::exp(x) / (1.0 + std::exp(x));
+}
+
+/// Loss of one pair from the log-probabilities of [chosen, rejected_1..K] under the policy and
+/// the reference; grad receives d loss / d policy log-probabilities (1 + K values).
+inline double preference_loss(const DpoOptions& o, std::int32_t K, const double* policy,
+                              const double* reference, double* grad) {
+  const double uc = o.beta * (policy[0] - reference[0]);
+  double loss = 0, gc = 0;
+  if (o.loss == PreferenceLoss::Dpo) {
+    for (std::int32_t j = 1; j <= K; ++j) {
+      const double diff = uc - o.beta * (policy[j] - reference[j]);  // u_c − u_j
+      loss += softplus(-diff) / K;
+      const double s = sigmoid(-diff) / K;  // d loss / d u_j; the negative of it for u_c
+      grad[j] = o.beta * s;
+      gc -= s;
+    }
+  } else {
+    double m = -std::numeric_limits<double>::infinity();
+    for (std::int32_t j = 1; j <= K; ++j) m = std::max(m, o.beta * (policy[j] - reference[j]) - uc);
+    double z = 0;
+    for (std::int32_t j = 1; j <= K; ++j)
+      z += std::exp(o.beta * (policy[j] - reference[j]) - uc - m);
+    const double S = m + std::log(z);  // log Σ exp(u_j − u_c)
+    loss = softplus(S);
+    const double s = sigmoid(S);
+    for (std::int32_t j = 1; j <= K; ++j)
+      grad[j] = o.beta * s * std::exp(o.beta * (policy[j] - reference[j]) - uc - S);
+    gc = -s;
+  }
+  grad[0] = o.beta * gc - o.ce_weight;
+  return loss - o.ce_weight * policy[0];
+}
+
+/// Running sums of a pass over pairs.
+struct PairStats {
+  double loss = 0;          // sum of per-pair losses
+  double margin = 0;        // sum of u_c − mean_j u_j (implicit reward margin)
+  double accuracy = 0;      // pairs with u_c > every u_j
+  double chosen_delta = 0;  // sum of log π(c) − log π_ref(c)
+  std::int64_t pairs = 0;
+  PairStats& operator+=(const PairStats& s) {
+    loss += s.loss;
+    margin += s.margin;
+    accuracy += s.accuracy;
+    chosen_delta += s.chosen_delta;
+    pairs += s.pairs;
+    return *this;
+  }
+};
+
+/// The head over P pair rows: H (P, D) hidden states, W (I, D) item table (items only), tokens
+/// (P, 1+K) [chosen, rejected…]. Writes the policy log-probabilities (P, 1+K) when logp is set.
+/// With reference log-probabilities and dH set, also scores the preference loss, adds
+/// scale · d loss / d W into dW (unless null) and writes scale · d loss / d H into dH.
+template <typename T>
+PairStats pair_head(const T* H, const T* W, std::int64_t P, std::int64_t I, std::int64_t D,
+                    const std::int32_t* tokens, std::int32_t K, const double* reference,
+                    const DpoOptions& o, double scale, double* logp, T* dH, T* dW,
+                    AlignedVector<T>& workspace) {
+  const std::int64_t J = 1 + K;
+  const std::int64_t chunk = std::max<std::int64_t>(1, std::min<std::int64_t>(P, (1 << 22) / I));
+  workspace.resize(static_cast<std::size_t>(chunk * I));
+  CMapRM<T> Wm(W, I, D);
+  PairStats total;
+  std::vector<double> lp(static_cast<std::size_t>(chunk * J)), g(lp.size());
+  for (std::int64_t r0 = 0; r0 < P; r0 += chunk) {
+    const std::int64_t R = std::min(chunk, P - r0);
+    MapRM<T> Z(workspace.data(), R, I);
+    CMapRM<T> Hc(H + r0 * D, R, D);
+    Z.noalias() = Hc * Wm.transpose();
+    double s_loss = 0, s_margin = 0, s_accuracy = 0, s_delta = 0;
+#pragma omp parallel for schedule(static) reduction(+ : s_loss, s_margin, s_accuracy, s_delta)
+    for (std::int64_t r = 0; r < R; ++r) {
+      T* z = Z.data() + r * I;
+      const T mx = *std::max_element(z, z + I);
+      double sum = 0;
+      for (std::int64_t i = 0; i < I; ++i) sum += std::exp(double(z[i] - mx));
+      const double lse = double(mx) + std::log(sum);
+      const std::int32_t* tok = tokens + (r0 + r) * J;
+      double* lpr = lp.data() + r * J;
+      for (std::int64_t j = 0; j < J; ++j) lpr[j] = double(z[tok[j] - kNumSpecialTokens]) - lse;
+      if (logp) std::copy_n(lpr, J, logp + (r0 + r) * J);
+      if (!reference) continue;
+      const double* ref = reference + (r0 + r) * J;
+      double* gr = g.data() + r * J;
+      s_loss += preference_loss(o, K, lpr, ref, gr);
+      const double uc = o.beta * (lpr[0] - ref[0]);
+      double mean_u = 0;
+      bool wins = true;
+      for (std::int64_t j = 1; j < J; ++j) {
+        const double uj = o.beta * (lpr[j] - ref[j]);
+        mean_u += uj / K;
+        wins = wins && uc > uj;
+      }
+      s_margin += uc - mean_u;
+      s_accuracy += wins ? 1.0 : 0.0;
+      s_delta += lpr[0] - ref[0];
+      if (!dH) continue;
+      // d loss / d z_i = Σ_j g_j (δ_{i,tok_j} − softmax_i)
+      double gsum = 0;
+      for (std::int64_t j = 0; j < J; ++j) gsum += gr[j];
+      for (std::int64_t i = 0; i < I; ++i) z[i] = T(-scale * gsum * std::exp(double(z[i]) - lse));
+      for (std::int64_t j = 0; j < J; ++j) z[tok[j] - kNumSpecialTokens] += T(scale * gr[j]);
+    }
+    if (reference) {
+      total.loss += s_loss;
+      total.margin += s_margin;
+      total.accuracy += s_accuracy;
+      total.chosen_delta += s_delta;
+      total.pairs += R;
+    }
+    if (!dH || !reference) continue;
+    MapRM<T>(dH + r0 * D, R, D).noalias() = Z * Wm;
+    if (dW) MapRM<T>(dW, I, D).noalias() += Z.transpose() * Hc;
+  }
+  return total;
+}
+
+/// One preference batch through `model`: examples [begin, end) of `data`, with the reference
+/// log-probabilities of all pairs (pairs × (1+K), in pair order). Returns the summed statistics;
+/// with `grad`, also adds d(mean loss)/dθ into the store (mean over the batch's pairs, MoE
+/// auxiliary losses included). Stats.loss includes the auxiliary loss times the pair count.
+template <typename Model>
+PairStats preference_step(Model& model, const PreferenceData& data, std::size_t begin,
+                          std::size_t end, const std::vector<double>& reference,
+                          const DpoOptions& o, std::uint64_t dropout_key, bool grad) {
+  using T = typename Model::T;
+  const std::int32_t L = data.len, K = data.negatives;
+  const std::int64_t D = model.shape().dim, I = model.num_items(), J = 1 + K;
+  const std::int32_t B = static_cast<std::int32_t>(end - begin);
+  const std::int64_t first_pair = data.pair_offset[begin];
+  const std::int64_t P = data.pair_offset[end] - first_pair;
+  const T* h = model.forward_hidden(data.inputs.data() + begin * L, B, L, dropout_key);
+  AlignedVector<T> hp(static_cast<std::size_t>(P * D)), dhp, dh, ws;
+  std::vector<std::int32_t> tokens(static_cast<std::size_t>(P * J));
+  std::vector<std::int64_t> rows(static_cast<std::size_t>(P));
+  std::int64_t k = 0;
+  for (std::int64_t r = 0; r < std::int64_t{B} * L; ++r) {
+    const std::size_t slot = begin * std::size_t(L) + std::size_t(r);
+    if (data.chosen[slot] == data::Vocabulary::kPad) continue;
+    rows[k] = r;
+    std::copy_n(h + r * D, D, hp.data() + k * D);
+    tokens[k * J] = data.chosen[slot];
+    std::copy_n(data.rejected.data() + slot * K, K, tokens.data() + k * J + 1);
+    ++k;
+  }
+  SEQREC_CHECK(k == P, "preference data: pair offsets disagree with the chosen tokens");
+  if (P == 0) return {};
+  auto& store = model.parameters();
+  const auto item = model.item_embedding();
+  const bool table_grad = grad && !store.entry(item).frozen;
+  if (grad) dhp.resize(hp.size());
+  PairStats s = pair_head<T>(hp.data(), store.value(item) + kNumSpecialTokens * D, P, I, D,
+                             tokens.data(), K, reference.data() + first_pair * J, o,
+                             1.0 / double(P), nullptr, grad ? dhp.data() : nullptr,
+                             table_grad ? store.grad(item) + kNumSpecialTokens * D : nullptr, ws);
+  s.loss += model.aux_loss() * double(P);
+  if (grad) {
+    dh.assign(static_cast<std::size_t>(std::int64_t{B} * L * D), T(0));
+    for (std::int64_t q = 0; q < P; ++q)
+      std::copy_n(dhp.data() + q * D, D, dh.data() + rows[q] * D);
+    model.backward_hidden(dh.data(), B, L);
+  }
+  return s;
+}
+
+/// Log-probabilities of every pair's [chosen, rejected…] under `model` with dropout off
+/// (pairs × (1+K), pair order): the frozen reference's side of the loss.
+template <typename Model>
+std::vector<double> reference_log_probs(Model& model, const PreferenceData& data,
+                                        std::int32_t batch = 256) {
+  using T = typename Model::T;
+  const std::int32_t L = data.len, K = data.negatives;
+  const std::int64_t D = model.shape().dim, I = model.num_items(), J = 1 + K;
+  std::vector<double> out(data.pairs() * static_cast<std::size_t>(J));
+  AlignedVector<T> hp, ws;
+  std::vector<std::int32_t> tokens;
+  const auto& store = model.parameters();
+  const T* W = store.value(model.item_embedding()) + kNumSpecialTokens * D;
+  for (std::size_t b0 = 0; b0 < data.examples(); b0 += std::size_t(batch)) {
+    const std::size_t b1 = std::min(data.examples(), b0 + std::size_t(batch));
+    const std::int64_t first = data.pair_offset[b0], P = data.pair_offset[b1] - first;
+    if (P == 0) continue;
+    const T* h = model.forward_hidden(data.inputs.data() + b0 * L, std::int32_t(b1 - b0), L, 0);
+    hp.resize(static_cast<std::size_t>(P * D));
+    tokens.resize(static_cast<std::size_t>(P * J));
+    std::int64_t k = 0;
+    for (std::size_t slot = b0 * L; slot < b1 * L; ++slot) {
+      if (data.chosen[slot] == data::Vocabulary::kPad) continue;
+      std::copy_n(h + std::int64_t(slot - b0 * L) * D, D, hp.data() + k * D);
+      tokens[k * J] = data.chosen[slot];
+      std::copy_n(data.rejected.data() + slot * K, K, tokens.data() + k * J + 1);
+      ++k;
+    }
+    pair_head<T>(hp.data(), W, P, I, D, tokens.data(), K, nullptr, {}, 0.0, out.data() + first * J,
+                 nullptr, nullptr, ws);
+  }
+  return out;
+}
+
+// ---- training -----------------------------------------------------------------------------------
+
+struct DpoEpochReport {
+  std::int64_t epoch = 0;
+  double loss = 0, margin = 0, accuracy = 0, chosen_delta = 0, seconds = 0;
+  std::optional<eval::Metrics> valid;
+};
+
+struct DpoResult {
+  std::vector<DpoEpochReport> epochs;
+  double train_seconds = 0;
+  std::int64_t pairs_seen = 0;
+};
+
+/// Fine-tunes `policy` on the pairs for opt.epochs epochs (AdamW from fresh moments, warmup +
+/// cosine to opt.lr·min_lr_ratio, gradient clipping, dropout as configured in the model shape).
+/// opt.stage1_* and opt.checkpoint are not used here.
+template <typename Model>
+DpoResult dpo_train(Model& policy, const PreferenceData& data, const std::vector<double>& reference,
+                    const DpoOptions& o, const TrainOptions& opt,
+                    const std::vector<data::EvalCase>* valid = nullptr) {
+  using Clock = std::chrono::steady_clock;
+  const std::size_t n = data.examples();
+  SEQREC_CHECK(n > 0 && data.pairs() > 0, "no preference pairs to train on");
+  SEQREC_CHECK(reference.size() == data.pairs() * std::size_t(1 + data.negatives),
+               "reference log-probabilities do not match the pairs");
+  const std::size_t per_epoch = (n + std::size_t(opt.batch) - 1) / std::size_t(opt.batch);
+  const std::int64_t total = std::int64_t(per_epoch) * opt.epochs;
+  const WarmupCosine schedule{opt.lr, opt.warmup >= 0 ? opt.warmup : total / 20, total,
+                              opt.min_lr_ratio};
+  auto& store = policy.parameters();
+  std::fill(store.moment1().begin(), store.moment1().end(), 0);
+  std::fill(store.moment2().begin(), store.moment2().end(), 0);
+  DpoResult result;
+  Progress progress("dpo", total, opt.progress);
+  std::int64_t step = 0;
+  std::vector<std::size_t> order(per_epoch);
+  for (std::int32_t epoch = 0; epoch < opt.epochs; ++epoch) {
+    std::iota(order.begin(), order.end(), std::size_t{0});
+    Rng rng(mix64(opt.seed ^ mix64(0xd0d0 + static_cast<std::uint64_t>(epoch))));
+    rng.shuffle(order);  // batches of consecutive examples, visited in a seeded order
+    const auto t0 = Clock::now();
+    PairStats sum;
+    for (std::size_t bi = 0; bi < per_epoch; ++bi) {
+      const std::size_t begin = order[bi] * std::size_t(opt.batch);
+      const std::size_t end = std::min(n, begin + std::size_t(opt.batch));
+      store.zero_grads();
+      ++step;
+      const std::uint64_t key = ops::dropout_key(opt.seed, static_cast<std::uint64_t>(step), 7) | 1;
+      sum += preference_step(policy, data, begin, end, reference, o, key, true);
+      clip_grad_norm(store, opt.clip);
+      adamw_step(store, opt.adam, schedule(step), step);
+      progress.update(step, fmt::format("epoch {}/{} loss {:.4f} margin {:.3f}", epoch + 1,
+                                        opt.epochs, sum.pairs ? sum.loss / sum.pairs : 0.0,
+                                        sum.pairs ? sum.margin / sum.pairs : 0.0));
+    }
+    DpoEpochReport rep;
+    rep.epoch = epoch + 1;
+    rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    const double np = double(std::max<std::int64_t>(1, sum.pairs));
+    rep.loss = sum.loss / np;
+    rep.margin = sum.margin / np;
+    rep.accuracy = sum.accuracy / np;
+    rep.chosen_delta = sum.chosen_delta / np;
+    result.train_seconds += rep.seconds;
+    result.pairs_seen += sum.pairs;
+    policy.take_expert_shares();
+    const bool last = epoch + 1 == opt.epochs;
+    if (valid && !valid->empty() &&
+        (last || (opt.eval_every > 0 && (epoch + 1) % opt.eval_every == 0)))
+      rep.valid = eval::evaluate(policy, *valid, {});
+    progress.finish();
+    if (opt.log_epochs) {
+      std::string line = fmt::format(
+          "dpo epoch {}/{}  loss {:.4f}  reward margin {:.4f}  accuracy {:.3f}  "
+          "chosen log-prob change {:+.4f}  {:.1f}s",
+          rep.epoch, opt.epochs, rep.loss, rep.margin, rep.accuracy, rep.chosen_delta, rep.seconds);
+      if (rep.valid)
+        line += fmt::format("  valid mrr@10 {:.4f} ndcg@10 {:.4f} hr@10 {:.4f}", rep.valid->mrr,
+                            rep.valid->ndcg, rep.valid->hr);
+      std::fprintf(stderr, "%s\n", line.c_str());
+    }
+    result.epochs.push_back(rep);
+  }
+  return result;
+}
+
+}  // namespace seqrec::train

@@ -8,7 +8,7 @@
 #include <cmath>
 #include <sstream>
 
-#include "common/trainer_main.hpp"
+#include "common/dpo_main.hpp"
 
 namespace hana = boost::hana;
 using namespace seqrec;
@@ -40,6 +40,7 @@ struct Row {
   std::string binary, description, variant;
   std::size_t params_total = 0, params_active = 0;
   std::vector<double> mrr, hr, ndcg, seconds;
+  nlohmann::json runs = nlohmann::json::array();  // per seed: analyses, expert shares, history
 };
 
 double mean(const std::vector<double>& v) {
@@ -55,6 +56,59 @@ double stddev(const std::vector<double>& v) {
   return std::sqrt(s / double(v.size() - 1));  // sample standard deviation
 }
 
+/// Means over seeds of the per-run analyses: cold targets, and MRR@10 per history-length bucket
+/// with the trained window L and with 2L (the latter only where the position encoding
+/// extrapolates).
+std::string analysis_tables(const std::vector<Row>& rows) {
+  std::string md =
+      "\nCold targets (<= 5 training interactions) and MRR@10 by history length, window L / 2L, "
+      "means over seeds:\n\n";
+  std::vector<std::string> labels;
+  for (const Row& r : rows)
+    if (!r.runs.empty() && r.runs[0].contains("length_buckets")) {
+      for (const auto& b : r.runs[0]["length_buckets"])
+        if (b["users"].get<std::size_t>() > 0) labels.push_back(b["history"]);  // skip empty
+      break;
+    }
+  md += "| variant | cold users | cold MRR@10 |";
+  for (const auto& l : labels) md += fmt::format(" len {} |", l);
+  md += "\n|---|---|---|";
+  for (std::size_t i = 0; i < labels.size(); ++i) md += "---|";
+  md += "\n";
+  for (const Row& r : rows) {
+    std::vector<double> cold;
+    std::size_t cold_users = 0;
+    std::vector<std::vector<double>> at_l(labels.size()), at_2l(labels.size());
+    std::vector<std::size_t> users(labels.size(), 0);
+    bool wide = false;
+    for (const auto& run : r.runs) {
+      if (!run.contains("cold_targets")) continue;
+      const auto& c = run["cold_targets"]["metrics"];
+      if (!c.is_null()) {
+        cold.push_back(c["mrr@10"].get<double>());
+        cold_users = c["users"].get<std::size_t>();
+      }
+      wide = run["window_2L_used"].get<bool>();
+      const auto& b = run["length_buckets"];
+      std::size_t i = 0;
+      for (const auto& bucket : b) {
+        if (bucket["users"].get<std::size_t>() == 0 || i >= labels.size()) continue;
+        at_l[i].push_back(bucket["mrr@10_window_L"].get<double>());
+        at_2l[i].push_back(bucket["mrr@10_window_2L"].get<double>());
+        users[i++] = bucket["users"].get<std::size_t>();
+      }
+    }
+    if (cold.empty() && at_l.empty()) continue;
+    md += fmt::format("| {} | {} | {:.4f} ± {:.4f} |", r.binary, cold_users, mean(cold),
+                      stddev(cold));
+    for (std::size_t i = 0; i < labels.size(); ++i)
+      md += wide ? fmt::format(" {:.4f} / {:.4f} (n {}) |", mean(at_l[i]), mean(at_2l[i]), users[i])
+                 : fmt::format(" {:.4f} / – (n {}) |", mean(at_l[i]), users[i]);
+    md += "\n";
+  }
+  return md;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -62,11 +116,13 @@ int main(int argc, char** argv) {
                            "Train every variant with the same budget over several seeds and write "
                            "the ablation table (markdown + JSON).");
   app::add_common_options(options);
+  app::add_dpo_options(options, true);
   // clang-format off
   options.add_options("ablation")
     ("seeds", "comma-separated seeds", cxxopts::value<std::string>()->default_value("1,2,3"))
     ("only", "comma-separated binary names to run (default: all)", cxxopts::value<std::string>()->default_value(""))
-    ("out", "output prefix: writes PREFIX.md and PREFIX.json", cxxopts::value<std::string>()->default_value("cache/ablation"));
+    ("out", "output prefix: writes PREFIX.md and PREFIX.json", cxxopts::value<std::string>()->default_value("cache/ablation"))
+    ("checkpoint-dir", "keep each run's final model as DIR/<binary>_s<seed>.safetensors (for dpo_finetune)", cxxopts::value<std::string>()->default_value(""));
   // clang-format on
   try {
     const auto a = options.parse(argc, argv);
@@ -92,6 +148,9 @@ int main(int argc, char** argv) {
     }
     const std::string only = "," + a["only"].as<std::string>() + ",";
     const std::string out = a["out"].as<std::string>();
+    const std::string checkpoint_dir = a["checkpoint-dir"].as<std::string>();
+    if (!checkpoint_dir.empty()) std::filesystem::create_directories(checkpoint_dir);
+    const app::DpoRunOptions dpo = app::parse_dpo_options(a, true);
     const app::LoadedData d = app::load_data(a, ro.shape.max_len, ro.shape.dim);
     ro.train.progress = false;
 
@@ -101,7 +160,10 @@ int main(int argc, char** argv) {
       using Cfg = typename decltype(+hana::first(pair))::type;
       const Variant v = hana::second(pair);
       if (only != ",," && only.find("," + std::string(v.binary) + ",") == std::string::npos) return;
-      Row row{v.binary, v.description, Cfg::describe()};
+      Row row;
+      row.binary = v.binary;
+      row.description = v.description;
+      row.variant = Cfg::describe();
       for (std::uint64_t seed : seeds) {
         std::fprintf(stderr, "== %s seed %llu\n", v.binary, static_cast<unsigned long long>(seed));
         // Same budget for every row: random-init variants have no table to keep frozen, so they
@@ -112,7 +174,19 @@ int main(int argc, char** argv) {
           rv.train.epochs += s1;
           rv.stage1_epochs = 0;
         }
+        if (!checkpoint_dir.empty())
+          rv.train.checkpoint = (std::filesystem::path(checkpoint_dir) /
+                                 fmt::format("{}_s{}.safetensors", v.binary, seed))
+                                    .string();
         const app::RunResult r = app::run_variant<Cfg>(rv, d, seed, v.binary);
+        nlohmann::json run = r.extra;
+        run["seed"] = seed;
+        run["valid"] = app::metrics_json(r.valid);
+        run["test"] = app::metrics_json(r.test);
+        run["train_seconds"] = r.train_seconds;
+        run["train_tokens_per_second"] = r.tokens_per_second;
+        if (!rv.train.checkpoint.empty()) run["checkpoint"] = rv.train.checkpoint;
+        row.runs.push_back(std::move(run));
         row.params_total = r.params_total;
         row.params_active = r.params_active;
         const eval::Metrics& m = r.test ? *r.test : r.valid;
@@ -126,6 +200,71 @@ int main(int argc, char** argv) {
       }
       rows.push_back(std::move(row));
     });
+    // "+ DPO" rows: fine-tune each seed's train_ours model (needs --checkpoint-dir; the
+    // checkpoints may come from this run or an earlier one with the same data flags).
+    struct DpoRow {
+      const char* binary;
+      const char* description;
+      train::PreferenceLoss loss;
+      bool anchor, several;
+    };
+    const DpoRow dpo_rows[] = {
+        {"train_ours+dpo", "train_ours + DPO (1 negative)", train::PreferenceLoss::Dpo, false,
+         false},
+        {"train_ours+dpo+ce", "train_ours + DPO + CE anchor", train::PreferenceLoss::Dpo, true,
+         false},
+        {"train_ours+sdpo", "train_ours + S-DPO (--negatives in one softmax)",
+         train::PreferenceLoss::SDpo, false, true}};
+    for (const DpoRow& dr : dpo_rows) {
+      const bool selected = only.find("," + std::string(dr.binary) + ",") != std::string::npos;
+      if (!selected && !(only == ",," && !checkpoint_dir.empty())) continue;
+      if (checkpoint_dir.empty())
+        throw InputError("--checkpoint-dir", 0, "the DPO rows start from train_ours checkpoints",
+                         dr.binary);
+      app::DpoRunOptions o = dpo;
+      o.dpo.loss = dr.loss;
+      if (!dr.anchor) o.dpo.ce_weight = 0;
+      if (!dr.several) o.pairs.negatives = 1;
+      Row row;
+      row.binary = dr.binary;
+      row.description = dr.description;
+      row.variant = OursConfig::describe();
+      for (std::uint64_t seed : seeds) {
+        const std::string ck = (std::filesystem::path(checkpoint_dir) /
+                                fmt::format("train_ours_s{}.safetensors", seed))
+                                   .string();
+        if (!std::filesystem::exists(ck))
+          throw InputError(ck, 0, "missing: train train_ours with this --checkpoint-dir first",
+                           dr.binary);
+        std::fprintf(stderr, "== %s seed %llu\n", dr.binary, static_cast<unsigned long long>(seed));
+        const app::DpoRunResult r = app::run_dpo<OursConfig>(ro, d, ck, o, seed);
+        row.params_total = r.params_total;
+        row.params_active = r.params_active;
+        const eval::Metrics& m = r.test ? *r.test : r.valid;
+        const eval::Metrics& before = r.test ? *r.test_before : r.valid_before;
+        row.mrr.push_back(m.mrr);
+        row.hr.push_back(m.hr);
+        row.ndcg.push_back(m.ndcg);
+        row.seconds.push_back(r.dpo.train_seconds);
+        const auto& last = r.dpo.epochs.back();
+        row.runs.push_back({{"seed", seed},
+                            {"init_checkpoint", ck},
+                            {"mrr@10_before", before.mrr},
+                            {"pairs", r.pairs},
+                            {"negatives", o.pairs.negatives},
+                            {"hard_share_measured", r.hard_share},
+                            {"loss", last.loss},
+                            {"reward_accuracy", last.accuracy},
+                            {"reward_margin", last.margin},
+                            {"chosen_logp_change", last.chosen_delta}});
+        std::fprintf(stderr,
+                     "   %s seed %llu: MRR@10 %.4f (before %.4f)  chosen log-prob change %+.4f  "
+                     "reward accuracy %.3f  %.0f s\n",
+                     dr.binary, static_cast<unsigned long long>(seed), m.mrr, before.mrr,
+                     last.chosen_delta, last.accuracy, r.dpo.train_seconds);
+      }
+      rows.push_back(std::move(row));
+    }
     const double wall =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
@@ -151,8 +290,10 @@ int main(int argc, char** argv) {
                     {"ndcg@10", r.ndcg},
                     {"train_seconds", r.seconds},
                     {"mrr@10_mean", mean(r.mrr)},
-                    {"mrr@10_std", stddev(r.mrr)}});
+                    {"mrr@10_std", stddev(r.mrr)},
+                    {"runs", r.runs}});
     }
+    if (ro.analysis) md += analysis_tables(rows);
     std::printf("%s", md.c_str());
     const std::filesystem::path prefix(out);
     if (prefix.has_parent_path()) std::filesystem::create_directories(prefix.parent_path());

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Reproduces the ablation tables of docs/results.md: every variant over 3 seeds on Amazon 2018
+# Video Games (holdout, L 20, the study's protocol) and on MovieLens-1M (loo, L 50), plus one MoE
+# run without the load-balancing loss. Needs ../shared/data and the title embeddings made by
+#   tools/embed_titles.py --items ../shared/data/<set>/items.tsv --out cache/embeddings/<name>
+# Outputs go to cache/runs/ (ignored). Usage: scripts/ablation_tables.sh [games|ml1m|moe0|all]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${SEQREC_SHARED:-../shared}/data
+BIN=${BUILD:-build}/examples
+OUT=cache/runs
+mkdir -p "$OUT"
+export OMP_WAIT_POLICY=passive
+what=${1:-all}
+
+games_flags=(--data "$DATA/amazon18_games" --protocol holdout --truncate earliest --max-len 20
+  --dim 64 --layers 2 --heads 2 --ffn-dim 256 --dropout 0.2 --epochs 4 --stage1-epochs 2
+  --batch 256 --lr 0.002 --eval-every 0 --threads 2
+  --embeddings cache/embeddings/games_minilm.npy --embedding-ids cache/embeddings/games_minilm.ids.txt)
+ml1m_flags=(--data "$DATA/ml-1m" --protocol loo --max-len 50 --dim 64 --layers 2 --heads 1
+  --ffn-dim 64 --dropout 0.2 --epochs 16 --stage1-epochs 4 --batch 64 --lr 0.002 --eval-every 0
+  --threads 2 --embeddings cache/embeddings/ml1m_minilm.npy
+  --embedding-ids cache/embeddings/ml1m_minilm.ids.txt)
+
+if [[ $what == games || $what == all ]]; then
+  /usr/bin/time -v "$BIN/ablation" "${games_flags[@]}" --seeds 1,2,3 --analysis \
+    --checkpoint-dir "$OUT/ckpt_games" --out "$OUT/ablation_games" 2>&1 | tee "$OUT/ablation_games.log"
+fi
+if [[ $what == ml1m || $what == all ]]; then
+  /usr/bin/time -v "$BIN/ablation" "${ml1m_flags[@]}" --seeds 1,2,3 --analysis \
+    --out "$OUT/ablation_ml1m" 2>&1 | tee "$OUT/ablation_ml1m.log"
+fi
+if [[ $what == moe0 || $what == all ]]; then
+  "$BIN/ablation" "${games_flags[@]}" --seeds 1 --only train_moe --moe-balance 0 \
+    --out "$OUT/ablation_games_moe_nobalance" 2>&1 | tee "$OUT/ablation_games_moe_nobalance.log"
+fi

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Reproduces the ablation tables of docs/results.md: every variant over 3 seeds on Amazon 2018
-# Video Games (holdout, L 20, the study's protocol) and on MovieLens-1M (loo, L 50), plus one MoE
-# run without the load-balancing loss. Needs ../shared/data and the title embeddings made by
+# Video Games (holdout, L 20, the study's protocol), the "+ DPO" rows on top of each seed's
+# train_ours, one MoE run without the load-balancing loss, and every variant over 3 seeds on
+# MovieLens-1M (loo, L 50). Needs ../shared/data and the title embeddings made by
 #   tools/embed_titles.py --items ../shared/data/<set>/items.tsv --out cache/embeddings/<name>
-# Outputs go to cache/runs/ (ignored). Usage: scripts/ablation_tables.sh [games|ml1m|moe0|all]
+# Outputs go to cache/runs/ (ignored). Usage: scripts/ablation_tables.sh [games|dpo|moe0|ml1m|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${SEQREC_SHARED:-../shared}/data
@@ -18,7 +19,7 @@ games_flags=(--data "$DATA/amazon18_games" --protocol holdout --truncate earlies
   --batch 256 --lr 0.002 --eval-every 0 --threads 2
   --embeddings cache/embeddings/games_minilm.npy --embedding-ids cache/embeddings/games_minilm.ids.txt)
 ml1m_flags=(--data "$DATA/ml-1m" --protocol loo --max-len 50 --dim 64 --layers 2 --heads 1
-  --ffn-dim 64 --dropout 0.2 --epochs 16 --stage1-epochs 4 --batch 64 --lr 0.002 --eval-every 0
+  --ffn-dim 64 --dropout 0.2 --epochs 10 --stage1-epochs 2 --batch 64 --lr 0.002 --eval-every 0
   --threads 2 --embeddings cache/embeddings/ml1m_minilm.npy
   --embedding-ids cache/embeddings/ml1m_minilm.ids.txt)
 
@@ -26,11 +27,16 @@ if [[ $what == games || $what == all ]]; then
   /usr/bin/time -v "$BIN/ablation" "${games_flags[@]}" --seeds 1,2,3 --analysis \
     --checkpoint-dir "$OUT/ckpt_games" --out "$OUT/ablation_games" 2>&1 | tee "$OUT/ablation_games.log"
 fi
-if [[ $what == ml1m || $what == all ]]; then
-  /usr/bin/time -v "$BIN/ablation" "${ml1m_flags[@]}" --seeds 1,2,3 --analysis \
-    --out "$OUT/ablation_ml1m" 2>&1 | tee "$OUT/ablation_ml1m.log"
+if [[ $what == dpo || $what == all ]]; then  # needs the games step's checkpoints
+  /usr/bin/time -v "$BIN/ablation" "${games_flags[@]}" --seeds 1,2,3 \
+    --only train_ours+dpo,train_ours+dpo+ce,train_ours+sdpo --checkpoint-dir "$OUT/ckpt_games" \
+    --out "$OUT/ablation_games_dpo" 2>&1 | tee "$OUT/ablation_games_dpo.log"
 fi
 if [[ $what == moe0 || $what == all ]]; then
   "$BIN/ablation" "${games_flags[@]}" --seeds 1 --only train_moe --moe-balance 0 \
     --out "$OUT/ablation_games_moe_nobalance" 2>&1 | tee "$OUT/ablation_games_moe_nobalance.log"
+fi
+if [[ $what == ml1m || $what == all ]]; then
+  /usr/bin/time -v "$BIN/ablation" "${ml1m_flags[@]}" --seeds 1,2,3 --analysis \
+    --out "$OUT/ablation_ml1m" 2>&1 | tee "$OUT/ablation_ml1m.log"
 fi

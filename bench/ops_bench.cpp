@@ -517,15 +517,14 @@ BENCHMARK(BM_dropout_bwd)->Apply(row_shapes);
 // These loops live inline in policy/feed_forward.hpp (there is no CPU activation op function);
 // they are reproduced here verbatim, pragma included.
 
+// The feed-forward policies' element-wise kernels themselves (vectorised exp for SiLU).
 template <typename Act>
 void act_forward(const float* pre, float* act, std::int64_t total) {
-#pragma omp parallel for schedule(static) if (total > 65536)
-  for (std::int64_t i = 0; i < total; ++i) act[i] = Act::f(pre[i]);
+  ffn::detail::activate<Act>(pre, act, total);
 }
 template <typename Act>
 void act_backward(const float* pre, float* d, std::int64_t total) {
-#pragma omp parallel for schedule(static) if (total > 65536)
-  for (std::int64_t i = 0; i < total; ++i) d[i] *= Act::df(pre[i]);
+  ffn::detail::activate_backward<Act>(pre, d, total);
 }
 
 template <typename Act>
@@ -581,8 +580,7 @@ void BM_swiglu_fwd(benchmark::State& st) {
   const float* up = u.data();
   float* ap = a.data();
   for (auto _ : st) {
-#pragma omp parallel for schedule(static) if (n > 65536)
-    for (std::int64_t i = 0; i < n; ++i) ap[i] = ops::Silu::f(gp[i]) * up[i];
+    ffn::detail::swiglu(gp, up, ap, n);
     keep(ap);
   }
   st.counters["F"] = double(F);
@@ -603,11 +601,7 @@ void BM_swiglu_bwd(benchmark::State& st) {
     st.PauseTiming();
     std::copy(da0.begin(), da0.end(), da.begin());
     st.ResumeTiming();
-#pragma omp parallel for schedule(static) if (n > 65536)
-    for (std::int64_t i = 0; i < n; ++i) {
-      dup[i] = dap[i] * ops::Silu::f(gp[i]);
-      dap[i] = dap[i] * up[i] * ops::Silu::df(gp[i]);
-    }
+    ffn::detail::swiglu_backward(gp, up, dap, dup, n);
     keep(dap);
     keep(dup);
   }

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "seqrec/core/eigen.hpp"
@@ -23,6 +24,74 @@
 #include "seqrec/policy/concepts.hpp"
 
 namespace seqrec::policy::ffn {
+
+namespace detail {
+
+/// Applies `f(x, y, m)` to blocks of 4096 elements, in parallel when the array is large. The
+/// bodies below use Eigen arrays so that exp vectorises (scalar std::exp does not: SiLU was
+/// 10x slower per element than ReLU).
+template <typename T, typename F>
+void for_blocks(std::int64_t n, F&& f) {
+  constexpr std::int64_t kBlock = 4096;
+  const std::int64_t blocks = (n + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (std::int64_t b = 0; b < blocks; ++b) f(b * kBlock, std::min(kBlock, n - b * kBlock));
+}
+
+template <typename T>
+using ArrayMap = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>;
+template <typename T>
+using CArrayMap = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>;
+
+/// y = act(x) over n elements.
+template <typename Act, typename T>
+void activate(const T* x, T* y, std::int64_t n) {
+  for_blocks<T>(n, [&](std::int64_t lo, std::int64_t m) {
+    if constexpr (std::is_same_v<Act, ops::Silu>) {
+      const CArrayMap<T> xs(x + lo, m);
+      ArrayMap<T>(y + lo, m) = xs / (T(1) + (-xs).exp());
+    } else {
+      for (std::int64_t i = lo; i < lo + m; ++i) y[i] = Act::f(x[i]);
+    }
+  });
+}
+
+/// d *= act'(x) over n elements.
+template <typename Act, typename T>
+void activate_backward(const T* x, T* d, std::int64_t n) {
+  for_blocks<T>(n, [&](std::int64_t lo, std::int64_t m) {
+    if constexpr (std::is_same_v<Act, ops::Silu>) {
+      const CArrayMap<T> xs(x + lo, m);
+      const Eigen::Array<T, Eigen::Dynamic, 1> sg = T(1) / (T(1) + (-xs).exp());
+      ArrayMap<T>(d + lo, m) *= sg * (T(1) + xs * (T(1) - sg));
+    } else {
+      for (std::int64_t i = lo; i < lo + m; ++i) d[i] *= Act::df(x[i]);
+    }
+  });
+}
+
+/// SwiGLU's gate: a = silu(g) ⊙ u.
+template <typename T>
+void swiglu(const T* g, const T* u, T* a, std::int64_t n) {
+  for_blocks<T>(n, [&](std::int64_t lo, std::int64_t m) {
+    const CArrayMap<T> gs(g + lo, m);
+    ArrayMap<T>(a + lo, m) = gs / (T(1) + (-gs).exp()) * CArrayMap<T>(u + lo, m);
+  });
+}
+
+/// Its backward from da = d loss / d a: du = da ⊙ silu(g), then da ← da ⊙ u ⊙ silu'(g) in place.
+template <typename T>
+void swiglu_backward(const T* g, const T* u, T* da, T* du, std::int64_t n) {
+  for_blocks<T>(n, [&](std::int64_t lo, std::int64_t m) {
+    const CArrayMap<T> gs(g + lo, m), us(u + lo, m);
+    const Eigen::Array<T, Eigen::Dynamic, 1> sg = T(1) / (T(1) + (-gs).exp());
+    ArrayMap<T> das(da + lo, m);
+    ArrayMap<T>(du + lo, m) = das * gs * sg;
+    das *= us * sg * (T(1) + gs * (T(1) - sg));
+  });
+}
+
+}  // namespace detail
 
 template <typename Act>
 struct Mlp {
@@ -53,8 +122,7 @@ struct Mlp {
       const std::int64_t total = n * inner_;
       const T* pre = c.pre.data();
       T* act = c.act.data();
-#pragma omp parallel for schedule(static) if (total > 65536)
-      for (std::int64_t i = 0; i < total; ++i) act[i] = Act::f(pre[i]);
+      detail::activate<Act>(pre, act, total);
       ops::linear_forward(act, s.value(w2_), s.value(b2_), y, n, inner_, dim_);
     }
 
@@ -68,8 +136,7 @@ struct Mlp {
       const std::int64_t total = n * inner_;
       const T* pre = c.pre.data();
       T* d = dact.data();
-#pragma omp parallel for schedule(static) if (total > 65536)
-      for (std::int64_t i = 0; i < total; ++i) d[i] *= Act::df(pre[i]);
+      detail::activate_backward<Act>(pre, d, total);
       ops::linear_backward(x, s.value(w1_), d, dx, s.grad(w1_), s.grad(b1_), n, dim_, inner_);
     }
 
@@ -118,9 +185,7 @@ struct GatedMlp {
       ops::linear_forward<T>(x, s.value(wu_), nullptr, c.up.data(), n, dim_, inner_);
       const T *g = c.gate.data(), *u = c.up.data();
       T* a = c.act.data();
-#pragma omp parallel for schedule(static) if (total > 65536)
-      for (std::int64_t i = 0; i < static_cast<std::int64_t>(total); ++i)
-        a[i] = ops::Silu::f(g[i]) * u[i];
+      detail::swiglu(g, u, a, static_cast<std::int64_t>(total));
       ops::linear_forward<T>(a, s.value(wd_), nullptr, y, n, inner_, dim_);
     }
 
@@ -134,11 +199,7 @@ struct GatedMlp {
                               inner_, dim_);  // dg_ holds d(act) for now
       const T *g = c.gate.data(), *u = c.up.data();
       T *da = dg_.data(), *du = du_.data();
-#pragma omp parallel for schedule(static) if (total > 65536)
-      for (std::int64_t i = 0; i < static_cast<std::int64_t>(total); ++i) {
-        du[i] = da[i] * ops::Silu::f(g[i]);
-        da[i] = da[i] * u[i] * ops::Silu::df(g[i]);
-      }
+      detail::swiglu_backward(g, u, da, du, static_cast<std::int64_t>(total));
       ops::linear_backward<T>(x, s.value(wg_), dg_.data(), dx, s.grad(wg_), nullptr, n, dim_,
                               inner_);
       ops::linear_backward<T>(x, s.value(wu_), du_.data(), tmp_.data(), s.grad(wu_), nullptr, n,

@@ -70,13 +70,13 @@ std::string analysis_tables(const std::vector<Row>& rows) {
         if (b["users"].get<std::size_t>() > 0) labels.push_back(b["history"]);  // skip empty
       break;
     }
-  md += "| variant | cold users | cold MRR@10 |";
+  md += "| variant | cold users | cold MRR@10 | cold HR@100 |";
   for (const auto& l : labels) md += fmt::format(" len {} |", l);
-  md += "\n|---|---|---|";
+  md += "\n|---|---|---|---|";
   for (std::size_t i = 0; i < labels.size(); ++i) md += "---|";
   md += "\n";
   for (const Row& r : rows) {
-    std::vector<double> cold;
+    std::vector<double> cold, cold_hr100;
     std::size_t cold_users = 0;
     std::vector<std::vector<double>> at_l(labels.size()), at_2l(labels.size());
     std::vector<std::size_t> users(labels.size(), 0);
@@ -86,6 +86,7 @@ std::string analysis_tables(const std::vector<Row>& rows) {
       const auto& c = run["cold_targets"]["metrics"];
       if (!c.is_null()) {
         cold.push_back(c["mrr@10"].get<double>());
+        cold_hr100.push_back(run["cold_targets"].value("hr@100", 0.0));
         cold_users = c["users"].get<std::size_t>();
       }
       wide = run["window_2L_used"].get<bool>();
@@ -99,8 +100,8 @@ std::string analysis_tables(const std::vector<Row>& rows) {
       }
     }
     if (cold.empty() && at_l.empty()) continue;
-    md += fmt::format("| {} | {} | {:.4f} ± {:.4f} |", r.binary, cold_users, mean(cold),
-                      stddev(cold));
+    md += fmt::format("| {} | {} | {:.4f} ± {:.4f} | {:.4f} ± {:.4f} |", r.binary, cold_users,
+                      mean(cold), stddev(cold), mean(cold_hr100), stddev(cold_hr100));
     for (std::size_t i = 0; i < labels.size(); ++i)
       md += wide ? fmt::format(" {:.4f} / {:.4f} (n {}) |", mean(at_l[i]), mean(at_2l[i]), users[i])
                  : fmt::format(" {:.4f} / – (n {}) |", mean(at_l[i]), users[i]);

@@ -37,7 +37,9 @@ inline void add_dpo_options(cxxopts::Options& o, bool own_schedule_flags) {
     ("hard-share", "share of negatives from the hard pool", cxxopts::value<double>()->default_value("0.3"))
     ("hard-top", "hard pool: the N most similar admissible items", cxxopts::value<std::int32_t>()->default_value("10"))
     ("easy-top", "easy pool: similarity ranks hard-top+1 .. N", cxxopts::value<std::int32_t>()->default_value("200"))
-    ("all-positions", "a pair at every position of each training sequence, not only the last");
+    ("all-positions", "a pair at every position of each training sequence, not only the last")
+    ("policy-dropout", "keep the model's dropout on in the policy during DPO (default off: the "
+                       "reference is scored without dropout)");
   if (own_schedule_flags)
     o.add_options("dpo")
       ("dpo-epochs", "DPO fine-tuning epochs", cxxopts::value<std::int32_t>()->default_value("1"))
@@ -61,6 +63,7 @@ inline DpoRunOptions parse_dpo_options(const cxxopts::ParseResult& a, bool own_s
   r.pairs.hard_top = a["hard-top"].as<std::int32_t>();
   r.pairs.easy_top = a["easy-top"].as<std::int32_t>();
   r.pairs.all_positions = a.count("all-positions") > 0;
+  r.dpo.policy_dropout = a.count("policy-dropout") > 0;
   if (!(r.dpo.beta > 0)) throw InputError("--beta", 0, "must be > 0", std::to_string(r.dpo.beta));
   if (r.dpo.ce_weight < 0)
     throw InputError("--ce-weight", 0, "must be >= 0", std::to_string(r.dpo.ce_weight));

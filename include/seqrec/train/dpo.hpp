@@ -258,6 +258,10 @@ struct DpoOptions {
   PreferenceLoss loss = PreferenceLoss::Dpo;
   double beta = 0.1;
   double ce_weight = 0.0;  // λ of the cross-entropy anchor −λ log π(chosen)
+  // Dropout in the policy's forward. Off by default (as TRL's disable_dropout): the reference's
+  // log-probabilities are taken without dropout, and a policy with dropout would start with a
+  // biased log-ratio (about −0.09 nats on the chosen item of the Games model).
+  bool policy_dropout = false;
 };
 
 inline double softplus(double x) { return std::max(x, 0.0) + std::log1p(std::exp(-std::abs(x))); }
@@ -478,7 +482,7 @@ struct DpoResult {
 };
 
 /// Fine-tunes `policy` on the pairs for opt.epochs epochs (AdamW from fresh moments, warmup +
-/// cosine to opt.lr·min_lr_ratio, gradient clipping, dropout as configured in the model shape).
+/// cosine to opt.lr·min_lr_ratio, gradient clipping; dropout only with o.policy_dropout).
 /// opt.stage1_* and opt.checkpoint are not used here.
 template <typename Model>
 DpoResult dpo_train(Model& policy, const PreferenceData& data, const std::vector<double>& reference,
@@ -511,7 +515,9 @@ DpoResult dpo_train(Model& policy, const PreferenceData& data, const std::vector
       const std::size_t end = std::min(n, begin + std::size_t(opt.batch));
       store.zero_grads();
       ++step;
-      const std::uint64_t key = ops::dropout_key(opt.seed, static_cast<std::uint64_t>(step), 7) | 1;
+      const std::uint64_t key =
+          o.policy_dropout ? ops::dropout_key(opt.seed, static_cast<std::uint64_t>(step), 7) | 1
+                           : 0;
       sum += preference_step(policy, data, begin, end, reference, o, key, true);
       clip_grad_norm(store, opt.clip);
       adamw_step(store, opt.adam, schedule(step), step);

@@ -60,6 +60,18 @@ std::int32_t brute_rank(const Fixture& f, std::int32_t chosen,
   return rank;
 }
 
+/// A one-block model over 16 items, small enough for central differences over every tensor.
+ModelShape tiny_shape() {
+  ModelShape s;
+  s.vocab_size = kNumSpecialTokens + 16;
+  s.max_len = 5;
+  s.dim = 8;
+  s.layers = 1;
+  s.heads = 2;
+  s.ffn_dim = 12;
+  return s;
+}
+
 }  // namespace
 
 TEST_CASE("dpo pairs: last item, pools, ranks, exclusions and the hard share", "[cpu][dpo]") {
@@ -181,16 +193,10 @@ TEST_CASE("dpo losses: values at the reference and gradients", "[cpu][dpo][gradc
 
 TEMPLATE_TEST_CASE("dpo: model gradient under each preference loss", "[cpu][dpo][gradcheck]",
                    SasRecConfig, OursConfig, MoeConfig) {
-  ModelShape s;
-  s.vocab_size = kNumSpecialTokens + 16;
-  s.max_len = 5;
-  s.dim = 8;
-  s.layers = 1;
-  s.heads = 2;
-  s.ffn_dim = 12;
-  s.dropout = 0.3;
+  ModelShape s = tiny_shape();
+  s.dropout = 0.3;  // dropout active (the masks are a function of the key)
   s.init_std = 0.3;
-  s.moe_balance_coef = 0.5;
+  s.moe_balance_coef = 0.5;  // large, so the MoE auxiliary gradients are checked too
   s.moe_z_coef = 0.1;
   cpu::BackendF64 be(1);
   Model<TestType, cpu::BackendF64> policy(s, be, 7), reference(s, be, 8);
@@ -233,13 +239,7 @@ TEMPLATE_TEST_CASE("dpo: model gradient under each preference loss", "[cpu][dpo]
 }
 
 TEST_CASE("dpo: reference log-probabilities are the model's log-softmax", "[cpu][dpo]") {
-  ModelShape s;
-  s.vocab_size = kNumSpecialTokens + 16;
-  s.max_len = 5;
-  s.dim = 8;
-  s.layers = 1;
-  s.heads = 2;
-  s.ffn_dim = 12;
+  const ModelShape s = tiny_shape();
   cpu::BackendF64 be(1);
   Model<SasRecConfig, cpu::BackendF64> m(s, be, 3);
   const std::vector<std::vector<std::int32_t>> seqs = {{4, 5, 6, 7}, {8, 9, 10}};

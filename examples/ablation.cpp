@@ -80,9 +80,10 @@ std::string analysis_tables(const std::vector<Row>& rows) {
     std::size_t cold_users = 0;
     std::vector<std::vector<double>> at_l(labels.size()), at_2l(labels.size());
     std::vector<std::size_t> users(labels.size(), 0);
-    bool wide = false;
+    bool wide = false, analysed = false;
     for (const auto& run : r.runs) {
-      if (!run.contains("cold_targets")) continue;
+      if (!run.contains("cold_targets")) continue;  // DPO rows have no analyses
+      analysed = true;
       const auto& c = run["cold_targets"]["metrics"];
       if (!c.is_null()) {
         cold.push_back(c["mrr@10"].get<double>());
@@ -99,7 +100,7 @@ std::string analysis_tables(const std::vector<Row>& rows) {
         users[i++] = bucket["users"].get<std::size_t>();
       }
     }
-    if (cold.empty() && at_l.empty()) continue;
+    if (!analysed) continue;
     md += fmt::format("| {} | {} | {:.4f} ± {:.4f} | {:.4f} ± {:.4f} |", r.binary, cold_users,
                       mean(cold), stddev(cold), mean(cold_hr100), stddev(cold_hr100));
     for (std::size_t i = 0; i < labels.size(); ++i)

@@ -22,16 +22,15 @@ struct DpoRunOptions {
   double lr = 1e-4;
 };
 
-/// The DPO flags. `prefix` is "" for dpo_finetune and "dpo-" where the names would clash with the
-/// training flags (the ablation runner), for --epochs and --lr.
+/// The DPO flags. The ablation runner (own_schedule_flags) names its schedule --dpo-epochs and
+/// --dpo-lr, next to the training flags, and fixes the loss per row; dpo_finetune uses the shared
+/// --epochs/--lr and takes --loss.
 inline void add_dpo_options(cxxopts::Options& o, bool own_schedule_flags) {
   // clang-format off
   o.add_options("dpo")
     ("beta", "DPO temperature beta", cxxopts::value<double>()->default_value("0.1"))
     ("ce-weight", "weight of the cross-entropy anchor on the chosen item (dpo_finetune; the "
                   "ablation's anchor row)", cxxopts::value<double>()->default_value(own_schedule_flags ? "1.0" : "0"))
-    ("loss", "dpo (pairwise, averaged over negatives) or sdpo (all negatives in one softmax)",
-     cxxopts::value<std::string>()->default_value("dpo"))
     ("negatives", "rejected items per chosen item (the ablation's S-DPO row)",
      cxxopts::value<std::int32_t>()->default_value(own_schedule_flags ? "4" : "1"))
     ("hard-share", "share of negatives from the hard pool", cxxopts::value<double>()->default_value("0.3"))
@@ -40,6 +39,10 @@ inline void add_dpo_options(cxxopts::Options& o, bool own_schedule_flags) {
     ("all-positions", "a pair at every position of each training sequence, not only the last")
     ("policy-dropout", "keep the model's dropout on in the policy during DPO (default off: the "
                        "reference is scored without dropout)");
+  if (!own_schedule_flags)
+    o.add_options("dpo")
+      ("loss", "dpo (pairwise, averaged over negatives) or sdpo (all negatives in one softmax)",
+       cxxopts::value<std::string>()->default_value("dpo"));
   if (own_schedule_flags)
     o.add_options("dpo")
       ("dpo-epochs", "DPO fine-tuning epochs", cxxopts::value<std::int32_t>()->default_value("1"))
@@ -51,7 +54,7 @@ inline DpoRunOptions parse_dpo_options(const cxxopts::ParseResult& a, bool own_s
   DpoRunOptions r;
   r.dpo.beta = a["beta"].as<double>();
   r.dpo.ce_weight = a["ce-weight"].as<double>();
-  const std::string loss = a["loss"].as<std::string>();
+  const std::string loss = own_schedule_flags ? "dpo" : a["loss"].as<std::string>();
   if (loss == "dpo")
     r.dpo.loss = train::PreferenceLoss::Dpo;
   else if (loss == "sdpo")

@@ -1,11 +1,14 @@
 // The shared body of every trainer binary and of the ablation runner: the common flags, loading
-// and splitting the data, building Model<Config, cpu::Backend>, pretrained initialisation,
+// and splitting the data, building Model<Config, cpu::Backend> (or, with --device cuda, the same
+// model on the GPU through model/device_model.hpp), pretrained initialisation,
 // two-stage training, evaluation (plus the length-extrapolation and cold-item analyses) and the
 // metrics JSON. A trainer binary is one line naming its Config.
 #pragma once
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <cxxopts.hpp>
@@ -15,8 +18,15 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <seqrec/model.hpp>
+#include <seqrec/model/device_model.hpp>
 #include <string>
 #include <vector>
+
+// Set to 1 by the build when examples/common/cuda_models.cu (the CUDA instantiations of every
+// variant the CUDA backend implements) is linked in.
+#ifndef SEQREC_WITH_CUDA_MODELS
+#define SEQREC_WITH_CUDA_MODELS 0
+#endif
 
 namespace seqrec::app {
 
@@ -133,7 +143,9 @@ inline void add_common_options(cxxopts::Options& o) {
     ("clip", "max gradient norm (0: off)", cxxopts::value<double>()->default_value("1.0"))
     ("seed", "seed of initialisation, batch order and dropout", cxxopts::value<std::uint64_t>()->default_value("42"))
     ("threads", "CPU threads (0: all cores)", cxxopts::value<int>()->default_value("0"))
-    ("device", "cpu (the CUDA model is exercised by tests/cuda and bench/)", cxxopts::value<std::string>()->default_value("cpu"))
+    ("device", "cpu, cuda or cuda:N (needs a build with CUDA; variants with RMSNorm and a ReLU/SiLU "
+               "MLP)", cxxopts::value<std::string>()->default_value("cpu"))
+    ("bf16", "cuda: bf16 GEMM operands with fp32 accumulation (default fp32 throughout)")
     ("eval-every", "validate every N epochs (0: at the end only)", cxxopts::value<std::int32_t>()->default_value("1"))
     ("exclude-history", "do not rank items already in the user's history")
     ("analysis", "also report metrics per history length (window 2 x max-len where the position "
@@ -159,16 +171,31 @@ struct RunOptions {
   bool exclude_history = false;
   bool analysis = false;
   std::string resume, metrics_json;
+  int device = -1;        // -1: CPU; otherwise the CUDA device ordinal
+  bool bf16 = false;      // CUDA: bf16 GEMM operands
   nlohmann::json config;  // the flags as given, for checkpoints and metrics
 };
+
+/// "cpu" → -1, "cuda" → 0, "cuda:N" → N.
+inline int parse_device(const std::string& v) {
+  if (v == "cpu") return -1;
+  if (v == "cuda") return 0;
+  if (v.rfind("cuda:", 0) == 0) {
+    const std::string n = v.substr(5);
+    if (!n.empty() && n.size() < 4 && std::all_of(n.begin(), n.end(), ::isdigit))
+      return std::stoi(n);
+  }
+  throw InputError("--device", 0, "expected cpu, cuda or cuda:N", v);
+}
 
 inline RunOptions parse_run_options(const cxxopts::ParseResult& a) {
   RunOptions r;
   if (!a.unmatched().empty())
     throw InputError("command line", 0, "unexpected argument", a.unmatched()[0]);
-  if (a["device"].as<std::string>() != "cpu")
-    throw InputError("--device", 0, "only cpu trains from this binary in this version",
-                     a["device"].as<std::string>());
+  r.device = parse_device(a["device"].as<std::string>());
+  r.bf16 = a.count("bf16") > 0;
+  if (r.bf16 && r.device < 0)
+    throw InputError("--bf16", 0, "bf16 applies to --device cuda only", "cpu");
   ModelShape& s = r.shape;
   s.max_len = a["max-len"].as<std::int32_t>();
   s.dim = a["dim"].as<std::int32_t>();
@@ -266,23 +293,22 @@ std::pair<std::size_t, std::size_t> count_parameters(const Model& model) {
   return {total, active};
 }
 
-template <typename Cfg>
-RunResult run_variant(const RunOptions& ro, const LoadedData& d, std::uint64_t seed,
-                      const std::string& binary) {
-  cpu::Backend backend(ro.threads);
-  ModelShape shape = ro.shape;
-  shape.vocab_size = d.dataset.vocab.size();
+/// Trains and evaluates `model` (a Model<Cfg, cpu::Backend> or a DeviceModel<Cfg>); `where`
+/// names the device for the log and the config.
+template <typename Cfg, typename ModelT>
+RunResult run_with_model(ModelT& model, const std::string& where, const RunOptions& ro,
+                         const LoadedData& d, std::uint64_t seed, const std::string& binary) {
+  const ModelShape shape = model.shape();
   train::TrainOptions to = ro.train;
   to.seed = seed;
   constexpr bool pretrained = Cfg::Initializer::pretrained;
   to.stage1_epochs = ro.stage1_epochs >= 0 ? ro.stage1_epochs : (pretrained ? 4 : 0);
 
-  Model<Cfg, cpu::Backend> model(shape, backend, seed);
   RunResult res;
   res.variant = Cfg::describe();
   std::tie(res.params_total, res.params_active) = count_parameters(model);
-  std::fprintf(stderr, "model: %s, %zu parameters (%zu active), %d threads\n",
-               Cfg::describe().c_str(), res.params_total, res.params_active, backend.threads());
+  std::fprintf(stderr, "model: %s, %zu parameters (%zu active), %s\n", Cfg::describe().c_str(),
+               res.params_total, res.params_active, where.c_str());
 
   if constexpr (pretrained) {
     if (ro.resume.empty()) {
@@ -302,6 +328,7 @@ RunResult run_variant(const RunOptions& ro, const LoadedData& d, std::uint64_t s
           model.parameters().value(model.item_embedding()), shape.dim, d.dataset.vocab, *emb,
           ro.adapter, norm, d.split.train, ro.neighbour_window);
       std::fprintf(stderr, "%s\n", data::to_string(rep).c_str());
+      if constexpr (DeviceResident<ModelT>) model.upload();  // the table was written on the host
       res.extra["init_report"] = {{"matched", rep.matched},
                                   {"ignored", rep.ignored},
                                   {"missing_before_completion", rep.missing_before_completion},
@@ -318,7 +345,8 @@ RunResult run_variant(const RunOptions& ro, const LoadedData& d, std::uint64_t s
   config["binary"] = binary;
   config["seed"] = seed;
   config["stage1_epochs"] = to.stage1_epochs;
-  config["threads"] = backend.threads();
+  config["device"] = where;
+  if (ro.device < 0) config["threads"] = ro.threads;
   io::TrainState start;
   if (!ro.resume.empty()) {
     start = io::load_checkpoint(ro.resume, model).state;
@@ -375,6 +403,37 @@ RunResult run_variant(const RunOptions& ro, const LoadedData& d, std::uint64_t s
                                  {"mrr@100", cold100.mrr}};
   }
   return res;
+}
+
+/// Builds Model<Cfg, ·> on the device the options name and runs it.
+template <typename Cfg>
+RunResult run_variant(const RunOptions& ro, const LoadedData& d, std::uint64_t seed,
+                      const std::string& binary) {
+  ModelShape shape = ro.shape;
+  shape.vocab_size = d.dataset.vocab.size();
+  if (ro.device >= 0) {
+#if SEQREC_WITH_CUDA_MODELS
+    if constexpr (kCudaImplements<Cfg>) {
+      DeviceModel<Cfg> model(shape, seed, DeviceOptions{ro.device, ro.bf16});
+      return run_with_model<Cfg>(model, model.device_name(), ro, d, seed, binary);
+    } else {
+      throw InputError("--device", 0,
+                       "variant '" + Cfg::describe() +
+                           "' has no CUDA implementation yet (the CUDA model implements RMSNorm "
+                           "and ReLU/SiLU MLPs); use --device cpu",
+                       "cuda");
+    }
+#else
+    throw InputError("--device", 0,
+                     "this binary was built without CUDA models (configure with nvcc available "
+                     "and SEQREC_CUDA not OFF)",
+                     "cuda");
+#endif
+  }
+  cpu::Backend backend(ro.threads);
+  Model<Cfg, cpu::Backend> model(shape, backend, seed);
+  return run_with_model<Cfg>(model, "cpu, " + std::to_string(backend.threads()) + " threads", ro, d,
+                             seed, binary);
 }
 
 inline void print_table(const RunResult& r, const eval::Metrics& pop, std::int32_t epochs) {

@@ -42,10 +42,12 @@ inline void from_json(const nlohmann::json& j, TrainState& s) {
 
 /// Writes model + optimiser state. `config` must hold "shape" (a ModelShape); any other keys are
 /// kept as they are (the trainer stores its options there).
+/// A device-resident model (one with download()) is downloaded first, so `model` is not const.
 template <typename Model>
-void save_checkpoint(const std::filesystem::path& path, const Model& model, const TrainState& state,
+void save_checkpoint(const std::filesystem::path& path, Model& model, const TrainState& state,
                      nlohmann::json config) {
   using T = typename Model::T;
+  if constexpr (requires { model.download(); }) model.download();
   const auto& store = model.parameters();
   SafetensorsData data;
   config["shape"] = model.shape();
@@ -119,6 +121,10 @@ CheckpointInfo load_checkpoint(const std::filesystem::path& path, Model& model,
         file, 0,
         "checkpoint shape differs from the model's " + nlohmann::json(model.shape()).dump(),
         nlohmann::json(stored).dump());
+  // A device-resident model: start from its current state (the moments a parameters-only load
+  // keeps), load on the host, then upload.
+  constexpr bool on_device = requires { model.upload(); };
+  if constexpr (on_device) model.download();
   auto& store = model.parameters();
   for (const auto& e : store.entries()) {
     auto get = [&](const std::string& prefix, AlignedVector<T>& all) {
@@ -138,6 +144,7 @@ CheckpointInfo load_checkpoint(const std::filesystem::path& path, Model& model,
       get("adam_v/", store.moment2());
     }
   }
+  if constexpr (on_device) model.upload();
   return info;
 }
 

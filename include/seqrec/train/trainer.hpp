@@ -22,6 +22,7 @@
 #include "seqrec/data/dataset.hpp"
 #include "seqrec/eval/evaluator.hpp"
 #include "seqrec/io/checkpoint.hpp"
+#include "seqrec/model/device_model.hpp"
 #include "seqrec/ops/dropout/dropout_cpu.hpp"
 #include "seqrec/train/adamw.hpp"
 #include "seqrec/train/schedule.hpp"
@@ -68,9 +69,10 @@ struct TrainResult {
   }
 };
 
-/// Trains `model` on split.train from `start` (a fresh run starts at {0, 0, 0}). `config` is
-/// stored in checkpoints next to the model shape. `stop_after_steps` > 0 ends the run early
-/// (tests use it to simulate a crash between checkpoints).
+/// Trains `model` on split.train from `start`. A DeviceResident model (model/device_model.hpp)
+/// clips and steps its optimiser on the device; checkpoints download it first. (a fresh run starts
+/// at {0, 0, 0}). `config` is stored in checkpoints next to the model shape. `stop_after_steps` > 0
+/// ends the run early (tests use it to simulate a crash between checkpoints).
 template <typename Model>
 TrainResult train(Model& model, const data::Split& split, const TrainOptions& opt,
                   io::TrainState start = {}, const nlohmann::json& config = {},
@@ -102,22 +104,33 @@ TrainResult train(Model& model, const data::Split& split, const TrainOptions& op
     const auto t0 = Clock::now();
     for (; st.batch_in_epoch < per_epoch; ++st.batch_in_epoch) {
       const data::Batch b = batcher.batch(static_cast<std::size_t>(st.batch_in_epoch));
-      store.zero_grads();
+      if constexpr (DeviceResident<Model>)
+        model.zero_grads();
+      else
+        store.zero_grads();
       ++st.step;
       const std::uint64_t key =
           ops::dropout_key(opt.seed, static_cast<std::uint64_t>(st.step), 0) | 1;
       std::int64_t ntok = 0;
       const double loss =
           model.forward_backward(b.inputs.data(), b.targets.data(), b.batch, b.length, key, &ntok);
-      clip_grad_norm(store, opt.clip);
       // Optimiser steps count from the start of each stage; stage 2 starts from zero moments,
       // as a freshly created optimiser would. Both follow from st.step, so resume is exact.
       const std::int64_t adam_step = stage1 ? st.step : st.step - stage1_steps;
-      if (!stage1 && stage1_steps > 0 && adam_step == 1) {
-        std::fill(store.moment1().begin(), store.moment1().end(), 0);
-        std::fill(store.moment2().begin(), store.moment2().end(), 0);
+      const bool fresh_moments = !stage1 && stage1_steps > 0 && adam_step == 1;
+      const double lr = stage1 ? opt.stage1_lr : schedule(adam_step);
+      if constexpr (DeviceResident<Model>) {
+        // Clipping and AdamW run where the gradients are; frozen flags come from the host store.
+        if (fresh_moments) model.reset_moments();
+        model.optimizer_step(opt.adam, lr, adam_step, opt.clip);
+      } else {
+        clip_grad_norm(store, opt.clip);
+        if (fresh_moments) {
+          std::fill(store.moment1().begin(), store.moment1().end(), 0);
+          std::fill(store.moment2().begin(), store.moment2().end(), 0);
+        }
+        adamw_step(store, opt.adam, lr, adam_step);
       }
-      adamw_step(store, opt.adam, stage1 ? opt.stage1_lr : schedule(adam_step), adam_step);
       result.step_losses.push_back(loss);
       loss_sum += loss;
       ++steps;

@@ -1,0 +1,149 @@
+// Driving a model that lives on a device from host-compiled code.
+//
+// Model<Cfg, cuda::Backend> is defined in a .cuh header that only nvcc compiles, while the trainer,
+// the evaluator and the example binaries are ordinary C++ translation units (they use fmt,
+// Boost.Hana and OpenMP, which nvcc's front end does not take). The bridge is one virtual
+// interface, DeviceModelBase, with the coarse operations a trainer needs — one call per training
+// step, not per op, so the virtual dispatch costs nothing measurable — and a thin value type
+// DeviceModel<Cfg> that forwards to it and looks to the trainer exactly like a CPU model.
+//
+// The device implementation is created by make_device_model<Cfg>(), declared here and defined
+// by an explicit instantiation in a CUDA translation unit (see model/cuda_model_impl.cuh and
+// SEQREC_INSTANTIATE_CUDA_MODEL). A program that links no such instantiation fails at link time,
+// never at run time.
+//
+// Host/device coherence is explicit, as on Model<Cfg, cuda::Backend>: parameters() is the host
+// copy, valid after download(); after changing host values (pretrained init, a loaded
+// checkpoint) call upload(). train::train, io::save_checkpoint and io::load_checkpoint do this
+// for every model that satisfies DeviceResident.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "seqrec/model/config.hpp"
+#include "seqrec/model/model.hpp"
+#include "seqrec/model/parameter_store.hpp"
+#include "seqrec/model/shape.hpp"
+#include "seqrec/train/adamw.hpp"
+
+namespace seqrec {
+
+/// Whether Model<Cfg, cuda::Backend> implements Cfg's policies (model_cuda.cuh static_asserts
+/// on the same test). Host code uses it to refuse `--device cuda` for a variant the CUDA backend
+/// lacks, with a message instead of a link error.
+template <typename Cfg>
+inline constexpr bool kCudaImplements = [] {
+  using P = typename Cfg::Position;
+  using N = typename Cfg::Normalization;
+  using F = typename Cfg::FeedForward;
+  constexpr bool pos = std::is_same_v<P, policy::pos::Learned> ||
+                       std::is_same_v<P, policy::pos::RoPE> || std::is_same_v<P, policy::pos::None>;
+  constexpr bool norm = std::is_same_v<N, policy::norm::RMSNorm>;
+  constexpr bool ffn = std::is_same_v<F, policy::ffn::Mlp<ops::Relu>> ||
+                       std::is_same_v<F, policy::ffn::Mlp<ops::Silu>>;
+  return pos && norm && ffn;
+}();
+
+/// A model whose parameters, gradients and optimiser state live on a device, with a host
+/// ParameterStore that mirrors them on request. The trainer, the checkpoint functions and the
+/// evaluator recognise such models by this concept.
+template <typename M>
+concept DeviceResident = requires(M& m, const train::AdamWOptions& o) {
+  m.upload();
+  m.download();
+  m.zero_grads();
+  m.reset_moments();
+  { m.optimizer_step(o, 1e-3, std::int64_t{1}, 1.0) } -> std::convertible_to<double>;
+};
+
+/// The operations of a device-resident model, type-erased. Token arrays and scores are HOST
+/// arrays; see Model<Cfg, cuda::Backend> for the meaning of each call.
+class DeviceModelBase {
+ public:
+  virtual ~DeviceModelBase() = default;
+  virtual const ModelShape& shape() const noexcept = 0;
+  virtual ParameterStore<float>& parameters() noexcept = 0;
+  virtual ParamId item_embedding() const noexcept = 0;
+  /// The device, in words (e.g. "cuda:0 NVIDIA H100 80GB HBM3").
+  virtual std::string device_name() const = 0;
+  virtual void initialise(std::uint64_t seed) = 0;
+  virtual void upload() = 0;
+  virtual void download() = 0;
+  virtual void download_grads() = 0;
+  virtual void zero_grads() = 0;
+  virtual void reset_moments() = 0;
+  virtual double optimizer_step(const train::AdamWOptions& o, double lr, std::int64_t step,
+                                double clip) = 0;
+  virtual double forward_backward(const std::int32_t* inputs, const std::int32_t* targets,
+                                  std::int32_t batch, std::int32_t len, std::uint64_t dropout_key,
+                                  std::int64_t* num_targets) = 0;
+  virtual double loss(const std::int32_t* inputs, const std::int32_t* targets, std::int32_t batch,
+                      std::int32_t len, std::uint64_t dropout_key) = 0;
+  virtual void score_last(const std::int32_t* inputs, std::int32_t batch, std::int32_t len,
+                          float* scores) = 0;
+  virtual std::vector<std::vector<double>> take_expert_shares() = 0;
+};
+
+/// Where a device model runs and how it computes.
+struct DeviceOptions {
+  int device = 0;     // CUDA device ordinal
+  bool bf16 = false;  // bf16 GEMM operands with fp32 accumulation (false: fp32 throughout)
+};
+
+/// Creates the device implementation of Model<Cfg, ·> (defined in a CUDA translation unit by
+/// SEQREC_INSTANTIATE_CUDA_MODEL(Cfg)). Parameters are drawn from `seed` exactly as the CPU model
+/// draws them.
+template <typename Cfg>
+std::unique_ptr<DeviceModelBase> make_device_model(const ModelShape& shape, std::uint64_t seed,
+                                                   const DeviceOptions& options);
+
+/// Model<Cfg, ·> on a device, usable wherever the trainer or evaluator takes a model.
+template <typename Cfg>
+class DeviceModel {
+ public:
+  using T = float;
+  using Config = Cfg;
+
+  DeviceModel(const ModelShape& shape, std::uint64_t seed, const DeviceOptions& options = {})
+      : impl_(make_device_model<Cfg>(shape, seed, options)) {}
+
+  static std::string describe() { return Cfg::describe(); }
+  const ModelShape& shape() const noexcept { return impl_->shape(); }
+  ParameterStore<T>& parameters() noexcept { return impl_->parameters(); }
+  const ParameterStore<T>& parameters() const noexcept { return impl_->parameters(); }
+  ParamId item_embedding() const noexcept { return impl_->item_embedding(); }
+  std::int32_t num_items() const noexcept { return shape().vocab_size - kNumSpecialTokens; }
+  std::string device_name() const { return impl_->device_name(); }
+
+  void initialise(std::uint64_t seed) { impl_->initialise(seed); }
+  void upload() { impl_->upload(); }
+  void download() { impl_->download(); }
+  void download_grads() { impl_->download_grads(); }
+  void zero_grads() { impl_->zero_grads(); }
+  void reset_moments() { impl_->reset_moments(); }
+  double optimizer_step(const train::AdamWOptions& o, double lr, std::int64_t step, double clip) {
+    return impl_->optimizer_step(o, lr, step, clip);
+  }
+  double forward_backward(const std::int32_t* inputs, const std::int32_t* targets,
+                          std::int32_t batch, std::int32_t len, std::uint64_t dropout_key,
+                          std::int64_t* num_targets) {
+    return impl_->forward_backward(inputs, targets, batch, len, dropout_key, num_targets);
+  }
+  double loss(const std::int32_t* inputs, const std::int32_t* targets, std::int32_t batch,
+              std::int32_t len, std::uint64_t dropout_key) {
+    return impl_->loss(inputs, targets, batch, len, dropout_key);
+  }
+  void score_last(const std::int32_t* inputs, std::int32_t batch, std::int32_t len, T* scores) {
+    impl_->score_last(inputs, batch, len, scores);
+  }
+  std::vector<std::vector<double>> take_expert_shares() { return impl_->take_expert_shares(); }
+
+ private:
+  std::unique_ptr<DeviceModelBase> impl_;
+};
+
+}  // namespace seqrec

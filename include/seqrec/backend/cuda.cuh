@@ -1,7 +1,13 @@
 // The CUDA backend: one stream, one cuBLASLt handle with a 32 MiB workspace, and a small caching
 // device allocator, so that ops never call cudaMalloc in a training step. Like cpu::Backend it
-// owns no maths beyond a thin row-major GEMM wrapper around its cuBLASLt handle (fp32 in, fp32
-// out, fp32 compute: no TF32, so results stay within fp32 rounding of the CPU ops).
+// owns no maths beyond a thin row-major GEMM wrapper around its cuBLASLt handle.
+//
+// Precision. In the default fp32 mode every GEMM is fp32 in, fp32 out, fp32 compute (no TF32), so
+// results stay within fp32 rounding of the CPU ops. In bf16 mode (set_bf16(true)) gemm_rm rounds
+// both operands to bf16 and multiplies on the tensor cores with fp32 accumulation and an fp32
+// result; everything else (activations between ops, master weights, gradients, optimiser state)
+// stays fp32. Operands marked as weights are rounded once per weight version and cached: the
+// model calls weights_changed() after every optimiser step or upload, which drops the cache.
 //
 // Everything runs on the backend's single stream, which is what makes the allocator simple: a
 // buffer freed after a kernel was queued on the stream may be handed to the next request at once,
@@ -18,12 +24,15 @@
 #pragma once
 
 #include <cublasLt.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <map>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -243,6 +252,30 @@ class Backend {
   }
   void synchronize() { SEQREC_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
+  /// bf16 GEMM operands (fp32 accumulation and results) instead of fp32 throughout.
+  void set_bf16(bool on) {
+    bf16_ = on;
+    weights_changed();
+  }
+  bool bf16() const noexcept { return bf16_; }
+
+  /// Drops the bf16 copies of weight operands (call after the weights change).
+  void weights_changed() noexcept { weight_cache_.clear(); }
+
+  /// The bf16 copy of the (rows, cols) fp32 matrix at `src` with leading dimension `ld`, made by
+  /// `make` (which fills a contiguous (rows, cols) bf16 buffer) on first use after the last
+  /// weights_changed().
+  template <typename Make>
+  const __nv_bfloat16* cached_bf16(const float* src, std::int64_t rows, std::int64_t cols,
+                                   std::int64_t ld, Make&& make) {
+    const WeightKey key{src, rows, cols, ld};
+    auto it = weight_cache_.find(key);
+    if (it != weight_cache_.end()) return it->second.data();
+    DeviceBuffer<__nv_bfloat16> b(alloc_, static_cast<std::size_t>(rows * cols));
+    make(b.data());
+    return weight_cache_.emplace(key, std::move(b)).first->second.data();
+  }
+
  private:
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
@@ -251,16 +284,44 @@ class Backend {
   DeviceBuffer<std::byte> workspace_;
   int num_sms_ = 0;
   int max_smem_optin_ = 0;
+  bool bf16_ = false;
+  using WeightKey = std::tuple<const float*, std::int64_t, std::int64_t, std::int64_t>;
+  std::map<WeightKey, DeviceBuffer<__nv_bfloat16>> weight_cache_;  // after alloc_: freed first
 };
 
-/// Row-major fp32 GEMM on the backend's stream:
+/// dst (rows, cols) contiguous = bf16(src (rows, cols) with leading dimension ld), round to
+/// nearest even. Grid-stride over the elements.
+static __global__ void cast_to_bf16_kernel(const float* __restrict__ src,
+                                           __nv_bfloat16* __restrict__ dst, std::int64_t rows,
+                                           std::int64_t cols, std::int64_t ld) {
+  const std::int64_t total = rows * cols;
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t r = i / cols, c = i - r * cols;
+    dst[i] = __float2bfloat16_rn(src[r * ld + c]);
+  }
+}
+
+/// Rounds a strided fp32 matrix to a contiguous bf16 one on the backend's stream.
+inline void cast_to_bf16(Backend& be, const float* src, std::int64_t rows, std::int64_t cols,
+                         std::int64_t ld, __nv_bfloat16* dst) {
+  const std::int64_t total = rows * cols;
+  if (total == 0) return;
+  const std::int64_t want = (total + 255) / 256;
+  const unsigned blocks = static_cast<unsigned>(std::min<std::int64_t>(want, 65535));
+  cast_to_bf16_kernel<<<blocks, 256, 0, be.stream()>>>(src, dst, rows, cols, ld);
+  SEQREC_CUDA_CHECK_LAUNCH();
+}
+
+/// Row-major GEMM on the backend's stream with operands of type `ab_type` (CUDA_R_32F or
+/// CUDA_R_16BF, both operands alike) and an fp32 result, fp32 compute (no TF32):
 ///   C (M, N) = alpha · op(A) (M, K) · op(B) (K, N) + beta · C,
 /// with op(X) = Xᵀ when trans_x. A is stored (M, K) row-major with leading dimension lda, or
 /// (K, M) when trans_a; likewise B is (K, N) or (N, K). cuBLASLt is column-major, so this computes
-/// Cᵀ = op(B)ᵀ · op(A)ᵀ, which reads the same memory. Compute type fp32 (no TF32).
-inline void gemm_rm(Backend& be, bool trans_a, bool trans_b, std::int64_t M, std::int64_t N,
-                    std::int64_t K, float alpha, const float* A, std::int64_t lda, const float* B,
-                    std::int64_t ldb, float beta, float* C, std::int64_t ldc) {
+/// Cᵀ = op(B)ᵀ · op(A)ᵀ, which reads the same memory.
+inline void gemm_lt(Backend& be, cudaDataType_t ab_type, bool trans_a, bool trans_b, std::int64_t M,
+                    std::int64_t N, std::int64_t K, float alpha, const void* A, std::int64_t lda,
+                    const void* B, std::int64_t ldb, float beta, float* C, std::int64_t ldc) {
   if (M == 0 || N == 0) return;
   // Column-major problem: m = N, n = M, k = K; first operand is B, second is A.
   const cublasOperation_t opa = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -290,8 +351,8 @@ inline void gemm_rm(Backend& be, bool trans_a, bool trans_b, std::int64_t M, std
       cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa)));
   SEQREC_CUBLAS_CHECK(
       cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb)));
-  SEQREC_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, CUDA_R_32F, a_rows, a_cols, ldb));
-  SEQREC_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_32F, b_rows, b_cols, lda));
+  SEQREC_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, ab_type, a_rows, a_cols, ldb));
+  SEQREC_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, ab_type, b_rows, b_cols, lda));
   SEQREC_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, N, M, ldc));
   SEQREC_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   const std::size_t ws = Backend::kWorkspaceBytes;
@@ -319,11 +380,49 @@ inline void gemm_rm(Backend& be, bool trans_a, bool trans_b, std::int64_t M, std
   SEQREC_CUBLAS_CHECK(
       cublasLtMatmulAlgoGetHeuristic(be.lt(), op, la, lb, lc, lc, pref, 1, &heur, &found));
   if (found == 0) {
-    throw ::seqrec::Error("cuBLASLt found no fp32 algorithm for M=" + std::to_string(M) +
-                          " N=" + std::to_string(N) + " K=" + std::to_string(K));
+    throw ::seqrec::Error(std::string("cuBLASLt found no ") +
+                          (ab_type == CUDA_R_16BF ? "bf16" : "fp32") +
+                          " algorithm for M=" + std::to_string(M) + " N=" + std::to_string(N) +
+                          " K=" + std::to_string(K));
   }
   SEQREC_CUBLAS_CHECK(cublasLtMatmul(be.lt(), op, &alpha, B, la, A, lb, &beta, C, lc, C, lc,
                                      &heur.algo, be.workspace(), ws, be.stream()));
+}
+
+/// Which operand of gemm_rm is a weight (stable between weights_changed() calls), whose bf16
+/// copy the backend may cache in bf16 mode.
+enum class WeightOperand { None, A, B };
+
+/// Row-major GEMM on fp32 arrays, C (M, N) = alpha · op(A) · op(B) + beta · C (see gemm_lt for
+/// the layout). fp32 mode: fp32 throughout. bf16 mode: the operands are rounded to bf16 (weights
+/// once per version, from the backend's cache; activations into scratch buffers) and multiplied
+/// with fp32 accumulation into the fp32 C.
+inline void gemm_rm(Backend& be, bool trans_a, bool trans_b, std::int64_t M, std::int64_t N,
+                    std::int64_t K, float alpha, const float* A, std::int64_t lda, const float* B,
+                    std::int64_t ldb, float beta, float* C, std::int64_t ldc,
+                    WeightOperand weight = WeightOperand::None) {
+  if (M == 0 || N == 0) return;
+  if (!be.bf16()) {
+    gemm_lt(be, CUDA_R_32F, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  // Stored shapes: A is (M, K) or (K, M) when transposed; B is (K, N) or (N, K).
+  const std::int64_t a_rows = trans_a ? K : M, a_cols = trans_a ? M : K;
+  const std::int64_t b_rows = trans_b ? N : K, b_cols = trans_b ? K : N;
+  DeviceBuffer<__nv_bfloat16> a_tmp, b_tmp;
+  auto operand = [&](const float* x, std::int64_t rows, std::int64_t cols, std::int64_t ld,
+                     bool is_weight, DeviceBuffer<__nv_bfloat16>& tmp) -> const __nv_bfloat16* {
+    if (is_weight)
+      return be.cached_bf16(x, rows, cols, ld,
+                            [&](__nv_bfloat16* dst) { cast_to_bf16(be, x, rows, cols, ld, dst); });
+    tmp = be.buffer<__nv_bfloat16>(static_cast<std::size_t>(rows * cols));
+    cast_to_bf16(be, x, rows, cols, ld, tmp.data());
+    return tmp.data();
+  };
+  const __nv_bfloat16* a16 = operand(A, a_rows, a_cols, lda, weight == WeightOperand::A, a_tmp);
+  const __nv_bfloat16* b16 = operand(B, b_rows, b_cols, ldb, weight == WeightOperand::B, b_tmp);
+  gemm_lt(be, CUDA_R_16BF, trans_a, trans_b, M, N, K, alpha, a16, a_cols, b16, b_cols, beta, C,
+          ldc);
 }
 
 }  // namespace seqrec::cuda

@@ -22,8 +22,10 @@
 //
 // Supported policies in this version: positions Learned, RoPE, None; norm RMSNorm; FFN
 // Mlp<Relu>, Mlp<Silu>. Anything else stops compilation with a static_assert naming the family.
-// Linear layers are cuBLASLt fp32 GEMMs (gemm_rm, no TF32); every other reduction has a fixed
-// order, so a step repeats bit for bit.
+// Linear layers are cuBLASLt GEMMs (gemm_rm): fp32 without TF32 by default, bf16 operands with
+// fp32 accumulation when the backend is in bf16 mode (weights marked WeightOperand::B are rounded
+// once per optimiser step); every other reduction has a fixed order, so a step repeats bit for
+// bit in either mode.
 #pragma once
 
 #include <algorithm>
@@ -167,6 +169,7 @@ class Model<Cfg, cuda::Backend> {
     copy_to_device(m_.data(), store_.moment1().data());
     copy_to_device(v_.data(), store_.moment2().data());
     be_->synchronize();
+    be_->weights_changed();
   }
   /// Device values and both moments → host store.
   void download() {
@@ -198,6 +201,7 @@ class Model<Cfg, cuda::Backend> {
     const double norm = cuda::clip_grad_norm(*be_, *plan_, grads_.data(), clip);
     cuda::adamw_step(*be_, *plan_, values_.data(), grads_.data(), m_.data(), v_.data(), o, lr,
                      step);
+    be_->weights_changed();
     return norm;
   }
 
@@ -255,7 +259,8 @@ class Model<Cfg, cuda::Backend> {
     ensure(scores_, B * I);
     // Rows L−1 of each sequence are rows of h_ with stride L·D: the GEMM reads them in place.
     cuda::gemm_rm(*be_, false, true, B, I, D, 1.f, h_.data() + (L - 1) * D, L * D,
-                  value(item_emb_) + kNumSpecialTokens * D, D, 0.f, scores_.data(), I);
+                  value(item_emb_) + kNumSpecialTokens * D, D, 0.f, scores_.data(), I,
+                  cuda::WeightOperand::B);
     SEQREC_CUDA_CHECK(cudaMemcpyAsync(scores, scores_.data(), sizeof(T) * B * I,
                                       cudaMemcpyDeviceToHost, be_->stream()));
     be_->synchronize();
@@ -314,13 +319,15 @@ class Model<Cfg, cuda::Backend> {
   /// linear layer: y (N, out) = x (N, in) · Wᵀ + b, W (out, in).
   void linear_forward(const float* x, const float* w, const float* b, float* y, std::int64_t n,
                       std::int64_t in, std::int64_t out) {
-    cuda::gemm_rm(*be_, false, true, n, out, in, 1.f, x, in, w, in, 0.f, y, out);
+    cuda::gemm_rm(*be_, false, true, n, out, in, 1.f, x, in, w, in, 0.f, y, out,
+                  cuda::WeightOperand::B);
     cuda::bias_add(*be_, y, b, n, out);
   }
   /// dx (N, in) = dy · W (overwritten); dW += dyᵀ · x; db += Σ_rows dy.
   void linear_backward(const float* x, const float* w, const float* dy, float* dx, float* dw,
                        float* db, std::int64_t n, std::int64_t in, std::int64_t out) {
-    cuda::gemm_rm(*be_, false, false, n, in, out, 1.f, dy, out, w, in, 0.f, dx, in);
+    cuda::gemm_rm(*be_, false, false, n, in, out, 1.f, dy, out, w, in, 0.f, dx, in,
+                  cuda::WeightOperand::B);
     cuda::gemm_rm(*be_, true, false, out, in, n, 1.f, dy, out, x, in, 1.f, dw, in);
     cuda::column_sum_add(*be_, dy, db, n, out);
   }

@@ -9,6 +9,8 @@
 //   Z ← G = (softmax(z) − onehot(t)) · grad_scale                       (kernel, fixed order)
 //   dHc (C, D)     = G · W, scattered back to dh's rows                   (cuBLASLt + kernel)
 //   dW  (I, D)    += Gᵀ · Hc                                              (cuBLASLt, beta = 1)
+// In the backend's bf16 mode, Hc, G and W enter the three GEMMs as bf16 (fp32 accumulation, fp32
+// Z and dHc); the softmax and the loss are computed in fp32 from the fp32 Z.
 // Per-row losses stay on the device and are summed on the host in double in row order, exactly as
 // the CPU op sums them. Every reduction has a fixed order, so results repeat bit for bit.
 #pragma once
@@ -67,13 +69,15 @@ static __global__ void cross_entropy_scatter_kernel(const float* __restrict__ dh
   dh[static_cast<std::int64_t>(rows[r]) * d + j] = dhc[i];
 }
 
-/// One block per row of z (c, I): loss[i] = logsumexp(z_i) − z_i[t_i]; when with_grad, z_i is
-/// overwritten with (softmax(z_i) − onehot(t_i)) · grad_scale. target_items (c) in [0, I).
+/// One block per row of z (c, I), row stride ldz: loss[i] = logsumexp(z_i) − z_i[t_i]; when
+/// with_grad, z_i is overwritten with G_i = (softmax(z_i) − onehot(t_i)) · grad_scale, and when g16
+/// is not null G_i is also written there rounded to bf16 (same stride). target_items (c) in [0, I).
 static __global__ void cross_entropy_forward_backward_kernel(
     float* __restrict__ z, const std::int32_t* __restrict__ target_items, float* __restrict__ loss,
-    std::int64_t items, float grad_scale, int with_grad) {
+    std::int64_t items, std::int64_t ldz, float grad_scale, int with_grad,
+    __nv_bfloat16* __restrict__ g16) {
   __shared__ float scratch[32];
-  float* zr = z + static_cast<std::int64_t>(blockIdx.x) * items;
+  float* zr = z + static_cast<std::int64_t>(blockIdx.x) * ldz;
   const std::int64_t t = target_items[blockIdx.x];
   float mx = -INFINITY;
   for (std::int64_t j = threadIdx.x; j < items; j += blockDim.x) mx = fmaxf(mx, zr[j]);
@@ -86,10 +90,23 @@ static __global__ void cross_entropy_forward_backward_kernel(
   if (threadIdx.x == 0) loss[blockIdx.x] = lse - zt;
   if (!with_grad) return;
   __syncthreads();
-  for (std::int64_t j = threadIdx.x; j < items; j += blockDim.x)
-    zr[j] = expf(zr[j] - lse) * grad_scale;
-  __syncthreads();
-  if (threadIdx.x == 0) zr[t] -= grad_scale;
+  __nv_bfloat16* gr = g16 != nullptr ? g16 + static_cast<std::int64_t>(blockIdx.x) * ldz : nullptr;
+  for (std::int64_t j = threadIdx.x; j < items; j += blockDim.x) {
+    const float g = expf(zr[j] - lse) * grad_scale - (j == t ? grad_scale : 0.f);
+    zr[j] = g;
+    if (gr != nullptr) gr[j] = __float2bfloat16_rn(g);
+  }
+}
+
+/// hc16 (c, D) = bf16(h[rows[i]]) for i < c; rows (c).
+static __global__ void cross_entropy_gather_bf16_kernel(const float* __restrict__ h,
+                                                        const std::int32_t* __restrict__ rows,
+                                                        __nv_bfloat16* __restrict__ hc,
+                                                        std::int64_t c, std::int64_t d) {
+  const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= c * d) return;
+  const std::int64_t r = i / d, j = i - r * d;
+  hc[i] = __float2bfloat16_rn(h[static_cast<std::int64_t>(rows[r]) * d + j]);
 }
 
 /// Returns the summed loss (double) and writes the number of scored rows to *count. Device
@@ -136,36 +153,77 @@ double cross_entropy_forward_backward(Backend& be, const Shape& s, const float* 
   auto d_rows = be.buffer<std::int32_t>(rows.size());
   auto d_titems = be.buffer<std::int32_t>(rows.size());
   auto d_loss = be.buffer<float>(rows.size());
-  auto logits = be.buffer<float>(static_cast<std::size_t>(C * I));
-  auto hc = be.buffer<float>(static_cast<std::size_t>(C * D));
+  auto logits = be.buffer<float>(be.bf16() ? 0 : static_cast<std::size_t>(C * I));
+  auto hc = be.buffer<float>(be.bf16() ? 0 : static_cast<std::size_t>(C * D));
   auto dhc = be.buffer<float>(dh != nullptr ? static_cast<std::size_t>(C * D) : 0);
   SEQREC_CUDA_CHECK(cudaMemcpyAsync(d_rows.data(), rows.data(), d_rows.bytes(),
                                     cudaMemcpyHostToDevice, be.stream()));
   SEQREC_CUDA_CHECK(cudaMemcpyAsync(d_titems.data(), tItems.data(), d_titems.bytes(),
                                     cudaMemcpyHostToDevice, be.stream()));
 
-  for (std::int64_t c0 = 0; c0 < n_scored; c0 += C) {
-    const std::int64_t c = std::min<std::int64_t>(C, n_scored - c0);
-    const unsigned ew_blocks = static_cast<unsigned>((c * D + 255) / 256);
-    cross_entropy_gather_kernel<<<ew_blocks, 256, 0, be.stream()>>>(h, d_rows.data() + c0,
-                                                                    hc.data(), c, D);
-    SEQREC_CUDA_CHECK_LAUNCH();
-    // Z (c, I) = Hc (c, D) · Wᵀ, W (I, D).
-    gemm_rm(be, false, true, c, I, D, 1.f, hc.data(), D, items, D, 0.f, logits.data(), I);
-    cross_entropy_forward_backward_kernel<<<static_cast<unsigned>(c), detail::kCeThreads, 0,
-                                            be.stream()>>>(
-        logits.data(), d_titems.data() + c0, d_loss.data() + c0, I, grad_scale, with_grad ? 1 : 0);
-    SEQREC_CUDA_CHECK_LAUNCH();
-    if (dh != nullptr) {
-      // dHc (c, D) = G (c, I) · W (I, D).
-      gemm_rm(be, false, false, c, D, I, 1.f, logits.data(), I, items, D, 0.f, dhc.data(), D);
-      cross_entropy_scatter_kernel<<<ew_blocks, 256, 0, be.stream()>>>(
-          dhc.data(), d_rows.data() + c0, dh, c, D);
+  if (be.bf16()) {
+    // bf16 operands, fp32 accumulation: Hc and G are produced in bf16 by the gather and softmax
+    // kernels; the item table's bf16 copy is cached by the backend until the weights change.
+    // Rows of Z and G are padded to a multiple of 8 elements (16-byte aligned bf16 rows), which
+    // the tensor-core GEMM kernels want.
+    const std::int64_t ldz = (I + 7) / 8 * 8;
+    auto logits16 = be.buffer<float>(static_cast<std::size_t>(C * ldz));
+    auto hc16 = be.buffer<__nv_bfloat16>(static_cast<std::size_t>(C * D));
+    auto g16 = be.buffer<__nv_bfloat16>(with_grad ? static_cast<std::size_t>(C * ldz) : 0);
+    const __nv_bfloat16* items16 = be.cached_bf16(
+        items, I, D, D, [&](__nv_bfloat16* dst) { cast_to_bf16(be, items, I, D, D, dst); });
+    for (std::int64_t c0 = 0; c0 < n_scored; c0 += C) {
+      const std::int64_t c = std::min<std::int64_t>(C, n_scored - c0);
+      const unsigned ew_blocks = static_cast<unsigned>((c * D + 255) / 256);
+      cross_entropy_gather_bf16_kernel<<<ew_blocks, 256, 0, be.stream()>>>(h, d_rows.data() + c0,
+                                                                           hc16.data(), c, D);
       SEQREC_CUDA_CHECK_LAUNCH();
+      // Z (c, I) = Hc (c, D) · Wᵀ, W (I, D).
+      gemm_lt(be, CUDA_R_16BF, false, true, c, I, D, 1.f, hc16.data(), D, items16, D, 0.f,
+              logits16.data(), ldz);
+      cross_entropy_forward_backward_kernel<<<static_cast<unsigned>(c), detail::kCeThreads, 0,
+                                              be.stream()>>>(
+          logits16.data(), d_titems.data() + c0, d_loss.data() + c0, I, ldz, grad_scale,
+          with_grad ? 1 : 0, with_grad ? g16.data() : nullptr);
+      SEQREC_CUDA_CHECK_LAUNCH();
+      if (dh != nullptr) {
+        // dHc (c, D) = G (c, I) · W (I, D).
+        gemm_lt(be, CUDA_R_16BF, false, false, c, D, I, 1.f, g16.data(), ldz, items16, D, 0.f,
+                dhc.data(), D);
+        cross_entropy_scatter_kernel<<<ew_blocks, 256, 0, be.stream()>>>(
+            dhc.data(), d_rows.data() + c0, dh, c, D);
+        SEQREC_CUDA_CHECK_LAUNCH();
+      }
+      // dW (I, D) += Gᵀ (I, c) · Hc (c, D).
+      if (ditems != nullptr)
+        gemm_lt(be, CUDA_R_16BF, true, false, I, D, c, 1.f, g16.data(), ldz, hc16.data(), D, 1.f,
+                ditems, D);
     }
-    // dW (I, D) += Gᵀ (I, c) · Hc (c, D).
-    if (ditems != nullptr)
-      gemm_rm(be, true, false, I, D, c, 1.f, logits.data(), I, hc.data(), D, 1.f, ditems, D);
+  } else {
+    for (std::int64_t c0 = 0; c0 < n_scored; c0 += C) {
+      const std::int64_t c = std::min<std::int64_t>(C, n_scored - c0);
+      const unsigned ew_blocks = static_cast<unsigned>((c * D + 255) / 256);
+      cross_entropy_gather_kernel<<<ew_blocks, 256, 0, be.stream()>>>(h, d_rows.data() + c0,
+                                                                      hc.data(), c, D);
+      SEQREC_CUDA_CHECK_LAUNCH();
+      // Z (c, I) = Hc (c, D) · Wᵀ, W (I, D).
+      gemm_rm(be, false, true, c, I, D, 1.f, hc.data(), D, items, D, 0.f, logits.data(), I);
+      cross_entropy_forward_backward_kernel<<<static_cast<unsigned>(c), detail::kCeThreads, 0,
+                                              be.stream()>>>(logits.data(), d_titems.data() + c0,
+                                                             d_loss.data() + c0, I, I, grad_scale,
+                                                             with_grad ? 1 : 0, nullptr);
+      SEQREC_CUDA_CHECK_LAUNCH();
+      if (dh != nullptr) {
+        // dHc (c, D) = G (c, I) · W (I, D).
+        gemm_rm(be, false, false, c, D, I, 1.f, logits.data(), I, items, D, 0.f, dhc.data(), D);
+        cross_entropy_scatter_kernel<<<ew_blocks, 256, 0, be.stream()>>>(
+            dhc.data(), d_rows.data() + c0, dh, c, D);
+        SEQREC_CUDA_CHECK_LAUNCH();
+      }
+      // dW (I, D) += Gᵀ (I, c) · Hc (c, D).
+      if (ditems != nullptr)
+        gemm_rm(be, true, false, I, D, c, 1.f, logits.data(), I, hc.data(), D, 1.f, ditems, D);
+    }
   }
   std::vector<float> row_loss(rows.size());
   SEQREC_CUDA_CHECK(cudaMemcpyAsync(row_loss.data(), d_loss.data(), d_loss.bytes(),

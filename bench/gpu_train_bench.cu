@@ -1,16 +1,19 @@
-// Training throughput of Model<OursRandomConfig, cuda::Backend> (fp32) at the study's best shape:
+// Training throughput of Model<OursRandomConfig, cuda::Backend> at the study's best shape:
 // dim 1024, 5 layers, 8 heads, ffn 4096, max_len 20, batch 1024, vocab 4+16859, dropout 0.1
 // (RoPE, RMSNorm, SiLU MLP; random init — the title init of OursConfig costs nothing per step).
 //
-//   gpu_train_bench [--steps N] [--warmup N] [--data DIR]
+//   gpu_train_bench [--steps N] [--warmup N] [--data DIR] [--bf16]
+//
+// --bf16 switches the backend to bf16 GEMM operands with fp32 accumulation (Backend::set_bf16);
+// MFU is then taken against the card's dense bf16 tensor peak instead of its fp32 peak.
 //
 // Part 1, synthetic: 8 pre-built batches of random items with realistic left padding (sequence
 // length 1 + ⌊Exp(mean 10)⌋, so a row holds min(n, 20) targets, about 9.1 of 20 on average),
 // cycled; 3 warm-up steps, then 30 timed steps of zero_grads + forward_backward + clip 1.0 +
 // AdamW on the device (wall clock around each step; every step synchronises when it returns the
 // loss). Prints ms/step, train tokens/s (non-pad targets), model FLOPs per token, achieved
-// TFLOP/s, MFU against 67 TFLOP/s (H100 SXM fp32 non-tensor: this version runs fp32 GEMMs without
-// TF32; bf16 comes later) and device memory.
+// TFLOP/s, MFU against the peak of the precision in use (H100/H200 SXM: 67 TFLOP/s fp32
+// non-tensor — fp32 mode runs without TF32 — or 989 TFLOP/s dense bf16) and device memory.
 //
 // FLOPs per scored (non-pad) token, counted, not measured:
 //   6·P  +  12·layers·L·D  +  6·D·I
@@ -53,7 +56,8 @@ using Clock = std::chrono::steady_clock;
 using Cfg = seqrec::OursRandomConfig;
 using GpuModel = seqrec::Model<Cfg, seqrec::cuda::Backend>;
 
-constexpr double kPeakFp32 = 67e12;  // H100 SXM fp32 non-tensor, flop/s
+constexpr double kPeakFp32 = 67e12;   // H100/H200 SXM fp32 non-tensor, flop/s
+constexpr double kPeakBf16 = 989e12;  // H100/H200 SXM dense bf16 tensor, flop/s
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
 seqrec::ModelShape study_shape(std::int32_t vocab) {
@@ -126,9 +130,10 @@ void synthetic_part(seqrec::cuda::Backend& be, int steps, int warmup) {
   const double per_token = per_token_dense + per_token_logits;
   std::printf(
       "config: %s; dim %d, layers %d, heads %d, ffn %d, max_len %d, batch %d, vocab %d, "
-      "dropout %.2f, fp32 (no TF32)\n",
+      "dropout %.2f, %s\n",
       GpuModel::describe().c_str(), shape.dim, shape.layers, shape.heads, shape.ffn_dim,
-      shape.max_len, B, shape.vocab_size, shape.dropout);
+      shape.max_len, B, shape.vocab_size, shape.dropout,
+      be.bf16() ? "bf16 GEMM operands, fp32 accumulation" : "fp32 (no TF32)");
   std::printf("parameters: %.1f M total, %.1f M non-embedding (P)\n",
               double(store.num_parameters()) / 1e6, P / 1e6);
   std::printf(
@@ -182,11 +187,12 @@ void synthetic_part(seqrec::cuda::Backend& be, int steps, int warmup) {
       "%.1f max (loss %.4f at the last step)\n",
       steps, warmup, total_ms / steps, median, sorted.front(), sorted.back(), last_loss);
   std::printf("train tokens/s (non-pad targets): %.0f\n", tokens / secs);
+  const double peak = be.bf16() ? kPeakBf16 : kPeakFp32;
   std::printf(
-      "achieved: %.2f TFLOP/s model (scored tokens) -> MFU %.1f%% of %.0f TFLOP/s fp32; "
+      "achieved: %.2f TFLOP/s model (scored tokens) -> MFU %.1f%% of %.0f TFLOP/s %s; "
       "%.2f TFLOP/s executed incl. padding rows -> HFU %.1f%%\n",
-      tflops, 100.0 * tflops * 1e12 / kPeakFp32, kPeakFp32 / 1e12, tflops_exec,
-      100.0 * tflops_exec * 1e12 / kPeakFp32);
+      tflops, 100.0 * tflops * 1e12 / peak, peak / 1e12, be.bf16() ? "bf16" : "fp32", tflops_exec,
+      100.0 * tflops_exec * 1e12 / peak);
   std::printf(
       "device memory in use (cudaMemGetInfo): %.2f GiB before the model, %.2f GiB with "
       "parameters + grads + AdamW moments, %.2f GiB peak over the steps (the caching "
@@ -239,24 +245,28 @@ void data_part(seqrec::cuda::Backend& be, const std::string& dir) {
   const double secs = std::chrono::duration<double>(Clock::now() - t1).count();
   std::printf(
       "one epoch: %zu batches of %d, %lld scored tokens, %.2f s/epoch, %.0f tokens/s, "
-      "mean loss %.4f\n",
-      nb, B, static_cast<long long>(tokens), secs, double(tokens) / secs, loss_sum / double(nb));
+      "mean loss %.4f; 12 epochs ~ %.1f s\n",
+      nb, B, static_cast<long long>(tokens), secs, double(tokens) / secs, loss_sum / double(nb),
+      12.0 * secs);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   int steps = 30, warmup = 3;
+  bool bf16 = false;
   std::string data_dir;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if ((a == "--steps" || a == "--warmup" || a == "--data") && i + 1 < argc) {
+    if (a == "--bf16") {
+      bf16 = true;
+    } else if ((a == "--steps" || a == "--warmup" || a == "--data") && i + 1 < argc) {
       const std::string v = argv[++i];
       if (a == "--steps") steps = std::max(1, std::atoi(v.c_str()));
       if (a == "--warmup") warmup = std::max(0, std::atoi(v.c_str()));
       if (a == "--data") data_dir = v;
     } else {
-      std::fprintf(stderr, "usage: %s [--steps N] [--warmup N] [--data DIR]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--steps N] [--warmup N] [--data DIR] [--bf16]\n", argv[0]);
       return 1;
     }
   }
@@ -267,6 +277,7 @@ int main(int argc, char** argv) {
   }
   try {
     seqrec::cuda::Backend be(0);
+    be.set_bf16(bf16);
     cudaDeviceProp prop{};
     SEQREC_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     std::printf("device: %s (sm_%d%d, %d SMs, %.1f GiB)\n", prop.name, prop.major, prop.minor,

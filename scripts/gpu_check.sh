@@ -3,119 +3,91 @@
 # was configured and built elsewhere (it rebuilds nothing: the GPU machine has cmake but none of
 # the Debian packages the build needs):
 #   bash scripts/gpu_check.sh [build-dir]        (default build-cuda)
-# Steps: print the card (nvidia-smi -L), run every CUDA test (ctest -L cuda; when the build folder
-# was made at another path, ctest's absolute paths do not resolve here, so the test executables
-# are run directly instead), then the GPU benchmark table. A failing step is reported and the
-# next one still runs. Exit status: 0 all good (or skipped: no GPU), 1 a test failed, 2 only the
-# benchmark failed.
+# Steps: print the card (nvidia-smi -L); run every CUDA test executable (tests/test_cuda*: the
+# .cu op and model tests and the host-compiled trainer test); the op benchmark table; the
+# training benchmark at the study's config in fp32 and in bf16 (SEQREC_DATA: a folder with
+# interactions.tsv, e.g. amazon18_games carried next to the build, adds a timed real epoch); and
+# a trainer binary end to end with --device cuda --bf16 on the embedded dataset. A failing step
+# is reported and the next one still runs; a summary table closes the output.
+# Exit status: 0 all good (or skipped: no GPU), 1 a test failed, 2 only a benchmark failed.
+# Environment: SEQREC_GPU_STEP_TIMEOUT (seconds per step, default 240).
 set -u
 cd "$(dirname "$0")/.."
 build="${1:-build-cuda}"
+step_timeout="${SEQREC_GPU_STEP_TIMEOUT:-240}"
 tests_failed=0
 bench_failed=0
 summary=()
 
 section() { printf '\n== %s\n' "$*"; }
 
-# Names the missing shared libraries when an executable cannot start (exit 127).
-explain_start_failure() {
-  echo "   could not start $1; unresolved libraries:"
-  ldd "$1" 2>&1 | grep -i 'not found' | sed 's/^/     /' || true
+# run_step KIND LABEL EXE [ARGS...]: runs EXE with a timeout and records one summary line.
+# KIND is "test" (a failure fails the check) or "bench" (a failure gives exit 2).
+run_step() {
+  local kind="$1" label="$2" exe="$3"
+  shift 3
+  if [[ ! -x "$exe" ]]; then
+    echo "   $exe not built"
+    summary+=("$label: NOT BUILT")
+    if [[ $kind == test ]]; then tests_failed=1; else bench_failed=1; fi
+    return
+  fi
+  echo "-- $exe $*"
+  local t0=$SECONDS
+  timeout "$step_timeout" "$exe" "$@"
+  local rc=$? secs=$((SECONDS - t0)) verdict
+  case $rc in
+    0) verdict="passed" ;;
+    77) verdict="skipped (no GPU answered)" ;;
+    127)
+      echo "   could not start $exe; unresolved libraries:"
+      ldd "$exe" 2>&1 | grep -i 'not found' | sed 's/^/     /' || true
+      verdict="COULD NOT START" ;;
+    124) verdict="TIMED OUT (${step_timeout} s)" ;;
+    *) verdict="FAILED (rc $rc)" ;;
+  esac
+  if [[ $rc -ne 0 && $rc -ne 77 ]]; then
+    if [[ $kind == test ]]; then tests_failed=1; else bench_failed=1; fi
+  fi
+  summary+=("$(printf '%-34s %-28s %4d s' "$label" "$verdict" "$secs")")
 }
 
 if [[ ! -d "$build" ]]; then
-  echo "gpu_check: build folder '$build' not found (build it first: cmake --build $build --target test_cuda_ops gpu_bench)"
+  echo "gpu_check: build folder '$build' not found (build it first; see the README's GPU section)"
   exit 1
 fi
-build_abs="$(cd "$build" && pwd)"
 
 section "device"
-nvidia-smi -L
-rc=$?
-if [[ $rc -ne 0 ]]; then
-  echo "   nvidia-smi -L failed (rc $rc); continuing"
+if ! nvidia-smi -L; then
+  echo "   nvidia-smi -L failed; continuing"
   summary+=("device: nvidia-smi failed")
 fi
 
 section "CUDA tests"
-if grep -qsF "$build_abs/tests" "$build/tests/CTestTestfile.cmake"; then
-  out="$(mktemp)"
-  timeout 240 ctest --test-dir "$build" -L cuda --output-on-failure -V 2>&1 | tee "$out"
-  rc=${PIPESTATUS[0]}
-  if grep -q 'No tests were found' "$out"; then
-    echo "   ctest found no CUDA tests in $build (was it configured with nvcc?)"
-    tests_failed=1
-    summary+=("tests: none found")
-  elif [[ $rc -ne 0 ]]; then
-    tests_failed=1
-    summary+=("tests: FAILED (ctest rc $rc)")
-  elif grep -q 'Skipped' "$out" && ! grep -q 'Passed' "$out"; then
-    summary+=("tests: skipped (no GPU answered)")
-  else
-    summary+=("tests: passed")
-  fi
-  rm -f "$out"
-else
-  echo "   $build was configured at another path; running the CUDA test executables directly"
-  found=0
-  for exe in "$build"/tests/test_cuda*; do
-    [[ -x "$exe" && -f "$exe" ]] || continue
-    found=1
-    echo "-- $exe"
-    timeout 240 "$exe"
-    rc=$?
-    case $rc in
-      0) summary+=("$(basename "$exe"): passed") ;;
-      77) summary+=("$(basename "$exe"): skipped (no GPU answered)") ;;
-      127) explain_start_failure "$exe"; tests_failed=1; summary+=("$(basename "$exe"): could not start") ;;
-      124) tests_failed=1; summary+=("$(basename "$exe"): TIMED OUT (240 s)") ;;
-      *) tests_failed=1; summary+=("$(basename "$exe"): FAILED (rc $rc)") ;;
-    esac
-  done
-  if [[ $found -eq 0 ]]; then
-    echo "   no test_cuda* executables in $build/tests"
-    tests_failed=1
-    summary+=("tests: none built")
-  fi
+found=0
+for exe in "$build"/tests/test_cuda*; do
+  [[ -x "$exe" && -f "$exe" ]] || continue
+  found=1
+  run_step test "$(basename "$exe")" "$exe"
+done
+if [[ $found -eq 0 ]]; then
+  echo "   no test_cuda* executables in $build/tests"
+  tests_failed=1
+  summary+=("tests: none built")
 fi
 
-section "GPU benchmark"
-bench="$build/bench/gpu_bench"
-if [[ -x "$bench" ]]; then
-  timeout 240 "$bench"
-  rc=$?
-  case $rc in
-    0) summary+=("bench: done") ;;
-    77) summary+=("bench: skipped (no GPU answered)") ;;
-    127) explain_start_failure "$bench"; bench_failed=1; summary+=("bench: could not start") ;;
-    124) bench_failed=1; summary+=("bench: TIMED OUT (240 s)") ;;
-    *) bench_failed=1; summary+=("bench: FAILED (rc $rc)") ;;
-  esac
-else
-  echo "   $bench not built"
-  bench_failed=1
-  summary+=("bench: not built")
-fi
+section "GPU op benchmark"
+run_step bench "gpu_bench" "$build/bench/gpu_bench"
 
-section "GPU training benchmark (study config)"
-# SEQREC_DATA: a folder with interactions.tsv (e.g. amazon18_games copied next to the build) for
-# a timed real epoch; without it only synthetic batches are timed.
-train_bench="$build/bench/gpu_train_bench"
-if [[ -x "$train_bench" ]]; then
-  timeout 240 "$train_bench" ${SEQREC_DATA:+--data "$SEQREC_DATA"}
-  rc=$?
-  case $rc in
-    0) summary+=("train bench: done") ;;
-    77) summary+=("train bench: skipped (no GPU answered)") ;;
-    127) explain_start_failure "$train_bench"; bench_failed=1; summary+=("train bench: could not start") ;;
-    124) bench_failed=1; summary+=("train bench: TIMED OUT (240 s)") ;;
-    *) bench_failed=1; summary+=("train bench: FAILED (rc $rc)") ;;
-  esac
-else
-  echo "   $train_bench not built"
-  bench_failed=1
-  summary+=("train bench: not built")
-fi
+section "GPU training benchmark (study config), fp32 then bf16"
+data_args=()
+[[ -n "${SEQREC_DATA:-}" ]] && data_args=(--data "$SEQREC_DATA")
+run_step bench "gpu_train_bench fp32" "$build/bench/gpu_train_bench" "${data_args[@]}"
+run_step bench "gpu_train_bench bf16" "$build/bench/gpu_train_bench" --bf16 "${data_args[@]}"
+
+section "trainer binary on the GPU (embedded dataset)"
+run_step test "train_ours --device cuda --bf16" "$build/examples/train_ours" --device cuda --bf16 \
+  --epochs 3 --stage1-epochs 1 --dim 64 --heads 2 --layers 2 --max-len 20 --no-progress
 
 section "summary"
 for line in "${summary[@]}"; do echo "   $line"; done

@@ -1,0 +1,192 @@
+// LayerNorm on the GPU, fp32, matching ops/layernorm/layernorm_cpu.hpp exactly in semantics:
+//   y = (x − mean) · rstd · g + b,  mean = Σx / D,  rstd = 1 / sqrt(Σ(x − mean)² / D + eps)
+//   stats (N, 2) = (mean, rstd) per row, interleaved, as the CPU op stores them
+//   backward with x̂ = (x − mean)·rstd and u = g·dy:
+//     dx = rstd · (u − mean(u) − x̂ · mean(u · x̂))   (overwritten)
+//     dg += Σ_rows dy · x̂,   db += Σ_rows dy        (accumulated)
+//
+// One warp per row: lane k handles columns k, k+32, …, and the row sums are xor-shuffle
+// butterflies (every lane ends with the same bits). The forward is two-pass like the CPU op (mean,
+// then the centred sum of squares), so it is as robust to a large common offset as the CPU.
+//
+// The backward writes dx directly and accumulates dg and db without atomics: a fixed grid of
+// kLnPartialBlocks blocks walks the rows in a fixed pattern, each warp adds its rows' dy·x̂ and dy
+// into its own shared-memory rows, the block sums its warps in order into a (2, blocks, D) partial
+// buffer, and a second small kernel sums the partials over blocks in a fixed order into dg and db.
+// The result is bit-identical from run to run (and does not depend on the device's SM count).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "seqrec/backend/cuda.cuh"
+
+namespace seqrec::cuda {
+
+namespace detail {
+constexpr int kLnForwardWarps = 8;     // forward: warps (rows in flight) per block
+constexpr int kLnBackwardWarps = 4;    // backward: warps per block (shared memory: 2·4·D floats)
+constexpr int kLnPartialBlocks = 512;  // fixed grid of the backward: fixes the summation order
+constexpr std::int64_t kLnMaxDim = 1536;  // 2·4·1536 floats = 48 KiB, the default dynamic limit
+constexpr int kLnReduceRows = 8;          // reduce kernel: block = 32 columns × 8 partial strides
+
+__device__ inline float ln_warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+}  // namespace detail
+
+/// x, y (N, D); g, b (D); stats (N, 2) = (mean, rstd). Grid: ceil(N / 8) blocks of 8 warps, one
+/// warp per row.
+static __global__ void layernorm_forward_kernel(const float* __restrict__ x,
+                                                const float* __restrict__ g,
+                                                const float* __restrict__ b, float* __restrict__ y,
+                                                float* __restrict__ stats, std::int64_t n,
+                                                std::int64_t d, float eps) {
+  const int lane = threadIdx.x & 31;
+  const std::int64_t r =
+      static_cast<std::int64_t>(blockIdx.x) * detail::kLnForwardWarps + (threadIdx.x >> 5);
+  if (r >= n) return;  // whole warps leave together: r is uniform within a warp
+  const float* xr = x + r * d;
+  float s = 0.f;
+  for (std::int64_t j = lane; j < d; j += 32) s += xr[j];
+  const float mean = detail::ln_warp_sum(s) / static_cast<float>(d);
+  float v = 0.f;
+  for (std::int64_t j = lane; j < d; j += 32) {
+    const float c = xr[j] - mean;
+    v += c * c;
+  }
+  const float var = detail::ln_warp_sum(v) / static_cast<float>(d);
+  const float rstd = 1.f / sqrtf(var + eps);
+  if (lane == 0) {
+    stats[2 * r] = mean;
+    stats[2 * r + 1] = rstd;
+  }
+  float* yr = y + r * d;
+  for (std::int64_t j = lane; j < d; j += 32) yr[j] = (xr[j] - mean) * rstd * g[j] + b[j];
+}
+
+/// dx (N, D) overwritten (dx may be the same buffer as dy: each element is read before it is
+/// written, by the same lane); partial (2, gridDim.x, D) receives this block's Σ dy·x̂ (first
+/// half) and Σ dy (second half) per column. Dynamic shared memory: 2·4·D floats.
+static __global__ void layernorm_backward_kernel(const float* __restrict__ x,
+                                                 const float* __restrict__ g,
+                                                 const float* __restrict__ stats, const float* dy,
+                                                 float* dx, float* __restrict__ partial,
+                                                 std::int64_t n, std::int64_t d) {
+  extern __shared__ float smem[];  // (2, 4, D): per warp one row of dg sums, then of db sums
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float* acc_g = smem + warp * d;
+  float* acc_b = smem + (detail::kLnBackwardWarps + warp) * d;
+  for (std::int64_t j = lane; j < d; j += 32) {  // each lane owns its columns of its warp's rows
+    acc_g[j] = 0.f;
+    acc_b[j] = 0.f;
+  }
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * detail::kLnBackwardWarps;
+  for (std::int64_t r = static_cast<std::int64_t>(blockIdx.x) * detail::kLnBackwardWarps + warp;
+       r < n; r += stride) {
+    const float* xr = x + r * d;
+    const float* dyr = dy + r * d;
+    float* dxr = dx + r * d;
+    const float mean = stats[2 * r], rstd = stats[2 * r + 1];
+    float mu = 0.f, mux = 0.f;
+    for (std::int64_t j = lane; j < d; j += 32) {
+      const float xh = (xr[j] - mean) * rstd;
+      const float dyj = dyr[j];
+      const float u = g[j] * dyj;
+      mu += u;
+      mux += u * xh;
+      acc_g[j] += dyj * xh;
+      acc_b[j] += dyj;
+    }
+    // The CPU divides the sums by D (mu /= d); a division here too, not a multiply by 1/D.
+    mu = detail::ln_warp_sum(mu) / static_cast<float>(d);
+    mux = detail::ln_warp_sum(mux) / static_cast<float>(d);
+    for (std::int64_t j = lane; j < d; j += 32) {
+      const float xh = (xr[j] - mean) * rstd;
+      dxr[j] = rstd * (g[j] * dyr[j] - mu - xh * mux);
+    }
+  }
+  __syncthreads();
+  const std::int64_t half = static_cast<std::int64_t>(gridDim.x) * d;  // offset of the db half
+  for (std::int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+    float sg = 0.f, sb = 0.f;
+    for (int w = 0; w < detail::kLnBackwardWarps; ++w) {
+      sg += smem[w * d + j];
+      sb += smem[(detail::kLnBackwardWarps + w) * d + j];
+    }
+    partial[static_cast<std::int64_t>(blockIdx.x) * d + j] = sg;
+    partial[half + static_cast<std::int64_t>(blockIdx.x) * d + j] = sb;
+  }
+}
+
+/// out[c] += Σ_b partial[b, c] for c < 2·D (out = dg for c < D, db for c ≥ D; partial is the
+/// (2, blocks, D) buffer, i.e. (blocks, D) for dg followed by (blocks, D) for db). Block (32, 8):
+/// thread (tx, ty) sums blocks ty, ty + 8, … in order for column c = 32·blockIdx.x + tx, then
+/// thread ty = 0 adds the 8 strided sums in order: a fixed summation order.
+static __global__ void layernorm_dparams_reduce_kernel(const float* __restrict__ partial,
+                                                       float* __restrict__ dg,
+                                                       float* __restrict__ db, int blocks,
+                                                       std::int64_t d) {
+  __shared__ float part[detail::kLnReduceRows][32];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * 32 + tx;
+  const bool active = c < 2 * d;
+  const bool is_b = active && c >= d;
+  const std::int64_t col = is_b ? c - d : c;
+  const float* base = partial + (is_b ? static_cast<std::int64_t>(blocks) * d : 0) + col;
+  float s = 0.f;
+  if (active)
+    for (int b = ty; b < blocks; b += detail::kLnReduceRows)
+      s += base[static_cast<std::int64_t>(b) * d];
+  part[ty][tx] = s;
+  __syncthreads();
+  if (ty != 0 || !active) return;
+  float t = 0.f;
+  for (int k = 0; k < detail::kLnReduceRows; ++k) t += part[k][tx];
+  if (is_b)
+    db[col] += t;
+  else
+    dg[col] += t;
+}
+
+/// x, y (N, D); g, b (D); stats (N, 2) receives (mean, rstd) per row, the CPU op's layout.
+/// Device pointers; runs on be.stream(). Any D ≥ 1 (the forward keeps nothing in shared memory).
+inline void layernorm_forward(Backend& be, const float* x, const float* g, const float* b, float* y,
+                              float* stats, std::int64_t n, std::int64_t d, float eps) {
+  SEQREC_CHECK(d >= 1, "layernorm_forward (CUDA) needs D >= 1, got D = " + std::to_string(d));
+  if (n == 0) return;
+  const auto blocks =
+      static_cast<unsigned>((n + detail::kLnForwardWarps - 1) / detail::kLnForwardWarps);
+  layernorm_forward_kernel<<<blocks, 32 * detail::kLnForwardWarps, 0, be.stream()>>>(
+      x, g, b, y, stats, n, d, eps);
+  SEQREC_CUDA_CHECK_LAUNCH();
+}
+
+/// dx (N, D) overwritten (may be the same buffer as dy); dg, db (D) accumulated (+=),
+/// deterministically. stats as written by layernorm_forward (or the CPU op). 1 ≤ D ≤ 1536: the
+/// backward keeps 2·4·D floats in shared memory, within the default 48 KiB.
+inline void layernorm_backward(Backend& be, const float* x, const float* g, const float* stats,
+                               const float* dy, float* dx, float* dg, float* db, std::int64_t n,
+                               std::int64_t d) {
+  SEQREC_CHECK(d >= 1 && d <= detail::kLnMaxDim,
+               "layernorm_backward (CUDA) supports 1 <= D <= " + std::to_string(detail::kLnMaxDim) +
+                   ", got D = " + std::to_string(d));
+  if (n == 0) return;
+  const std::int64_t needed = (n + detail::kLnBackwardWarps - 1) / detail::kLnBackwardWarps;
+  const int blocks =
+      static_cast<int>(needed < detail::kLnPartialBlocks ? needed : detail::kLnPartialBlocks);
+  auto partial = be.buffer<float>(2 * static_cast<std::size_t>(blocks) * d);
+  const std::size_t smem =
+      sizeof(float) * 2 * detail::kLnBackwardWarps * static_cast<std::size_t>(d);
+  layernorm_backward_kernel<<<blocks, 32 * detail::kLnBackwardWarps, smem, be.stream()>>>(
+      x, g, stats, dy, dx, partial.data(), n, d);
+  SEQREC_CUDA_CHECK_LAUNCH();
+  const dim3 rblock(32, detail::kLnReduceRows);
+  const auto rgrid = static_cast<unsigned>((2 * d + 31) / 32);
+  layernorm_dparams_reduce_kernel<<<rgrid, rblock, 0, be.stream()>>>(partial.data(), dg, db, blocks,
+                                                                     d);
+  SEQREC_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace seqrec::cuda

@@ -1,36 +1,115 @@
 // Token embedding on the GPU, fp32, matching ops/embedding/embedding_cpu.hpp:
 //   forward  x[n] = table[tokens[n]] · scale                    tokens (N), table (V, D), x (N, D)
 //   backward dtable[tokens[n]] += dx[n] · scale
-// The forward is a plain gather, one thread per output element. The backward uses no atomics and
-// is deterministic: (token, row) pairs are sorted by token with cub::DeviceRadixSort (stable, so
-// rows of one token stay in ascending order), cub::DeviceRunLengthEncode + cub::DeviceScan give
-// the start and length of each token's run, and one block per run sums its rows and adds the sum
-// into that token's table row. Inside a block, 8 row groups of 32 lanes split the run's rows
-// (row k goes to group k mod 8) for memory parallelism on frequent tokens such as padding; the 8
-// group sums are added in order, so the result is the same every run.
+//
+// Forward: a gather. One block row-strides over the output rows and its threads walk the columns
+// of a row, four at a time (float4) when D % 4 == 0 and the pointers are 16-byte aligned.
+//
+// Backward: no float atomics, deterministic (bit-identical reruns), and memory-bound even when one
+// token (padding) owns half the rows:
+//   1. (token, row) pairs are sorted by token with cub::DeviceRadixSort. The sort is stable, so
+//      the rows of one token stay in ascending order; sorted position p holds row sorted_rows[p].
+//   2. The sorted positions are cut into fixed windows of kEmbWindow (32) positions. Kernel
+//      `embedding_backward_window_kernel` runs on a 2-D grid (windows × column tiles); each thread
+//      owns one column (or float4 of columns) and walks its window's 32 positions in order,
+//      summing dx[row] · scale into a register and closing a "segment" wherever the token changes
+//      or the window ends. A segment whose run (all positions of that token) lies entirely in the
+//      window is added straight into dtable[token]: only this thread ever touches that element.
+//      A segment of a run that crosses the window's start is stored in head[window], one that
+//      crosses its end in tail[window] (a window lying wholly inside a run stores into head).
+//   3. Kernel `embedding_backward_merge_kernel`, same grid: the window in which a crossing run
+//      starts (its "owner") sums tail[owner] then head[w] for the following windows of the run,
+//      in window order, and adds the total into dtable[token].
+// Every token's sum is thus formed in a fixed order that depends only on the tokens (ascending
+// rows within a window, windows in order), so reruns agree bit for bit. Work is spread over
+// ⌈N/32⌉ × ⌈D/512⌉ blocks whatever the run lengths: the old design (one block per run, D walked
+// 32 columns at a time) left the padding run, half of N, to a single SM (7.1 ms at N = 20480,
+// D = 1024). Only the merge of a long run is serial, over ⌈run/32⌉ partial rows (~320 float4
+// loads per thread for a 10k-row padding run, loads independent and unrolled).
+//
+// The result differs from the CPU op (which adds row by row into dtable) only by the summation
+// order: dtable + (Σ in 32-row chunks) instead of ((dtable + t0) + t1) + …
 #pragma once
 
 #include <cstdint>
 #include <cub/cub.cuh>
+#include <initializer_list>
+#include <string>
 
 #include "seqrec/backend/cuda.cuh"
 
 namespace seqrec::cuda {
 
 namespace detail {
-constexpr int kEmbGroups = 8;  // row groups per block in the backward
+constexpr int kEmbWindow = 32;       // sorted positions per window in the backward
+constexpr int kEmbBatch = 8;         // rows loaded ahead per thread in the window kernel
+constexpr int kEmbBwdThreads = 128;  // column threads per backward block (× 4 columns with float4)
+constexpr int kEmbFwdThreads = 256;  // column threads per forward block
+
+/// VW consecutive floats held in registers; VW = 4 loads and stores as one float4.
+template <int VW>
+struct FVec {
+  float v[VW];
+};
+
+template <int VW>
+__device__ __forceinline__ FVec<VW> emb_load(const float* p) {
+  FVec<VW> r;
+  if constexpr (VW == 4) {
+    const float4 t = *reinterpret_cast<const float4*>(p);
+    r.v[0] = t.x;
+    r.v[1] = t.y;
+    r.v[2] = t.z;
+    r.v[3] = t.w;
+  } else {
+#pragma unroll
+    for (int e = 0; e < VW; ++e) r.v[e] = p[e];
+  }
+  return r;
 }
 
-/// x[i] = table[tokens[i / D] · D + i mod D] · scale, i < N·D (grid-stride).
+template <int VW>
+__device__ __forceinline__ void emb_store(float* p, const FVec<VW>& x) {
+  if constexpr (VW == 4) {
+    *reinterpret_cast<float4*>(p) = make_float4(x.v[0], x.v[1], x.v[2], x.v[3]);
+  } else {
+#pragma unroll
+    for (int e = 0; e < VW; ++e) p[e] = x.v[e];
+  }
+}
+
+/// 4 when D % 4 == 0 and every pointer is 16-byte aligned (rows then stay aligned), else 1.
+inline int emb_vector_width(std::int64_t d, std::initializer_list<const void*> ptrs) {
+  if (d % 4 != 0) return 1;
+  for (const void* p : ptrs)
+    if (reinterpret_cast<std::uintptr_t>(p) % 16 != 0) return 1;
+  return 4;
+}
+
+/// Threads per block for `cols` vector columns: a multiple of 32, at most `max_threads`.
+inline int emb_block_threads(std::int64_t cols, int max_threads) {
+  const std::int64_t t = (cols + 31) / 32 * 32;
+  return static_cast<int>(t < max_threads ? t : max_threads);
+}
+}  // namespace detail
+
+/// x (N, D) = table[tokens] · scale. Block b handles rows b, b + gridDim.x, …; its threads walk
+/// the D / VW vector columns of each row.
+template <int VW>
 static __global__ void embedding_forward_kernel(const std::int32_t* __restrict__ tokens,
                                                 const float* __restrict__ table,
                                                 float* __restrict__ x, std::int64_t n,
                                                 std::int64_t d, float scale) {
-  const std::int64_t total = n * d;
-  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
-       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const std::int64_t r = i / d, j = i - r * d;
-    x[i] = table[static_cast<std::int64_t>(tokens[r]) * d + j] * scale;
+  const std::int64_t dv = d / VW;
+  for (std::int64_t r = blockIdx.x; r < n; r += gridDim.x) {
+    const float* src = table + static_cast<std::int64_t>(tokens[r]) * d;
+    float* dst = x + r * d;
+    for (std::int64_t c = threadIdx.x; c < dv; c += blockDim.x) {
+      detail::FVec<VW> v = detail::emb_load<VW>(src + c * VW);
+#pragma unroll
+      for (int e = 0; e < VW; ++e) v.v[e] *= scale;
+      detail::emb_store<VW>(dst + c * VW, v);
+    }
   }
 }
 
@@ -40,46 +119,136 @@ static __global__ void embedding_iota_kernel(std::int32_t* __restrict__ rows, st
   if (i < n) rows[i] = static_cast<std::int32_t>(i);
 }
 
-/// One block (32 × 8 threads) per run of equal tokens in sorted order. run_token (R), run_start
-/// (R), run_length (R); *num_runs ≤ gridDim.x is read on the device. sorted_rows (N) are row
-/// indices of dx (N, D) grouped by token; dtable (V, D) += Σ_run dx[row] · scale.
-static __global__ void embedding_backward_kernel(
-    const std::int32_t* __restrict__ run_token, const std::int32_t* __restrict__ run_start,
-    const std::int32_t* __restrict__ run_length, const std::int32_t* __restrict__ num_runs,
-    const std::int32_t* __restrict__ sorted_rows, const float* __restrict__ dx,
-    float* __restrict__ dtable, std::int64_t d, float scale) {
-  __shared__ float part[detail::kEmbGroups][32];
-  const int run = blockIdx.x;
-  if (run >= *num_runs) return;  // uniform over the block: no __syncthreads is skipped by some
-  const int lane = threadIdx.x, group = threadIdx.y;
-  const std::int64_t begin = run_start[run], end = begin + run_length[run];
-  float* out = dtable + static_cast<std::int64_t>(run_token[run]) * d;
-  for (std::int64_t c0 = 0; c0 < d; c0 += 32) {
-    const std::int64_t j = c0 + lane;
-    float acc = 0.f;
-    if (j < d) {
-      for (std::int64_t k = begin + group; k < end; k += detail::kEmbGroups)
-        acc += dx[static_cast<std::int64_t>(sorted_rows[k]) * d + j] * scale;
-    }
-    part[group][lane] = acc;
-    __syncthreads();
-    if (group == 0 && j < d) {
-      float s = 0.f;
-      for (int gi = 0; gi < detail::kEmbGroups; ++gi) s += part[gi][lane];
-      out[j] += s;
-    }
-    __syncthreads();
+/// Step 2 of the backward (see the file comment). Grid: (⌈N / kEmbWindow⌉, column tiles); block:
+/// column threads, thread → vector column blockIdx.y · blockDim.x + threadIdx.x. sorted_tokens,
+/// sorted_rows (N); dx (N, D); dtable (V, D); head, tail (windows, D).
+template <int VW>
+static __global__ void embedding_backward_window_kernel(
+    const std::int32_t* __restrict__ sorted_tokens, const std::int32_t* __restrict__ sorted_rows,
+    const float* __restrict__ dx, float* __restrict__ dtable, float* __restrict__ head,
+    float* __restrict__ tail, std::int64_t n, std::int64_t d, float scale) {
+  // s_tok[1 + i] = token at window position i; s_tok[0] and s_tok[cnt + 1] are the tokens just
+  // before and just after the window (-1 at the ends of the array: tokens are >= 0).
+  __shared__ std::int32_t s_tok[detail::kEmbWindow + 2];
+  __shared__ std::int32_t s_row[detail::kEmbWindow];
+  const std::int64_t w = blockIdx.x;
+  const std::int64_t begin = w * detail::kEmbWindow;
+  const std::int64_t end = begin + detail::kEmbWindow < n ? begin + detail::kEmbWindow : n;
+  const int cnt = static_cast<int>(end - begin);
+  for (int i = threadIdx.x; i < cnt; i += blockDim.x) {
+    s_tok[1 + i] = sorted_tokens[begin + i];
+    s_row[i] = sorted_rows[begin + i];
   }
+  if (threadIdx.x == 0) {
+    s_tok[0] = begin > 0 ? sorted_tokens[begin - 1] : -1;
+    s_tok[cnt + 1] = end < n ? sorted_tokens[end] : -1;
+  }
+  __syncthreads();
+  const std::int64_t c = static_cast<std::int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
+  if (c >= d / VW) return;  // no barrier below
+  const std::int64_t col = c * VW;
+
+  detail::FVec<VW> acc;
+#pragma unroll
+  for (int e = 0; e < VW; ++e) acc.v[e] = 0.f;
+  int seg_start = 0;
+  // Rows are loaded kEmbBatch at a time before any of them is added, so that several loads are in
+  // flight per thread (the segment-closing branches would otherwise keep the compiler from
+  // hoisting the next row's load); the additions still run in ascending position order.
+  for (int i0 = 0; i0 < cnt; i0 += detail::kEmbBatch) {
+    detail::FVec<VW> g[detail::kEmbBatch];
+#pragma unroll
+    for (int u = 0; u < detail::kEmbBatch; ++u) {
+      if (i0 + u < cnt) {
+        g[u] = detail::emb_load<VW>(dx + static_cast<std::int64_t>(s_row[i0 + u]) * d + col);
+      } else {
+#pragma unroll
+        for (int e = 0; e < VW; ++e) g[u].v[e] = 0.f;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < detail::kEmbBatch; ++u) {
+      const int i = i0 + u;
+      if (i >= cnt) break;
+#pragma unroll
+      for (int e = 0; e < VW; ++e) acc.v[e] += g[u].v[e] * scale;
+      const int tok = s_tok[1 + i];
+      if (i + 1 == cnt || s_tok[2 + i] != tok) {  // the segment [seg_start, i] ends here
+        const bool before =
+            seg_start == 0 && s_tok[0] == tok;  // its run began in an earlier window
+        const bool after = i + 1 == cnt && s_tok[cnt + 1] == tok;  // its run goes on after
+        if (!before && !after) {
+          float* out = dtable + static_cast<std::int64_t>(tok) * d + col;
+          detail::FVec<VW> o = detail::emb_load<VW>(out);
+#pragma unroll
+          for (int e = 0; e < VW; ++e) o.v[e] += acc.v[e];
+          detail::emb_store<VW>(out, o);
+        } else if (before) {
+          detail::emb_store<VW>(head + w * d + col, acc);
+        } else {
+          detail::emb_store<VW>(tail + w * d + col, acc);
+        }
+#pragma unroll
+        for (int e = 0; e < VW; ++e) acc.v[e] = 0.f;
+        seg_start = i + 1;
+      }
+    }
+  }
+}
+
+/// Step 3 of the backward (see the file comment); same grid as the window kernel. Window w acts
+/// only if the run of its last token starts in w and goes on past w's end.
+template <int VW>
+static __global__ void embedding_backward_merge_kernel(
+    const std::int32_t* __restrict__ sorted_tokens, const float* __restrict__ head,
+    const float* __restrict__ tail, float* __restrict__ dtable, std::int64_t n, std::int64_t d) {
+  const std::int64_t w = blockIdx.x;
+  const std::int64_t begin = w * detail::kEmbWindow, end = begin + detail::kEmbWindow;
+  if (end >= n) return;  // the last window: nothing goes on past it
+  const std::int32_t tok = sorted_tokens[end - 1];
+  if (sorted_tokens[end] != tok) return;                     // the run ends inside this window
+  if (begin > 0 && sorted_tokens[begin - 1] == tok) return;  // the run began in an earlier window
+  const std::int64_t c = static_cast<std::int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
+  if (c >= d / VW) return;
+  const std::int64_t col = c * VW;
+
+  // The run's end: the first position >= end whose token differs (binary search in sorted order;
+  // every thread of the block searches the same addresses, which broadcast).
+  std::int64_t lo = end, hi = n;  // sorted_tokens[lo - 1] == tok; answer in (lo - 1, hi]
+  while (lo < hi) {
+    const std::int64_t mid = lo + (hi - lo) / 2;
+    if (sorted_tokens[mid] == tok)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  const std::int64_t last_w = (lo - 1) / detail::kEmbWindow;  // window holding the run's last row
+
+  detail::FVec<VW> s = detail::emb_load<VW>(tail + w * d + col);
+#pragma unroll 8
+  for (std::int64_t w2 = w + 1; w2 <= last_w; ++w2) {
+    const detail::FVec<VW> h = detail::emb_load<VW>(head + w2 * d + col);
+#pragma unroll
+    for (int e = 0; e < VW; ++e) s.v[e] += h.v[e];
+  }
+  float* out = dtable + static_cast<std::int64_t>(tok) * d + col;
+  detail::FVec<VW> o = detail::emb_load<VW>(out);
+#pragma unroll
+  for (int e = 0; e < VW; ++e) o.v[e] += s.v[e];
+  detail::emb_store<VW>(out, o);
 }
 
 /// tokens (N) → x (N, D) = table[tokens] · scale. Tokens must already be validated (< V).
 inline void embedding_forward(Backend& be, const std::int32_t* tokens, const float* table, float* x,
                               std::int64_t n, std::int64_t d, float scale) {
-  const std::int64_t total = n * d;
-  if (total == 0) return;
-  const std::int64_t want = (total + 255) / 256;
-  const unsigned blocks = static_cast<unsigned>(want < 65535 * 8 ? want : 65535 * 8);
-  embedding_forward_kernel<<<blocks, 256, 0, be.stream()>>>(tokens, table, x, n, d, scale);
+  if (n == 0 || d == 0) return;
+  const int vw = detail::emb_vector_width(d, {table, x});
+  const int threads = detail::emb_block_threads(d / vw, detail::kEmbFwdThreads);
+  const unsigned blocks = static_cast<unsigned>(n < 65535 * 8 ? n : 65535 * 8);
+  if (vw == 4)
+    embedding_forward_kernel<4><<<blocks, threads, 0, be.stream()>>>(tokens, table, x, n, d, scale);
+  else
+    embedding_forward_kernel<1><<<blocks, threads, 0, be.stream()>>>(tokens, table, x, n, d, scale);
   SEQREC_CUDA_CHECK_LAUNCH();
 }
 
@@ -96,48 +265,50 @@ inline void embedding_backward(Backend& be, const std::int32_t* tokens, const fl
   int end_bit = 1;
   while (end_bit < 31 && (std::int64_t{1} << end_bit) < vocab) ++end_bit;
 
+  const std::int64_t windows = (n + detail::kEmbWindow - 1) / detail::kEmbWindow;
+  const int vw = detail::emb_vector_width(d, {dx, dtable});
+  const std::int64_t dv = d / vw;
+  const int threads = detail::emb_block_threads(dv, detail::kEmbBwdThreads);
+  const std::int64_t tiles = (dv + threads - 1) / threads;
+  SEQREC_CHECK(tiles <= 65535,
+               "embedding_backward (CUDA): D too large, got D = " + std::to_string(d));
+
   auto rows = be.buffer<std::int32_t>(n);
   auto sorted_tokens = be.buffer<std::int32_t>(n);
   auto sorted_rows = be.buffer<std::int32_t>(n);
-  auto run_token = be.buffer<std::int32_t>(n);
-  auto run_length = be.buffer<std::int32_t>(n);
-  auto run_start = be.buffer<std::int32_t>(n);
-  auto num_runs = be.buffer<std::int32_t>(1);
+  // head/tail rows are written only for windows cut by a run boundary and read only for those:
+  // no initialisation needed.
+  auto head = be.buffer<float>(static_cast<std::size_t>(windows * d));
+  auto tail = be.buffer<float>(static_cast<std::size_t>(windows * d));
 
-  std::size_t t_sort = 0, t_rle = 0, t_scan = 0;
+  std::size_t t_sort = 0;
   SEQREC_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, t_sort, tokens, sorted_tokens.data(),
                                                     rows.data(), sorted_rows.data(), num, 0,
                                                     end_bit, be.stream()));
-  SEQREC_CUDA_CHECK(cub::DeviceRunLengthEncode::Encode(nullptr, t_rle, sorted_tokens.data(),
-                                                       run_token.data(), run_length.data(),
-                                                       num_runs.data(), num, be.stream()));
-  SEQREC_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, t_scan, run_length.data(),
-                                                  run_start.data(), num, be.stream()));
-  std::size_t t_max = t_sort > t_rle ? t_sort : t_rle;
-  t_max = t_max > t_scan ? t_max : t_scan;
-  auto temp = be.buffer<std::byte>(t_max);
-
+  auto temp = be.buffer<std::byte>(t_sort);
   embedding_iota_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, be.stream()>>>(
       rows.data(), n);
   SEQREC_CUDA_CHECK_LAUNCH();
-  std::size_t t = t_max;
-  SEQREC_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.data(), t, tokens, sorted_tokens.data(),
-                                                    rows.data(), sorted_rows.data(), num, 0,
-                                                    end_bit, be.stream()));
-  // Encode writes only the first *num_runs lengths; the scan below runs over all N (the count
-  // stays on the device), so the tail is cleared to keep it from reading uninitialised memory.
-  SEQREC_CUDA_CHECK(cudaMemsetAsync(run_length.data(), 0, run_length.bytes(), be.stream()));
-  t = t_max;
-  SEQREC_CUDA_CHECK(cub::DeviceRunLengthEncode::Encode(temp.data(), t, sorted_tokens.data(),
-                                                       run_token.data(), run_length.data(),
-                                                       num_runs.data(), num, be.stream()));
-  t = t_max;
-  SEQREC_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(temp.data(), t, run_length.data(),
-                                                  run_start.data(), num, be.stream()));
-  embedding_backward_kernel<<<static_cast<unsigned>(num), dim3(32, detail::kEmbGroups), 0,
-                              be.stream()>>>(run_token.data(), run_start.data(), run_length.data(),
-                                             num_runs.data(), sorted_rows.data(), dx, dtable, d,
-                                             scale);
+  SEQREC_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
+      temp.data(), t_sort, tokens, sorted_tokens.data(), rows.data(), sorted_rows.data(), num, 0,
+      end_bit, be.stream()));
+
+  const dim3 grid(static_cast<unsigned>(windows), static_cast<unsigned>(tiles));
+  if (vw == 4) {
+    embedding_backward_window_kernel<4>
+        <<<grid, threads, 0, be.stream()>>>(sorted_tokens.data(), sorted_rows.data(), dx, dtable,
+                                            head.data(), tail.data(), n, d, scale);
+    SEQREC_CUDA_CHECK_LAUNCH();
+    embedding_backward_merge_kernel<4><<<grid, threads, 0, be.stream()>>>(
+        sorted_tokens.data(), head.data(), tail.data(), dtable, n, d);
+  } else {
+    embedding_backward_window_kernel<1>
+        <<<grid, threads, 0, be.stream()>>>(sorted_tokens.data(), sorted_rows.data(), dx, dtable,
+                                            head.data(), tail.data(), n, d, scale);
+    SEQREC_CUDA_CHECK_LAUNCH();
+    embedding_backward_merge_kernel<1><<<grid, threads, 0, be.stream()>>>(
+        sorted_tokens.data(), head.data(), tail.data(), dtable, n, d);
+  }
   SEQREC_CUDA_CHECK_LAUNCH();
 }
 

@@ -1,7 +1,11 @@
 // Model<Cfg, cuda::Backend> against Model<Cfg, cpu::Backend>, built from the same shape and seed,
-// for SasRecConfig (learned positions, ReLU) and OursRandomConfig (RoPE, SiLU), at a small
+// for SasRecConfig (learned positions, RMSNorm, ReLU), OursRandomConfig (RoPE, RMSNorm, SiLU),
+// GatedConfig (RoPE, RMSNorm, SwiGLU GatedMlp: inner width 172 at this shape, no FFN biases) and
+// SasRecLayerNormConfig (learned positions, LayerNorm with weight and bias, ReLU), at a small
 // realistic shape: vocab 4+500, max_len 20, dim 64, 2 heads, 2 layers, ffn 256, dropout 0.2,
 // batch 32 with left padding (row lengths 1…40, so some rows are all items and most are padded).
+// GatedConfig's title-embedding init is applied by the trainer, not the model: here both models
+// start from the same random draw, as for the others.
 // Prints one line per check,
 //   PASS|FAIL <config> <check> <numbers> (tolerance …)
 // then "N passed, M failed"; exits 0 iff every check passes, 77 (ctest: skipped) with no GPU.
@@ -21,6 +25,14 @@
 //   rope                 GPU RoPE forward and backward vs ops::rope_apply
 // One INFO line per config says whether two GPU runs of the same step gave bit-identical
 // gradients (informational: not counted).
+//
+// bf16 mode (cuda::Backend::set_bf16(true): GEMM operands rounded to bf16, fp32 accumulation),
+// for OursRandomConfig and GatedConfig (whose inner width 172 makes the bf16 rows of its FFN
+// activations 344 bytes apart, not a multiple of 16), against the same fp32 CPU model; every such
+// line is tagged "bf16":
+//   bf16 loss, bf16 loss.eval       rtol 2e-2
+//   bf16 grad <tensor>              per-tensor relative L2 error ≤ 5e-2 (reasoning at the check)
+//   bf16 score_last                 relative L2 error ≤ 5e-2
 //
 // The tolerances were sized by running the same steps with the CPU model in fp32 against the CPU
 // model in fp64 (the exact answer, to fp32's eyes) over 30 seeds: the GPU and the CPU are two fp32
@@ -95,6 +107,32 @@ void check_close(const std::string& what, const float* got, const float* ref, st
     detail += strf(" | %.0f elements out of tolerance; worst at %.0f: gpu %.9g cpu %.9g",
                    double(bad), double(worst), double(got[worst]), double(ref[worst]));
   record(bad == 0 && n > 0, what, detail);
+}
+
+/// Whole-array relative L2 error ‖got − ref‖₂ / ‖ref‖₂ ≤ tol (for bf16, where single elements
+/// that are sums of cancelling terms have no useful relative error); also reports the largest
+/// element error against max|ref| for diagnosis.
+void check_rel_l2(const std::string& what, const float* got, const float* ref, std::size_t n,
+                  double tol) {
+  double num = 0, den = 0, ref_max = 0, max_abs = 0;
+  std::size_t worst = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const double a = got[i], b = ref[i];
+    const double e = std::isfinite(a) ? std::fabs(a - b) : INFINITY;
+    num += e * e;
+    den += b * b;
+    ref_max = std::max(ref_max, std::fabs(b));
+    if (!(e <= max_abs)) {
+      max_abs = e;
+      worst = i;
+    }
+  }
+  const double rel = den > 0 ? std::sqrt(num / den) : (num > 0 ? INFINITY : 0);
+  record(n > 0 && rel <= tol, what,
+         strf("n=%.0f rel_l2_err=%.3e (tol %.0e); max|ref|=%.3e max_abs_err=%.3e", double(n), rel,
+              tol, ref_max, max_abs) +
+             strf(" at %.0f (gpu %.9g cpu %.9g)", double(worst), double(n ? got[worst] : 0),
+                  double(n ? ref[worst] : 0)));
 }
 
 void check_rel(const std::string& what, double got, double ref, double rtol) {
@@ -380,6 +418,94 @@ void test_model(seqrec::cuda::Backend& gbe, const std::string& name) {
   }
 }
 
+/// The backend in bf16 mode for the lifetime of this object, fp32 again afterwards (also when a
+/// check throws), so the fp32 tests that share the backend are unaffected.
+struct Bf16Mode {
+  explicit Bf16Mode(seqrec::cuda::Backend& b) : be(b) { be.set_bf16(true); }
+  ~Bf16Mode() { be.set_bf16(false); }
+  Bf16Mode(const Bf16Mode&) = delete;
+  Bf16Mode& operator=(const Bf16Mode&) = delete;
+  seqrec::cuda::Backend& be;
+};
+
+/// bf16 GEMM operands on the GPU against the fp32 CPU model: the same first step as test_model
+/// (same shape, seed, batch and dropout key), with bounds for bf16 rounding.
+template <typename Cfg>
+void test_model_bf16(seqrec::cuda::Backend& gbe, const std::string& name) {
+  using CpuModel = seqrec::Model<Cfg, seqrec::cpu::Backend>;
+  using GpuModel = seqrec::Model<Cfg, seqrec::cuda::Backend>;
+  const ModelShape shape = test_shape();
+  const std::uint64_t seed = 1234;
+  seqrec::cpu::Backend cbe;
+  CpuModel cpu(shape, cbe, seed);
+  const Bf16Mode mode(gbe);  // before the GPU model exists, hence before any of its GEMMs
+  GpuModel gpu(shape, gbe, seed);
+  auto& cs = cpu.parameters();
+  auto& gs = gpu.parameters();
+  const std::string tag = name + " bf16 ";
+  record(gbe.bf16(), tag + "mode", gbe.bf16() ? "backend in bf16 mode" : "set_bf16 did not stick");
+
+  Rng rng(777);
+  const Batch b = make_batch(rng, 32, shape.max_len, shape.vocab_size);
+  const std::uint64_t key = seqrec::ops::dropout_key(seed, 1, 0) | 1;
+
+  // Loss: bf16 operands perturb each logit by ~u·|logit| (u = 2^-8 ≈ 3.9e-3, bf16's unit
+  // roundoff) with errors of both signs; the mean cross-entropy (≈ ln 500 ≈ 6.2 here) moves by
+  // far less than 2e-2 relative (the brief's bound). Masks are bit-identical, as in fp32.
+  std::int64_t nc = 0, ng = 0;
+  cs.zero_grads();
+  gpu.zero_grads();
+  const double lc = cpu.forward_backward(b.inputs.data(), b.targets.data(), b.B, b.L, key, &nc);
+  const double lg = gpu.forward_backward(b.inputs.data(), b.targets.data(), b.B, b.L, key, &ng);
+  record(nc == ng && nc > 0, tag + "num_targets",
+         "gpu " + std::to_string(ng) + " cpu " + std::to_string(nc));
+  check_rel(tag + "loss (forward_backward, dropout 0.2)", lg, lc, 2e-2);
+
+  // Gradients, per tensor, relative L2 error ≤ 5e-2. Why this bound: each GEMM rounds both
+  // operands to bf16 (relative error ≤ u ≈ 3.9e-3 each, so ≤ 2u ≈ 7.8e-3 per product) and sums
+  // K products in fp32; the rounding errors are independent across terms, so a GEMM's output
+  // carries a norm-wise relative error of about u (not √K·u: the error grows like the sum's own
+  // √K magnitude), and element-wise bounds are useless for outputs that are sums of cancelling
+  // terms. The deepest gradients (item_emb, blocks.0.*) pass through ~20 GEMMs in series (2
+  // blocks × 4 forward + the loss GEMM, then twice that backward); independent errors add in
+  // quadrature, √20·u ≈ 1.7e-2, and softmax/norm backward can amplify them somewhat, so 5e-2
+  // leaves ~3× margin. A real bug (a wrong operand, a missing term, a wrong transpose) gives an
+  // O(1) relative error, well above it.
+  gpu.download_grads();
+  for (const auto& e : cs.entries())
+    check_rel_l2(tag + "grad " + e.name, gs.grads().data() + e.offset, cs.grads().data() + e.offset,
+                 e.numel, 5e-2);
+
+  // Determinism (INFO, not counted): bf16 mode also repeats bit for bit (cached weight copies,
+  // fixed-order reductions).
+  {
+    std::vector<float> first(gs.grads().begin(), gs.grads().end());
+    gpu.zero_grads();
+    const double lg2 = gpu.forward_backward(b.inputs.data(), b.targets.data(), b.B, b.L, key, &ng);
+    gpu.download_grads();
+    std::size_t diff = 0;
+    for (std::size_t i = 0; i < first.size(); ++i)
+      diff += std::memcmp(&first[i], &gs.grads()[i], sizeof(float)) != 0;
+    std::printf(
+        "INFO %sdeterminism: second identical step: loss %s, %zu of %zu gradient elements "
+        "differ bitwise\n",
+        tag.c_str(), lg2 == lg ? "identical" : "DIFFERS", diff, first.size());
+  }
+
+  check_rel(tag + "loss.eval (loss(), no dropout)",
+            gpu.loss(b.inputs.data(), b.targets.data(), b.B, b.L, 0),
+            cpu.loss(b.inputs.data(), b.targets.data(), b.B, b.L, 0), 2e-2);
+
+  // Scores: forward only (~10 GEMMs in series), same reasoning as the gradients: 5e-2.
+  {
+    const std::int64_t I = cpu.num_items();
+    std::vector<float> sc(static_cast<std::size_t>(b.B * I)), sg(sc.size());
+    cpu.score_last(b.inputs.data(), b.B, b.L, sc.data());
+    gpu.score_last(b.inputs.data(), b.B, b.L, sg.data());
+    check_rel_l2(tag + "score_last (B=32, I=500)", sg.data(), sc.data(), sc.size(), 5e-2);
+  }
+}
+
 template <typename F>
 void guarded(const std::string& what, F&& f) {
   try {
@@ -407,6 +533,13 @@ int main() {
     guarded("rope", [&] { test_rope(be); });
     guarded("sasrec", [&] { test_model<seqrec::SasRecConfig>(be, "sasrec"); });
     guarded("ours_random", [&] { test_model<seqrec::OursRandomConfig>(be, "ours_random"); });
+    guarded("gated", [&] { test_model<seqrec::GatedConfig>(be, "gated"); });
+    guarded("sasrec_layernorm",
+            [&] { test_model<seqrec::SasRecLayerNormConfig>(be, "sasrec_layernorm"); });
+    // bf16 last: Bf16Mode puts the shared backend back into fp32 when each returns or throws.
+    guarded("ours_random bf16",
+            [&] { test_model_bf16<seqrec::OursRandomConfig>(be, "ours_random"); });
+    guarded("gated bf16", [&] { test_model_bf16<seqrec::GatedConfig>(be, "gated"); });
   } catch (const std::exception& e) {
     record(false, "setup", std::string("exception: ") + e.what());
   }

@@ -88,7 +88,8 @@ class SimDevice {
 static_assert(DeviceResident<SimDevice<OursConfig>>);
 static_assert(!DeviceResident<Model<OursConfig, cpu::Backend>>);
 static_assert(kCudaImplements<SasRecConfig> && kCudaImplements<OursConfig>);
-static_assert(!kCudaImplements<MoeConfig> && !kCudaImplements<SasRecLayerNormConfig>);
+static_assert(kCudaImplements<SasRecLayerNormConfig> && kCudaImplements<GatedConfig>);
+static_assert(!kCudaImplements<MoeConfig>);
 
 struct Fixture {
   data::Dataset dataset;

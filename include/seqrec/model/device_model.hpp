@@ -42,9 +42,12 @@ inline constexpr bool kCudaImplements = [] {
   using F = typename Cfg::FeedForward;
   constexpr bool pos = std::is_same_v<P, policy::pos::Learned> ||
                        std::is_same_v<P, policy::pos::RoPE> || std::is_same_v<P, policy::pos::None>;
-  constexpr bool norm = std::is_same_v<N, policy::norm::RMSNorm>;
+  constexpr bool norm =
+      std::is_same_v<N, policy::norm::RMSNorm> || std::is_same_v<N, policy::norm::LayerNorm>;
+  // MoE is CPU-only.
   constexpr bool ffn = std::is_same_v<F, policy::ffn::Mlp<ops::Relu>> ||
-                       std::is_same_v<F, policy::ffn::Mlp<ops::Silu>>;
+                       std::is_same_v<F, policy::ffn::Mlp<ops::Silu>> ||
+                       std::is_same_v<F, policy::ffn::GatedMlp>;
   return pos && norm && ffn;
 }();
 

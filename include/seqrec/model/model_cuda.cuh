@@ -20,8 +20,15 @@
 // FFN output mix64(that ^ 0x5bd1e995). Dropout masks are recomputed from the counter hash in the
 // backward instead of being stored; they are bit-identical to the CPU's.
 //
-// Supported policies in this version: positions Learned, RoPE, None; norm RMSNorm; FFN
-// Mlp<Relu>, Mlp<Silu>. Anything else stops compilation with a static_assert naming the family.
+// Supported policies in this version: positions Learned, RoPE, None; norm RMSNorm, LayerNorm;
+// FFN Mlp<Relu>, Mlp<Silu>, GatedMlp (SwiGLU). MoE stops compilation with a static_assert, as
+// does any other policy, naming the family. The policy is chosen at compile time (if constexpr on
+// the traits below): no run-time dispatch.
+//   LayerNorm  params "<prefix>.weight" and "<prefix>.bias"; stats (N, 2) = (mean, rstd) per row
+//              (RMSNorm: (N, 1) = rstd), sized from the policy's stats_per_row.
+//   GatedMlp   y = Wd · (silu(Wg x) ⊙ Wu x), no biases, inner width F' = gated_inner_width(D, F),
+//              the CPU layer's three separate GEMMs forward (gate, up, down) and six backward;
+//              caches gate, up and act = silu(gate) ⊙ up (N, F') per block.
 // Linear layers are cuBLASLt GEMMs (gemm_rm): fp32 without TF32 by default, bf16 operands with
 // fp32 accumulation when the backend is in bf16 mode (weights marked WeightOperand::B are rounded
 // once per optimiser step); every other reduction has a fixed order, so a step repeats bit for
@@ -37,11 +44,13 @@
 
 #include "seqrec/backend/cuda.cuh"
 #include "seqrec/model/model.hpp"
+#include "seqrec/ops/activation/swiglu_cuda.cuh"
 #include "seqrec/ops/attention/attention_cuda.cuh"
 #include "seqrec/ops/cross_entropy/cross_entropy_cuda.cuh"
 #include "seqrec/ops/dropout/dropout_cuda.cuh"
 #include "seqrec/ops/elementwise/elementwise_cuda.cuh"
 #include "seqrec/ops/embedding/embedding_cuda.cuh"
+#include "seqrec/ops/layernorm/layernorm_cuda.cuh"
 #include "seqrec/ops/rmsnorm/rmsnorm_cuda.cuh"
 #include "seqrec/ops/rope/rope_cuda.cuh"
 #include "seqrec/train/adamw.hpp"
@@ -61,25 +70,40 @@ inline constexpr CudaPos kCudaPos<policy::pos::RoPE> = CudaPos::RoPE;
 template <>
 inline constexpr CudaPos kCudaPos<policy::pos::None> = CudaPos::None;
 
+enum class CudaNorm { Unsupported, RMSNorm, LayerNorm };
 template <typename P>
-inline constexpr bool kCudaNorm = false;
+inline constexpr CudaNorm kCudaNorm = CudaNorm::Unsupported;
 template <>
-inline constexpr bool kCudaNorm<policy::norm::RMSNorm> = true;
+inline constexpr CudaNorm kCudaNorm<policy::norm::RMSNorm> = CudaNorm::RMSNorm;
+template <>
+inline constexpr CudaNorm kCudaNorm<policy::norm::LayerNorm> = CudaNorm::LayerNorm;
 
+/// Feed-forward family: Mlp (fc1, act, fc2, with biases; `act` says which activation) or
+/// Gated (GatedMlp: gate, up, down, no biases; `act` unused).
+enum class CudaFfnKind { Unsupported, Mlp, Gated };
 template <typename P>
 struct CudaFfn {
   static constexpr bool supported = false;
+  static constexpr CudaFfnKind kind = CudaFfnKind::Unsupported;
   static constexpr cuda::Activation act = cuda::Activation::Relu;
 };
 template <>
 struct CudaFfn<policy::ffn::Mlp<ops::Relu>> {
   static constexpr bool supported = true;
+  static constexpr CudaFfnKind kind = CudaFfnKind::Mlp;
   static constexpr cuda::Activation act = cuda::Activation::Relu;
 };
 template <>
 struct CudaFfn<policy::ffn::Mlp<ops::Silu>> {
   static constexpr bool supported = true;
+  static constexpr CudaFfnKind kind = CudaFfnKind::Mlp;
   static constexpr cuda::Activation act = cuda::Activation::Silu;
+};
+template <>
+struct CudaFfn<policy::ffn::GatedMlp> {
+  static constexpr bool supported = true;
+  static constexpr CudaFfnKind kind = CudaFfnKind::Gated;
+  static constexpr cuda::Activation act = cuda::Activation::Silu;  // unused: SwiGLU kernels
 };
 }  // namespace detail
 
@@ -88,13 +112,20 @@ class Model<Cfg, cuda::Backend> {
   static_assert(detail::kCudaPos<typename Cfg::Position> != detail::CudaPos::Unsupported,
                 "Model<Cfg, cuda::Backend>: unsupported position policy; the CUDA backend "
                 "implements pos::Learned, pos::RoPE and pos::None");
-  static_assert(detail::kCudaNorm<typename Cfg::Normalization>,
-                "Model<Cfg, cuda::Backend>: unsupported normalisation policy (norm::LayerNorm "
-                "is CPU-only); the CUDA backend implements norm::RMSNorm");
+  static_assert(detail::kCudaNorm<typename Cfg::Normalization> != detail::CudaNorm::Unsupported,
+                "Model<Cfg, cuda::Backend>: unsupported normalisation policy; the CUDA backend "
+                "implements norm::RMSNorm and norm::LayerNorm");
   static_assert(detail::CudaFfn<typename Cfg::FeedForward>::supported,
-                "Model<Cfg, cuda::Backend>: unsupported feed-forward policy (ffn::GatedMlp and "
-                "ffn::MoE are CPU-only); the CUDA backend implements ffn::ReluMlp and "
-                "ffn::SiluMlp");
+                "Model<Cfg, cuda::Backend>: unsupported feed-forward policy (ffn::MoE is "
+                "CPU-only); the CUDA backend implements ffn::ReluMlp, ffn::SiluMlp and "
+                "ffn::GatedMlp");
+  // The stats buffers are sized from the policy; the kernels write 1 (RMSNorm: rstd) or 2
+  // (LayerNorm: mean, rstd) floats per row.
+  static_assert(Cfg::Normalization::stats_per_row ==
+                    (detail::kCudaNorm<typename Cfg::Normalization> == detail::CudaNorm::LayerNorm
+                         ? 2
+                         : 1),
+                "Model<Cfg, cuda::Backend>: norm policy's stats_per_row does not match its kernel");
 
  public:
   using T = float;
@@ -107,7 +138,11 @@ class Model<Cfg, cuda::Backend> {
   /// Registers and initialises the parameters as Model<Cfg, cpu::Backend>(shape, ·, seed) does,
   /// then uploads them (moments zero) to the device.
   Model(const ModelShape& shape, cuda::Backend& backend, std::uint64_t seed)
-      : shape_((shape.validate(), shape)), be_(&backend) {
+      : shape_((shape.validate(), shape)),
+        be_(&backend),
+        ffn_inner_(kFfn == detail::CudaFfnKind::Gated
+                       ? policy::ffn::gated_inner_width(shape_.dim, shape_.ffn_dim)
+                       : shape_.ffn_dim) {
     const std::int64_t D = shape_.dim;
     item_emb_ =
         store_.add("item_emb.weight", {shape_.vocab_size, D}, true, Init::Normal, shape_.init_std);
@@ -124,16 +159,24 @@ class Model<Cfg, cuda::Backend> {
       b.out_b = store_.add(p + ".attn.out.bias", {D}, false, Init::Zeros);
       { const Norm registers(store_, p + ".norm2", D, shape_.norm_eps); }
       { const Ffn registers(store_, p + ".ffn", shape_, out_std); }
-      b.norm1 = store_.find(p + ".norm1.weight");
-      b.norm2 = store_.find(p + ".norm2.weight");
-      b.fc1_w = store_.find(p + ".ffn.fc1.weight");
-      b.fc1_b = store_.find(p + ".ffn.fc1.bias");
-      b.fc2_w = store_.find(p + ".ffn.fc2.weight");
-      b.fc2_b = store_.find(p + ".ffn.fc2.bias");
+      b.norm1 = find_norm(p + ".norm1");
+      b.norm2 = find_norm(p + ".norm2");
+      if constexpr (kFfn == detail::CudaFfnKind::Gated) {
+        b.gate_w = store_.find(p + ".ffn.gate.weight");
+        b.up_w = store_.find(p + ".ffn.up.weight");
+        b.down_w = store_.find(p + ".ffn.down.weight");
+        SEQREC_CHECK(store_.entry(b.gate_w).shape == std::vector<std::int64_t>({ffn_inner_, D}),
+                     "Model<Cfg, cuda::Backend>: GatedMlp inner width differs from the CPU's");
+      } else {
+        b.fc1_w = store_.find(p + ".ffn.fc1.weight");
+        b.fc1_b = store_.find(p + ".ffn.fc1.bias");
+        b.fc2_w = store_.find(p + ".ffn.fc2.weight");
+        b.fc2_b = store_.find(p + ".ffn.fc2.bias");
+      }
       blocks_.push_back(b);
     }
     { const Norm registers(store_, "norm_f", D, shape_.norm_eps); }
-    norm_f_ = store_.find("norm_f.weight");
+    norm_f_ = find_norm("norm_f");
 
     const std::size_t n = store_.size();
     values_ = be_->buffer<float>(n);
@@ -268,14 +311,26 @@ class Model<Cfg, cuda::Backend> {
 
  private:
   static constexpr detail::CudaPos kPos = detail::kCudaPos<typename Cfg::Position>;
+  static constexpr detail::CudaNorm kNorm = detail::kCudaNorm<typename Cfg::Normalization>;
+  static constexpr std::int64_t kStatsPerRow = Cfg::Normalization::stats_per_row;
+  static constexpr detail::CudaFfnKind kFfn = detail::CudaFfn<typename Cfg::FeedForward>::kind;
   static constexpr cuda::Activation kAct = detail::CudaFfn<typename Cfg::FeedForward>::act;
 
-  struct Block {
-    ParamId norm1, qkv_w, qkv_b, out_w, out_b, norm2, fc1_w, fc1_b, fc2_w, fc2_b;
+  /// A norm's parameters: the gain, and for LayerNorm the bias (unset for RMSNorm).
+  struct NormIds {
+    ParamId weight, bias;
   };
-  /// Saved activations of one block on the device. The block's input is resid_[l].
+  struct Block {
+    NormIds norm1, norm2;
+    ParamId qkv_w, qkv_b, out_w, out_b;
+    ParamId fc1_w, fc1_b, fc2_w, fc2_b;  // Mlp only
+    ParamId gate_w, up_w, down_w;        // GatedMlp only
+  };
+  /// Saved activations of one block on the device. The block's input is resid_[l]. stats1/2
+  /// hold kStatsPerRow floats per row. Mlp uses pre (N, F) and act (N, F); GatedMlp uses gate,
+  /// up and act, each (N, F'); the buffers a policy does not use stay empty.
   struct BlockCache {
-    cuda::DeviceBuffer<float> a1, stats1, qkv, probs, ctx, x_mid, a2, stats2, pre, act;
+    cuda::DeviceBuffer<float> a1, stats1, qkv, probs, ctx, x_mid, a2, stats2, pre, gate, up, act;
   };
 
   float* value(ParamId id) { return values_.data() + store_.entry(id).offset; }
@@ -309,6 +364,31 @@ class Model<Cfg, cuda::Backend> {
     plan_frozen_ = std::move(frozen);
   }
 
+  /// The ids of the norm registered under `prefix` (its ".weight", and ".bias" for LayerNorm).
+  NormIds find_norm(const std::string& prefix) const {
+    NormIds n;
+    n.weight = store_.find(prefix + ".weight");
+    if constexpr (kNorm == detail::CudaNorm::LayerNorm) n.bias = store_.find(prefix + ".bias");
+    return n;
+  }
+  /// y (N, D) = norm(x); stats (N, kStatsPerRow) saved for the backward.
+  void norm_forward(const NormIds& n, const float* x, float* y, float* stats, std::int64_t rows,
+                    std::int64_t d, float eps) {
+    if constexpr (kNorm == detail::CudaNorm::LayerNorm)
+      cuda::layernorm_forward(*be_, x, value(n.weight), value(n.bias), y, stats, rows, d, eps);
+    else
+      cuda::rmsnorm_forward(*be_, x, value(n.weight), y, stats, rows, d, eps);
+  }
+  /// dx (N, D) overwritten from dy; the norm's parameter gradients accumulated.
+  void norm_backward(const NormIds& n, const float* x, const float* stats, const float* dy,
+                     float* dx, std::int64_t rows, std::int64_t d) {
+    if constexpr (kNorm == detail::CudaNorm::LayerNorm)
+      cuda::layernorm_backward(*be_, x, value(n.weight), stats, dy, dx, grad(n.weight),
+                               grad(n.bias), rows, d);
+    else
+      cuda::rmsnorm_backward(*be_, x, value(n.weight), stats, dy, dx, grad(n.weight), rows, d);
+  }
+
   ops::CrossEntropyShape ce_shape(std::int64_t rows) const {
     return detail::loss_shape(shape_, rows);
   }
@@ -332,6 +412,73 @@ class Model<Cfg, cuda::Backend> {
     cuda::column_sum_add(*be_, dy, db, n, out);
   }
 
+  /// Bias-free linear layer (GatedMlp): y (N, out) = x (N, in) · Wᵀ, W (out, in).
+  void linear_forward_nobias(const float* x, const float* w, float* y, std::int64_t n,
+                             std::int64_t in, std::int64_t out) {
+    cuda::gemm_rm(*be_, false, true, n, out, in, 1.f, x, in, w, in, 0.f, y, out,
+                  cuda::WeightOperand::B);
+  }
+  /// Its backward: dx (N, in) = dy · W, overwritten, or added (dx += dy · W, through the GEMM's
+  /// beta = 1) when accumulate_dx; dW += dyᵀ · x.
+  void linear_backward_nobias(const float* x, const float* w, const float* dy, float* dx, float* dw,
+                              std::int64_t n, std::int64_t in, std::int64_t out,
+                              bool accumulate_dx) {
+    cuda::gemm_rm(*be_, false, false, n, in, out, 1.f, dy, out, w, in, accumulate_dx ? 1.f : 0.f,
+                  dx, in, cuda::WeightOperand::B);
+    cuda::gemm_rm(*be_, true, false, out, in, n, 1.f, dy, out, x, in, 1.f, dw, in);
+  }
+
+  /// tmp_ (N, D) = ffn(a2) for block `blk`, saving what ffn_backward needs in c.
+  void ffn_forward(const Block& blk, BlockCache& c, std::int64_t n, std::int64_t d) {
+    const std::int64_t F = ffn_inner_;
+    if constexpr (kFfn == detail::CudaFfnKind::Gated) {
+      // As GatedMlp::Layer::forward: gate = a2·Wgᵀ, up = a2·Wuᵀ, act = silu(gate) ⊙ up,
+      // y = act·Wdᵀ; no biases.
+      ensure(c.gate, n * F);
+      ensure(c.up, n * F);
+      ensure(c.act, n * F);
+      linear_forward_nobias(c.a2.data(), value(blk.gate_w), c.gate.data(), n, d, F);
+      linear_forward_nobias(c.a2.data(), value(blk.up_w), c.up.data(), n, d, F);
+      cuda::swiglu_forward(*be_, c.gate.data(), c.up.data(), c.act.data(), n * F);
+      linear_forward_nobias(c.act.data(), value(blk.down_w), tmp_.data(), n, F, d);
+    } else {
+      // As Mlp::Layer::forward: pre = a2·W1ᵀ + b1, act = act(pre), y = act·W2ᵀ + b2.
+      ensure(c.pre, n * F);
+      ensure(c.act, n * F);
+      linear_forward(c.a2.data(), value(blk.fc1_w), value(blk.fc1_b), c.pre.data(), n, d, F);
+      cuda::activation_forward<kAct>(*be_, c.pre.data(), c.act.data(), n * F);
+      linear_forward(c.act.data(), value(blk.fc2_w), value(blk.fc2_b), tmp_.data(), n, F, d);
+    }
+  }
+  /// dx (N, D) overwritten = d loss / d a2 from dy (N, D) = d loss / d ffn output; the FFN's
+  /// parameter gradients accumulated. dy is not modified.
+  void ffn_backward(const Block& blk, const BlockCache& c, const float* dy, float* dx,
+                    std::int64_t n, std::int64_t d) {
+    const std::int64_t F = ffn_inner_;
+    ensure(dact_, n * F);
+    if constexpr (kFfn == detail::CudaFfnKind::Gated) {
+      // As GatedMlp::Layer::backward: d(act) = dy·Wd (dWd += dyᵀ·act); then in place
+      // d(gate) = d(act) ⊙ up ⊙ silu'(gate) and d(up) = d(act) ⊙ silu(gate); then
+      // dx = d(gate)·Wg (dWg += d(gate)ᵀ·a2) and dx += d(up)·Wu (dWu += d(up)ᵀ·a2). The CPU adds
+      // the second product through a temporary; here the GEMM adds it (beta = 1), same order.
+      ensure(dup_, n * F);
+      linear_backward_nobias(c.act.data(), value(blk.down_w), dy, dact_.data(), grad(blk.down_w), n,
+                             F, d, false);
+      cuda::swiglu_backward(*be_, c.gate.data(), c.up.data(), dact_.data(), dact_.data(),
+                            dup_.data(), n * F);
+      linear_backward_nobias(c.a2.data(), value(blk.gate_w), dact_.data(), dx, grad(blk.gate_w), n,
+                             d, F, false);
+      linear_backward_nobias(c.a2.data(), value(blk.up_w), dup_.data(), dx, grad(blk.up_w), n, d, F,
+                             true);
+    } else {
+      linear_backward(c.act.data(), value(blk.fc2_w), dy, dact_.data(), grad(blk.fc2_w),
+                      grad(blk.fc2_b), n, F, d);
+      cuda::activation_backward<kAct>(*be_, c.pre.data(), dact_.data(), n * F);
+      linear_backward(c.a2.data(), value(blk.fc1_w), dact_.data(), dx, grad(blk.fc1_w),
+                      grad(blk.fc1_b), n, d, F);
+    }
+  }
+
   std::uint64_t attn_key(std::uint64_t dropout_key, std::size_t l) const {
     return mix64(dropout_key ^ (l * 16 + 2));
   }
@@ -339,8 +486,7 @@ class Model<Cfg, cuda::Backend> {
   void forward(const std::int32_t* tokens, std::int32_t batch, std::int32_t len,
                std::uint64_t dropout_key) {
     check_tokens(tokens, batch, len);
-    const std::int64_t B = batch, L = len, N = B * L, D = shape_.dim, H = shape_.heads,
-                       F = shape_.ffn_dim;
+    const std::int64_t B = batch, L = len, N = B * L, D = shape_.dim, H = shape_.heads;
     const double p = dropout_key ? shape_.dropout : 0.0;
     const float eps = static_cast<float>(shape_.norm_eps);
     ensure(tokens_, N);
@@ -351,7 +497,7 @@ class Model<Cfg, cuda::Backend> {
     caches_.resize(blocks_.size());
     ensure(tmp_, N * D);
     ensure(h_, N * D);
-    ensure(stats_f_, N);
+    ensure(stats_f_, N * kStatsPerRow);
     if constexpr (kPos == detail::CudaPos::RoPE) rope_.ensure(*be_, L, D / H, shape_.rope_base);
 
     const T scale = shape_.scale_embeddings ? std::sqrt(T(D)) : T(1);
@@ -369,17 +515,15 @@ class Model<Cfg, cuda::Backend> {
       const std::uint64_t key = attn_key(dropout_key, l);
       const float* x_in = resid_[l].data();
       ensure(c.a1, N * D);
-      ensure(c.stats1, N);
+      ensure(c.stats1, N * kStatsPerRow);
       ensure(c.qkv, N * 3 * D);
       ensure(c.probs, B * H * L * L);
       ensure(c.ctx, N * D);
       ensure(c.x_mid, N * D);
       ensure(c.a2, N * D);
-      ensure(c.stats2, N);
-      ensure(c.pre, N * F);
-      ensure(c.act, N * F);
+      ensure(c.stats2, N * kStatsPerRow);
       // x_mid = x_in + drop(Wo · attn(rope(Wqkv · norm1(x_in))))
-      cuda::rmsnorm_forward(*be_, x_in, value(blk.norm1), c.a1.data(), c.stats1.data(), N, D, eps);
+      norm_forward(blk.norm1, x_in, c.a1.data(), c.stats1.data(), N, D, eps);
       linear_forward(c.a1.data(), value(blk.qkv_w), value(blk.qkv_b), c.qkv.data(), N, D, 3 * D);
       if constexpr (kPos == detail::CudaPos::RoPE)
         cuda::rope_apply(*be_, rope_, c.qkv.data(), B, L, D, H, +1);
@@ -387,33 +531,26 @@ class Model<Cfg, cuda::Backend> {
                               c.probs.data());
       linear_forward(c.ctx.data(), value(blk.out_w), value(blk.out_b), tmp_.data(), N, D, D);
       cuda::dropout_add(*be_, c.x_mid.data(), x_in, tmp_.data(), N * D, p, key);
-      // x_out = x_mid + drop(W2 · act(W1 · norm2(x_mid) + b1) + b2)
-      cuda::rmsnorm_forward(*be_, c.x_mid.data(), value(blk.norm2), c.a2.data(), c.stats2.data(), N,
-                            D, eps);
-      linear_forward(c.a2.data(), value(blk.fc1_w), value(blk.fc1_b), c.pre.data(), N, D, F);
-      cuda::activation_forward<kAct>(*be_, c.pre.data(), c.act.data(), N * F);
-      linear_forward(c.act.data(), value(blk.fc2_w), value(blk.fc2_b), tmp_.data(), N, F, D);
+      // x_out = x_mid + drop(ffn(norm2(x_mid)))
+      norm_forward(blk.norm2, c.x_mid.data(), c.a2.data(), c.stats2.data(), N, D, eps);
+      ffn_forward(blk, c, N, D);  // → tmp_
       cuda::dropout_add(*be_, resid_[l + 1].data(), c.x_mid.data(), tmp_.data(), N * D, p,
                         mix64(key ^ 0x5bd1e995));
     }
-    cuda::rmsnorm_forward(*be_, resid_[blocks_.size()].data(), value(norm_f_), h_.data(),
-                          stats_f_.data(), N, D, eps);
+    norm_forward(norm_f_, resid_[blocks_.size()].data(), h_.data(), stats_f_.data(), N, D, eps);
     last_p_ = p;
     last_key_ = dropout_key;
   }
 
   /// Reverse of forward(): starts from dh_ (gradient of the loss wrt h), ends in the embeddings.
   void backward(std::int32_t batch, std::int32_t len) {
-    const std::int64_t B = batch, L = len, N = B * L, D = shape_.dim, H = shape_.heads,
-                       F = shape_.ffn_dim;
+    const std::int64_t B = batch, L = len, N = B * L, D = shape_.dim, H = shape_.heads;
     const double p = last_p_;
     ensure(dqkv_, N * 3 * D);
-    ensure(dact_, N * F);
     float* dx = dx_.data();
     float* dbranch = dh_.data();  // dh_ is free after the final norm: branch gradients
     float* tmp = tmp_.data();
-    cuda::rmsnorm_backward(*be_, resid_[blocks_.size()].data(), value(norm_f_), stats_f_.data(),
-                           dh_.data(), dx, grad(norm_f_), N, D);
+    norm_backward(norm_f_, resid_[blocks_.size()].data(), stats_f_.data(), dh_.data(), dx, N, D);
     const ops::AttentionShape as{B, L, D, H};
     for (std::size_t li = blocks_.size(); li-- > 0;) {
       const Block& blk = blocks_[li];
@@ -421,13 +558,8 @@ class Model<Cfg, cuda::Backend> {
       const std::uint64_t key = attn_key(last_key_, li);
       // x_out = x_mid + drop(ffn(norm2(x_mid)))
       cuda::dropout_backward(*be_, dx, dbranch, N * D, p, mix64(key ^ 0x5bd1e995));
-      linear_backward(c.act.data(), value(blk.fc2_w), dbranch, dact_.data(), grad(blk.fc2_w),
-                      grad(blk.fc2_b), N, F, D);
-      cuda::activation_backward<kAct>(*be_, c.pre.data(), dact_.data(), N * F);
-      linear_backward(c.a2.data(), value(blk.fc1_w), dact_.data(), tmp, grad(blk.fc1_w),
-                      grad(blk.fc1_b), N, D, F);
-      cuda::rmsnorm_backward(*be_, c.x_mid.data(), value(blk.norm2), c.stats2.data(), tmp, dbranch,
-                             grad(blk.norm2), N, D);
+      ffn_backward(blk, c, dbranch, tmp, N, D);
+      norm_backward(blk.norm2, c.x_mid.data(), c.stats2.data(), tmp, dbranch, N, D);
       cuda::add_into(*be_, dx, dbranch, N * D);  // dx is now d x_mid
       // x_mid = x_in + drop(Wo · attn(rope(Wqkv · norm1(x_in))))
       cuda::dropout_backward(*be_, dx, dbranch, N * D, p, key);
@@ -438,8 +570,7 @@ class Model<Cfg, cuda::Backend> {
         cuda::rope_apply(*be_, rope_, dqkv_.data(), B, L, D, H, -1);
       linear_backward(c.a1.data(), value(blk.qkv_w), dqkv_.data(), tmp, grad(blk.qkv_w),
                       grad(blk.qkv_b), N, D, 3 * D);
-      cuda::rmsnorm_backward(*be_, resid_[li].data(), value(blk.norm1), c.stats1.data(), tmp,
-                             dbranch, grad(blk.norm1), N, D);
+      norm_backward(blk.norm1, resid_[li].data(), c.stats1.data(), tmp, dbranch, N, D);
       cuda::add_into(*be_, dx, dbranch, N * D);  // dx is now d x_in
     }
     cuda::dropout_backward(*be_, dx, dx, N * D, p, mix64(last_key_ ^ 1));
@@ -453,8 +584,10 @@ class Model<Cfg, cuda::Backend> {
 
   ModelShape shape_;
   cuda::Backend* be_;
+  std::int64_t ffn_inner_;  // F (Mlp) or F' = gated_inner_width(D, F) (GatedMlp)
   ParameterStore<T> store_;
-  ParamId item_emb_, pos_emb_, norm_f_;
+  ParamId item_emb_, pos_emb_;
+  NormIds norm_f_;
   std::vector<Block> blocks_;
   // Device parameters, gradients and AdamW moments, laid out as store_'s flat arrays.
   cuda::DeviceBuffer<float> values_, grads_, m_, v_;
@@ -465,7 +598,8 @@ class Model<Cfg, cuda::Backend> {
   cuda::DeviceBuffer<std::int32_t> tokens_, targets_;
   std::vector<cuda::DeviceBuffer<float>> resid_;  // block inputs, then the last block's output
   std::vector<BlockCache> caches_;
-  cuda::DeviceBuffer<float> h_, stats_f_, tmp_, dx_, dh_, dqkv_, dact_, scores_;
+  // dact_: d(act) (N, F or F'), for GatedMlp then d(gate) in place; dup_: d(up) (GatedMlp).
+  cuda::DeviceBuffer<float> h_, stats_f_, tmp_, dx_, dh_, dqkv_, dact_, dup_, scores_;
   double last_p_ = 0.0;
   std::uint64_t last_key_ = 0;
 };

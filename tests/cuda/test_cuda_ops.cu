@@ -27,6 +27,8 @@
 #include "seqrec/ops/attention/attention_cuda.cuh"
 #include "seqrec/ops/cross_entropy/cross_entropy_cpu.hpp"
 #include "seqrec/ops/cross_entropy/cross_entropy_cuda.cuh"
+#include "seqrec/ops/dropout/dropout_cuda.cuh"
+#include "seqrec/ops/elementwise/rows_cuda.cuh"
 #include "seqrec/ops/embedding/embedding_cpu.hpp"
 #include "seqrec/ops/embedding/embedding_cuda.cuh"
 #include "seqrec/ops/rmsnorm/rmsnorm_cpu.hpp"
@@ -221,9 +223,12 @@ void test_embedding(Backend& be, Rng& rng, std::int64_t n, std::int64_t d, std::
 }
 
 // ---- Cross-entropy ------------------------------------------------------------------------------
+/// bf16: the backend's bf16 mode (operands of the three GEMMs rounded to bf16, fp32 accumulation)
+/// against the fp32 CPU op, with tolerances for 8-bit mantissas.
 void test_cross_entropy(Backend& be, Rng& rng, std::int64_t n, std::int64_t d, std::int64_t items,
-                        std::int64_t chunk) {
-  const std::string shape = shape_str({{"N", n}, {"D", d}, {"I", items}, {"chunk", chunk}});
+                        std::int64_t chunk, bool bf16 = false) {
+  const std::string shape =
+      shape_str({{"N", n}, {"D", d}, {"I", items}, {"chunk", chunk}}) + (bf16 ? " bf16" : "");
   const std::int32_t first = 4;
   seqrec::ops::CrossEntropyShape s{n, d, items, first, chunk};
   // About 10% of rows have no target (tokens 0..3), as padding positions do.
@@ -255,20 +260,32 @@ void test_cross_entropy(Backend& be, Rng& rng, std::int64_t n, std::int64_t d, s
   const float* dw_in = dtable.data() + first * d;
   float* ddw_ptr = ddtable.data() + first * d;
   auto ddh = be.buffer<float>(n * d);
+  be.set_bf16(bf16);
+  struct Restore {
+    Backend& be;
+    ~Restore() { be.set_bf16(false); }
+  } restore{be};
   const double loss_gpu = seqrec::cuda::cross_entropy_forward_backward(
       be, s, dh_in.data(), dtgt.data(), dw_in, ddh.data(), ddw_ptr, gs, &count_gpu);
   record(count_gpu == count_cpu, "cross_entropy.count", shape,
          "gpu=" + std::to_string(count_gpu) + " cpu=" + std::to_string(count_cpu));
   // Loss: per row logsumexp over I in float (different summation order, expf vs std::exp within
   // 2 ulp), summed in double in the same row order: ~1e-6 relative per row at most.
-  check_scalar("cross_entropy.loss", shape, loss_gpu, loss_cpu, 1e-5);
+  // bf16: each logit is a D-term sum of products whose operands carry a relative rounding error
+  // of at most 2^-9 each; with |h·w| terms ~ 1/sqrt(D) the logit error is ~2^-8 ≈ 4e-3 absolute,
+  // random in sign, so the per-row loss (~log I ≈ 8–10) moves by ~5e-4 relative and the mean by
+  // less: rtol 2e-3.
+  check_scalar("cross_entropy.loss", shape, loss_gpu, loss_cpu, bf16 ? 2e-3 : 1e-5);
   // dh = G·W (K = I terms) and dW += Gᵀ·Hc (K = chunk rows), cuBLASLt fp32 vs Eigen: different
-  // summation orders of the same fp32 products; judged against each output's max.
-  check("cross_entropy.dh", shape, download(be, ddh), dh, 1e-4, 1e-5);
+  // summation orders of the same fp32 products; judged against each output's max. bf16: G and W
+  // (or Hc) rounded to 8-bit mantissas, errors ~2^-8 relative per term and partly cancelling in
+  // the sums: rtol 3e-2 with atol 1e-2 of the output's max.
+  const double g_rtol = bf16 ? 3e-2 : 1e-4, g_atol = bf16 ? 1e-2 : 1e-5;
+  check("cross_entropy.dh", shape, download(be, ddh), dh, g_rtol, g_atol);
   const auto dtable_gpu = download(be, ddtable);
   const std::vector<float> specials(dtable_gpu.begin(), dtable_gpu.begin() + first * d);
   const std::vector<float> dw_gpu(dtable_gpu.begin() + first * d, dtable_gpu.end());
-  check("cross_entropy.ditems", shape, dw_gpu, dw, 1e-4, 1e-5);
+  check("cross_entropy.ditems", shape, dw_gpu, dw, g_rtol, g_atol);
   // The special-token rows of the table's gradient must be left alone.
   check("cross_entropy.dspecials_untouched", shape, specials,
         std::vector<float>(specials.size(), 0.5f), 0.0, 0.0);
@@ -279,6 +296,53 @@ void test_cross_entropy(Backend& be, Rng& rng, std::int64_t n, std::int64_t d, s
   record(loss_fwd == loss_gpu && c2 == count_gpu, "cross_entropy.forward_only", shape,
          "loss " + std::to_string(loss_fwd) + " vs fused " + std::to_string(loss_gpu) +
              " (must be identical)");
+}
+
+// ---- Packed rows --------------------------------------------------------------------------------
+/// gather_rows / scatter_rows against the obvious loops, and dropout_add / dropout_backward on
+/// packed rows against the full-layout ops restricted to those rows: all exact (copies, and the
+/// same float operations under the same masks).
+void test_packed_rows(Backend& be, Rng& rng, std::int64_t n, std::int64_t w) {
+  const std::string shape = shape_str({{"N", n}, {"W", w}});
+  std::vector<std::int32_t> rows;
+  for (std::int64_t r = 0; r < n; ++r)
+    if (rng.uniform() < 0.55) rows.push_back(static_cast<std::int32_t>(r));
+  const std::int64_t m = static_cast<std::int64_t>(rows.size());
+  auto full = normal(rng, n * w), branch = normal(rng, n * w);
+  std::vector<float> packed(m * w), packed_branch(m * w), scattered(n * w, 0.f);
+  for (std::int64_t i = 0; i < m; ++i)
+    for (std::int64_t j = 0; j < w; ++j) {
+      packed[i * w + j] = full[rows[i] * w + j];
+      packed_branch[i * w + j] = branch[rows[i] * w + j];
+      scattered[rows[i] * w + j] = packed[i * w + j];
+    }
+  auto drows = upload(be, rows);
+  auto dfull = upload(be, full), dbranch = upload(be, branch), dpb = upload(be, packed_branch);
+  auto dpacked = be.buffer<float>(m * w), dsc = be.buffer<float>(n * w);
+  seqrec::cuda::gather_rows(be, dfull.data(), drows.data(), dpacked.data(), m, w);
+  check("gather_rows", shape, download(be, dpacked), packed, 0.0, 0.0);
+  seqrec::cuda::scatter_rows(be, dpacked.data(), drows.data(), dsc.data(), m, n, w);
+  check("scatter_rows", shape, download(be, dsc), scattered, 0.0, 0.0);
+
+  const double p = 0.3;
+  const std::uint64_t key = 0x1234567;
+  // Full layout: out = full + drop(branch); packed: the same on the listed rows only.
+  auto dout_full = be.buffer<float>(n * w), dout_packed = be.buffer<float>(m * w);
+  seqrec::cuda::dropout_add(be, dout_full.data(), dfull.data(), dbranch.data(), n * w, p, key);
+  seqrec::cuda::dropout_add(be, dout_packed.data(), dpacked.data(), dpb.data(), m * w, p, key,
+                            drows.data(), w);
+  const auto of = download(be, dout_full);
+  std::vector<float> want(m * w);
+  for (std::int64_t i = 0; i < m; ++i)
+    for (std::int64_t j = 0; j < w; ++j) want[i * w + j] = of[rows[i] * w + j];
+  check("dropout_add.packed", shape, download(be, dout_packed), want, 0.0, 0.0);
+  seqrec::cuda::dropout_backward(be, dbranch.data(), dout_full.data(), n * w, p, key);
+  seqrec::cuda::dropout_backward(be, dpb.data(), dout_packed.data(), m * w, p, key, drows.data(),
+                                 w);
+  const auto bf = download(be, dout_full);
+  for (std::int64_t i = 0; i < m; ++i)
+    for (std::int64_t j = 0; j < w; ++j) want[i * w + j] = bf[rows[i] * w + j];
+  check("dropout_backward.packed", shape, download(be, dout_packed), want, 0.0, 0.0);
 }
 
 // ---- Attention ----------------------------------------------------------------------------------
@@ -401,8 +465,14 @@ int main() {
          {std::tuple<std::int64_t, std::int64_t, std::int64_t, std::int64_t>{300, 40, 1001, 128},
           {4096, 64, 3706, 1024},
           {4096, 64, 16859, 1024}})
-      guarded("cross_entropy", shape_str({{"N", n}, {"D", d}, {"I", i}, {"chunk", c}}),
-              [&] { test_cross_entropy(be, rng, n, d, i, c); });
+      for (bool bf16 : {false, true})
+        guarded("cross_entropy",
+                shape_str({{"N", n}, {"D", d}, {"I", i}, {"chunk", c}}) + (bf16 ? " bf16" : ""),
+                [&] { test_cross_entropy(be, rng, n, d, i, c, bf16); });
+
+    for (auto [n, w] : {std::pair<std::int64_t, std::int64_t>{37, 5}, {20480, 1024}})
+      guarded("packed_rows", shape_str({{"N", n}, {"W", w}}),
+              [&] { test_packed_rows(be, rng, n, w); });
 
     for (auto [b, l, d, h] :
          {std::tuple<std::int64_t, std::int64_t, std::int64_t, std::int64_t>{3, 37, 48, 2},

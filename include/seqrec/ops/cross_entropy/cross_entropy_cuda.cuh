@@ -98,15 +98,16 @@ static __global__ void cross_entropy_forward_backward_kernel(
   }
 }
 
-/// hc16 (c, D) = bf16(h[rows[i]]) for i < c; rows (c).
+/// hc16 (c, D) with leading dimension ldh = bf16(h[rows[i]]) for i < c; rows (c).
 static __global__ void cross_entropy_gather_bf16_kernel(const float* __restrict__ h,
                                                         const std::int32_t* __restrict__ rows,
                                                         __nv_bfloat16* __restrict__ hc,
-                                                        std::int64_t c, std::int64_t d) {
+                                                        std::int64_t c, std::int64_t d,
+                                                        std::int64_t ldh) {
   const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= c * d) return;
   const std::int64_t r = i / d, j = i - r * d;
-  hc[i] = __float2bfloat16_rn(h[static_cast<std::int64_t>(rows[r]) * d + j]);
+  hc[r * ldh + j] = __float2bfloat16_rn(h[static_cast<std::int64_t>(rows[r]) * d + j]);
 }
 
 /// Returns the summed loss (double) and writes the number of scored rows to *count. Device
@@ -168,18 +169,21 @@ double cross_entropy_forward_backward(Backend& be, const Shape& s, const float* 
     // the tensor-core GEMM kernels want.
     const std::int64_t ldz = (I + 7) / 8 * 8;
     auto logits16 = be.buffer<float>(static_cast<std::size_t>(C * ldz));
-    auto hc16 = be.buffer<__nv_bfloat16>(static_cast<std::size_t>(C * D));
+    auto hc16 = be.buffer<__nv_bfloat16>(static_cast<std::size_t>(C * bf16_ld(D)));
     auto g16 = be.buffer<__nv_bfloat16>(with_grad ? static_cast<std::size_t>(C * ldz) : 0);
-    const __nv_bfloat16* items16 = be.cached_bf16(
-        items, I, D, D, [&](__nv_bfloat16* dst) { cast_to_bf16(be, items, I, D, D, dst); });
+    // Rows of the bf16 copies are padded to 16 bytes (bf16_ld; D = 64 or 1024 needs none).
+    const std::int64_t ldd = bf16_ld(D);
+    const __nv_bfloat16* items16 = be.cached_bf16(items, I, D, D, ldd, [&](__nv_bfloat16* dst) {
+      cast_to_bf16(be, items, I, D, D, dst, ldd);
+    });
     for (std::int64_t c0 = 0; c0 < n_scored; c0 += C) {
       const std::int64_t c = std::min<std::int64_t>(C, n_scored - c0);
       const unsigned ew_blocks = static_cast<unsigned>((c * D + 255) / 256);
       cross_entropy_gather_bf16_kernel<<<ew_blocks, 256, 0, be.stream()>>>(h, d_rows.data() + c0,
-                                                                           hc16.data(), c, D);
+                                                                           hc16.data(), c, D, ldd);
       SEQREC_CUDA_CHECK_LAUNCH();
       // Z (c, I) = Hc (c, D) · Wᵀ, W (I, D).
-      gemm_lt(be, CUDA_R_16BF, false, true, c, I, D, 1.f, hc16.data(), D, items16, D, 0.f,
+      gemm_lt(be, CUDA_R_16BF, false, true, c, I, D, 1.f, hc16.data(), ldd, items16, ldd, 0.f,
               logits16.data(), ldz);
       cross_entropy_forward_backward_kernel<<<static_cast<unsigned>(c), detail::kCeThreads, 0,
                                               be.stream()>>>(
@@ -188,7 +192,7 @@ double cross_entropy_forward_backward(Backend& be, const Shape& s, const float* 
       SEQREC_CUDA_CHECK_LAUNCH();
       if (dh != nullptr) {
         // dHc (c, D) = G (c, I) · W (I, D).
-        gemm_lt(be, CUDA_R_16BF, false, false, c, D, I, 1.f, g16.data(), ldz, items16, D, 0.f,
+        gemm_lt(be, CUDA_R_16BF, false, false, c, D, I, 1.f, g16.data(), ldz, items16, ldd, 0.f,
                 dhc.data(), D);
         cross_entropy_scatter_kernel<<<ew_blocks, 256, 0, be.stream()>>>(
             dhc.data(), d_rows.data() + c0, dh, c, D);
@@ -196,7 +200,7 @@ double cross_entropy_forward_backward(Backend& be, const Shape& s, const float* 
       }
       // dW (I, D) += Gᵀ (I, c) · Hc (c, D).
       if (ditems != nullptr)
-        gemm_lt(be, CUDA_R_16BF, true, false, I, D, c, 1.f, g16.data(), ldz, hc16.data(), D, 1.f,
+        gemm_lt(be, CUDA_R_16BF, true, false, I, D, c, 1.f, g16.data(), ldz, hc16.data(), ldd, 1.f,
                 ditems, D);
     }
   } else {

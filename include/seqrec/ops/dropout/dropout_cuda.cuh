@@ -7,6 +7,11 @@
 //   dropout_add       out ← residual + (keep ? branch · s : 0)   (the residual connection)
 //   dropout_backward  dst ← keep ? src · s : 0               (dst may be src)
 //
+// Packed rows: dropout_add and dropout_backward take an optional row map `rows` (n / d entries):
+// element i of the packed array is element rows[i / d]·d + i mod d of the full (B·L, d) array,
+// and that full index is what the mask hashes. A model that computes only the non-padding rows
+// thus draws exactly the masks of the full computation.
+//
 // p == 0 is the identity (dropout_backward then copies when dst ≠ src). Products and sums use
 // round-to-nearest intrinsics, so nvcc cannot contract them into an FMA: the results are the CPU
 // op's float for float.
@@ -36,6 +41,14 @@ __device__ inline bool dropout_keep(std::uint64_t key, std::int64_t i, std::uint
   return (dropout_mix64(key + static_cast<std::uint64_t>(i)) >> 11) >= threshold;
 }
 
+/// The full-array index of packed element i (identity without a row map).
+__device__ inline std::int64_t dropout_full_index(std::int64_t i, const std::int32_t* rows,
+                                                  std::int64_t d) {
+  if (rows == nullptr) return i;
+  const std::int64_t r = i / d;
+  return static_cast<std::int64_t>(rows[r]) * d + (i - r * d);
+}
+
 inline unsigned dropout_blocks(std::int64_t n) {
   const std::int64_t want = (n + 255) / 256;
   return static_cast<unsigned>(want < 65535 * 8 ? want : 65535 * 8);
@@ -53,22 +66,31 @@ static __global__ void dropout_forward_kernel(float* __restrict__ x, std::int64_
 static __global__ void dropout_add_kernel(float* out, const float* res,
                                           const float* __restrict__ branch, std::int64_t n,
                                           std::uint64_t key, std::uint64_t threshold, float scale,
-                                          int active) {
+                                          int active, const std::int32_t* __restrict__ rows,
+                                          std::int64_t d) {
   for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     float b = branch[i];
-    if (active) b = detail::dropout_keep(key, i, threshold) ? __fmul_rn(b, scale) : 0.f;
+    if (active)
+      b = detail::dropout_keep(key, detail::dropout_full_index(i, rows, d), threshold)
+              ? __fmul_rn(b, scale)
+              : 0.f;
     out[i] = __fadd_rn(res[i], b);
   }
 }
 
 static __global__ void dropout_backward_kernel(const float* src, float* dst, std::int64_t n,
                                                std::uint64_t key, std::uint64_t threshold,
-                                               float scale, int active) {
+                                               float scale, int active,
+                                               const std::int32_t* __restrict__ rows,
+                                               std::int64_t d) {
   for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     const float g = src[i];
-    dst[i] = !active ? g : (detail::dropout_keep(key, i, threshold) ? __fmul_rn(g, scale) : 0.f);
+    dst[i] = !active ? g
+                     : (detail::dropout_keep(key, detail::dropout_full_index(i, rows, d), threshold)
+                            ? __fmul_rn(g, scale)
+                            : 0.f);
   }
 }
 
@@ -80,27 +102,30 @@ inline void dropout_forward(Backend& be, float* x, std::int64_t n, double p, std
   SEQREC_CUDA_CHECK_LAUNCH();
 }
 
-/// out (n) = residual + dropout(branch) with the mask of (key, p). out may alias residual.
+/// out (n) = residual + dropout(branch) with the mask of (key, p). out may alias residual. With a
+/// row map (device, n / d entries) the arrays are packed rows of width d (see the file comment).
 inline void dropout_add(Backend& be, float* out, const float* residual, const float* branch,
-                        std::int64_t n, double p, std::uint64_t key) {
+                        std::int64_t n, double p, std::uint64_t key,
+                        const std::int32_t* rows = nullptr, std::int64_t d = 1) {
   if (n == 0) return;
   const bool active = p > 0.0;
   dropout_add_kernel<<<detail::dropout_blocks(n), 256, 0, be.stream()>>>(
       out, residual, branch, n, key, active ? detail::dropout_threshold(p) : 0,
-      active ? static_cast<float>(1.0 / (1.0 - p)) : 1.f, active ? 1 : 0);
+      active ? static_cast<float>(1.0 / (1.0 - p)) : 1.f, active ? 1 : 0, rows, d);
   SEQREC_CUDA_CHECK_LAUNCH();
 }
 
 /// dst (n) = src · keep / (1 − p), the mask recomputed from (key, p); dst may be src. p <= 0
-/// copies (nothing to do when dst == src).
+/// copies (nothing to do when dst == src). Row map as for dropout_add.
 inline void dropout_backward(Backend& be, const float* src, float* dst, std::int64_t n, double p,
-                             std::uint64_t key) {
+                             std::uint64_t key, const std::int32_t* rows = nullptr,
+                             std::int64_t d = 1) {
   if (n == 0) return;
   const bool active = p > 0.0;
   if (!active && src == dst) return;
   dropout_backward_kernel<<<detail::dropout_blocks(n), 256, 0, be.stream()>>>(
       src, dst, n, key, active ? detail::dropout_threshold(p) : 0,
-      active ? static_cast<float>(1.0 / (1.0 - p)) : 1.f, active ? 1 : 0);
+      active ? static_cast<float>(1.0 / (1.0 - p)) : 1.f, active ? 1 : 0, rows, d);
   SEQREC_CUDA_CHECK_LAUNCH();
 }
 

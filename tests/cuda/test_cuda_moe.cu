@@ -48,6 +48,7 @@
 #include <utility>
 #include <vector>
 
+#include "cuda_check.cuh"
 #include "seqrec/backend/cuda.cuh"
 #include "seqrec/core/random.hpp"
 #include "seqrec/model/parameter_store.hpp"
@@ -56,6 +57,8 @@
 #include "seqrec/policy/feed_forward.hpp"
 
 namespace {
+
+using namespace seqrec::cuda_check;
 
 using seqrec::ParameterStore;
 using seqrec::Rng;
@@ -68,87 +71,6 @@ using CpuLayer = CpuMoe::Layer<float>;
 using GpuLayer = seqrec::cuda::MoeLayer<kE, kK>;
 const std::string kPrefix = "blocks.0.ffn";
 
-int g_pass = 0, g_fail = 0;
-
-void record(bool ok, const std::string& what, const std::string& name, const std::string& detail) {
-  (ok ? g_pass : g_fail)++;
-  std::printf("%s %s %s %s\n", ok ? "PASS" : "FAIL", what.c_str(), name.c_str(), detail.c_str());
-  std::fflush(stdout);
-}
-
-/// Element-wise |got − ref| ≤ atol + rtol·|ref| with atol = atol_frac · max|ref|.
-template <typename T, typename A1, typename A2>
-void check(const std::string& what, const std::string& name, const std::vector<T, A1>& got,
-           const std::vector<T, A2>& ref, double rtol, double atol_frac) {
-  if (got.size() != ref.size()) {
-    record(
-        false, what, name,
-        "size mismatch: gpu " + std::to_string(got.size()) + " cpu " + std::to_string(ref.size()));
-    return;
-  }
-  double ref_max = 0;
-  for (const T& r : ref) ref_max = std::max(ref_max, std::fabs(double(r)));
-  const double atol = atol_frac * ref_max;
-  double max_abs = 0, max_rel = 0, worst_excess = -1;
-  std::size_t bad = 0, worst = 0, nonfinite = 0;
-  for (std::size_t i = 0; i < ref.size(); ++i) {
-    const double a = double(got[i]), b = double(ref[i]);
-    if (!std::isfinite(a)) {
-      ++nonfinite;
-      ++bad;
-      worst = i;
-      worst_excess = INFINITY;
-      continue;
-    }
-    const double e = std::fabs(a - b);
-    max_abs = std::max(max_abs, e);
-    if (std::fabs(b) > atol && std::fabs(b) > 0) max_rel = std::max(max_rel, e / std::fabs(b));
-    const double limit = atol + rtol * std::fabs(b);
-    if (e > limit) ++bad;
-    if (e - limit > worst_excess) {
-      worst_excess = e - limit;
-      worst = i;
-    }
-  }
-  char buf[512];
-  std::snprintf(buf, sizeof buf,
-                "max_abs_err=%.3e max_rel_err=%.3e (rtol %.0e, atol %.0e*max|ref| = %.3e)", max_abs,
-                max_rel, rtol, atol_frac, atol);
-  std::string detail = buf;
-  if (bad > 0) {
-    std::snprintf(buf, sizeof buf,
-                  " | %zu of %zu elements out of tolerance (%zu non-finite); worst at %zu: gpu "
-                  "%.9g cpu %.9g; max|ref| %.3e",
-                  bad, ref.size(), nonfinite, worst, double(got[worst]), double(ref[worst]),
-                  ref_max);
-    detail += buf;
-  }
-  record(bad == 0, what, name, detail);
-}
-
-/// |got − ref| ≤ rtol·|ref| (+ 1e-300 so that 0 = 0 passes).
-void check_scalar(const std::string& what, const std::string& name, double got, double ref,
-                  double rtol) {
-  const double e = std::fabs(got - ref), rel = e / std::max(std::fabs(ref), 1e-300);
-  char buf[256];
-  std::snprintf(buf, sizeof buf, "gpu=%.12g cpu=%.12g abs_err=%.3e rel_err=%.3e (rtol %.0e)", got,
-                ref, e, rel, rtol);
-  record(std::isfinite(got) && e <= rtol * std::fabs(ref) + 1e-300, what, name, buf);
-}
-
-/// Bit-for-bit equality (reruns; gradients that must stay untouched).
-template <typename T, typename A1, typename A2>
-void check_identical(const std::string& what, const std::string& name, const std::vector<T, A1>& a,
-                     const std::vector<T, A2>& b, const std::string& why) {
-  std::size_t diff = 0;
-  const std::size_t m = std::min(a.size(), b.size());
-  for (std::size_t i = 0; i < m; ++i)
-    if (std::memcmp(&a[i], &b[i], sizeof(T)) != 0) ++diff;
-  record(diff == 0 && a.size() == b.size(), what, name,
-         std::to_string(diff) + " of " + std::to_string(b.size()) + " elements differ (" + why +
-             (a.size() != b.size() ? "; SIZE MISMATCH" : "") + ")");
-}
-
 void check_exact_doubles(const std::string& what, const std::string& name,
                          const std::vector<double>& got, const std::vector<double>& ref) {
   std::string s = "gpu [";
@@ -157,34 +79,6 @@ void check_exact_doubles(const std::string& what, const std::string& name,
   for (double v : ref) s += std::to_string(v) + " ";
   s += "] (must be equal exactly)";
   record(got == ref, what, name, s);
-}
-
-template <typename T, typename A>
-DeviceBuffer<T> upload(Backend& be, const std::vector<T, A>& h) {
-  auto d = be.buffer<T>(h.size());
-  if (!h.empty())
-    SEQREC_CUDA_CHECK(
-        cudaMemcpyAsync(d.data(), h.data(), d.bytes(), cudaMemcpyHostToDevice, be.stream()));
-  be.synchronize();
-  return d;
-}
-
-template <typename T, typename A>
-void upload_into(Backend& be, DeviceBuffer<T>& d, const std::vector<T, A>& h) {
-  if (!h.empty())
-    SEQREC_CUDA_CHECK(cudaMemcpyAsync(d.data(), h.data(), h.size() * sizeof(T),
-                                      cudaMemcpyHostToDevice, be.stream()));
-  be.synchronize();
-}
-
-template <typename T>
-std::vector<T> download(Backend& be, const DeviceBuffer<T>& d) {
-  std::vector<T> h(d.size());
-  if (!h.empty())
-    SEQREC_CUDA_CHECK(
-        cudaMemcpyAsync(h.data(), d.data(), d.bytes(), cudaMemcpyDeviceToHost, be.stream()));
-  be.synchronize();
-  return h;
 }
 
 template <typename A>
@@ -433,15 +327,6 @@ void test_case(Backend& be, Rng& rng, const Case& c) {
     SEQREC_CUDA_CHECK(cudaEventDestroy(a));
     SEQREC_CUDA_CHECK(cudaEventDestroy(b));
     SEQREC_CUDA_CHECK(cudaEventDestroy(cc));
-  }
-}
-
-template <typename F>
-void guarded(const std::string& what, const std::string& name, F&& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    record(false, what, name, std::string("exception: ") + e.what());
   }
 }
 

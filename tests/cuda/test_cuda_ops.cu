@@ -20,6 +20,7 @@
 #include <utility>
 #include <vector>
 
+#include "cuda_check.cuh"
 #include "seqrec/backend/cuda.cuh"
 #include "seqrec/core/random.hpp"
 #include "seqrec/model/parameter_store.hpp"
@@ -38,122 +39,11 @@
 
 namespace {
 
+using namespace seqrec::cuda_check;
+
 using seqrec::Rng;
 using seqrec::cuda::Backend;
 using seqrec::cuda::DeviceBuffer;
-
-int g_pass = 0, g_fail = 0;
-
-void record(bool ok, const std::string& op, const std::string& shape, const std::string& detail) {
-  (ok ? g_pass : g_fail)++;
-  std::printf("%s %s %s %s\n", ok ? "PASS" : "FAIL", op.c_str(), shape.c_str(), detail.c_str());
-  std::fflush(stdout);
-}
-
-/// Element-wise |got − ref| ≤ atol + rtol·|ref| with atol = atol_frac · max|ref|.
-template <typename T, typename A1, typename A2>
-void check(const std::string& op, const std::string& shape, const std::vector<T, A1>& got,
-           const std::vector<T, A2>& ref, double rtol, double atol_frac) {
-  if (got.size() != ref.size()) {
-    record(
-        false, op, shape,
-        "size mismatch: gpu " + std::to_string(got.size()) + " cpu " + std::to_string(ref.size()));
-    return;
-  }
-  double ref_max = 0;
-  for (const T& r : ref) ref_max = std::max(ref_max, std::fabs(double(r)));
-  const double atol = atol_frac * ref_max;
-  double max_abs = 0, max_rel = 0, worst_excess = -1;
-  std::size_t bad = 0, worst = 0, nonfinite = 0;
-  for (std::size_t i = 0; i < ref.size(); ++i) {
-    const double a = double(got[i]), b = double(ref[i]);
-    if (!std::isfinite(a)) {
-      ++nonfinite;
-      ++bad;
-      worst = i;
-      worst_excess = INFINITY;
-      continue;
-    }
-    const double e = std::fabs(a - b);
-    max_abs = std::max(max_abs, e);
-    if (std::fabs(b) > atol && std::fabs(b) > 0) max_rel = std::max(max_rel, e / std::fabs(b));
-    const double limit = atol + rtol * std::fabs(b);
-    if (e > limit) ++bad;
-    if (e - limit > worst_excess) {
-      worst_excess = e - limit;
-      worst = i;
-    }
-  }
-  char buf[512];
-  std::snprintf(buf, sizeof buf,
-                "max_abs_err=%.3e max_rel_err=%.3e (rtol %.0e, atol %.0e*max|ref| = %.3e)", max_abs,
-                max_rel, rtol, atol_frac, atol);
-  std::string detail = buf;
-  if (bad > 0) {
-    std::snprintf(buf, sizeof buf,
-                  " | %zu of %zu elements out of tolerance (%zu non-finite); worst at %zu: gpu "
-                  "%.9g cpu %.9g; max|ref| %.3e",
-                  bad, ref.size(), nonfinite, worst, double(got[worst]), double(ref[worst]),
-                  ref_max);
-    detail += buf;
-  }
-  record(bad == 0, op, shape, detail);
-}
-
-/// A scalar check: |got − ref| ≤ rtol·|ref| (+ 1e-300 so 0 = 0 passes).
-void check_scalar(const std::string& op, const std::string& shape, double got, double ref,
-                  double rtol) {
-  const double e = std::fabs(got - ref), rel = e / std::max(std::fabs(ref), 1e-300);
-  char buf[256];
-  std::snprintf(buf, sizeof buf,
-                "gpu=%.12g cpu=%.12g max_abs_err=%.3e max_rel_err=%.3e (rtol %.0e)", got, ref, e,
-                rel, rtol);
-  record(std::isfinite(got) && e <= rtol * std::fabs(ref) + 1e-300, op, shape, buf);
-}
-
-/// Two GPU runs of a deterministic op must agree bit for bit.
-void check_identical(const std::string& op, const std::string& shape, const std::vector<float>& a,
-                     const std::vector<float>& b) {
-  std::size_t diff = 0;
-  for (std::size_t i = 0; i < a.size(); ++i)
-    if (std::memcmp(&a[i], &b[i], sizeof(float)) != 0) ++diff;
-  record(diff == 0 && a.size() == b.size(), op + ".deterministic", shape,
-         std::to_string(diff) + " of " + std::to_string(a.size()) +
-             " elements differ between two runs (must be 0)");
-}
-
-template <typename T, typename A>
-DeviceBuffer<T> upload(Backend& be, const std::vector<T, A>& h) {
-  auto d = be.buffer<T>(h.size());
-  if (!h.empty())
-    SEQREC_CUDA_CHECK(
-        cudaMemcpyAsync(d.data(), h.data(), d.bytes(), cudaMemcpyHostToDevice, be.stream()));
-  be.synchronize();
-  return d;
-}
-
-template <typename T>
-std::vector<T> download(Backend& be, const DeviceBuffer<T>& d) {
-  std::vector<T> h(d.size());
-  if (!h.empty())
-    SEQREC_CUDA_CHECK(
-        cudaMemcpyAsync(h.data(), d.data(), d.bytes(), cudaMemcpyDeviceToHost, be.stream()));
-  be.synchronize();
-  return h;
-}
-
-std::vector<float> normal(Rng& rng, std::size_t n, double sd = 1.0, double mean = 0.0) {
-  std::vector<float> v(n);
-  for (auto& x : v) x = float(mean + sd * rng.normal());
-  return v;
-}
-
-std::string shape_str(std::initializer_list<std::pair<const char*, std::int64_t>> dims) {
-  std::string s;
-  for (const auto& [k, v] : dims)
-    s += (s.empty() ? "" : ",") + std::string(k) + "=" + std::to_string(v);
-  return s;
-}
 
 // ---- RMSNorm ------------------------------------------------------------------------------------
 void test_rmsnorm(Backend& be, Rng& rng, std::int64_t n, std::int64_t d) {
@@ -424,15 +314,6 @@ void test_adamw(Backend& be, Rng& rng) {
   check("adamw.params", shape, download(be, dp), st.values(), 1e-5, 1e-7);
   check("adamw.moment1", shape, download(be, dm), st.moment1(), 1e-5, 1e-7);
   check("adamw.moment2", shape, download(be, dv), st.moment2(), 1e-5, 1e-7);
-}
-
-template <typename F>
-void guarded(const std::string& op, const std::string& shape, F&& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    record(false, op, shape, std::string("exception: ") + e.what());
-  }
 }
 
 }  // namespace

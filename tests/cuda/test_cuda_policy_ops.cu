@@ -24,6 +24,7 @@
 #include <utility>
 #include <vector>
 
+#include "cuda_check.cuh"
 #include "seqrec/backend/cuda.cuh"
 #include "seqrec/core/error.hpp"
 #include "seqrec/core/random.hpp"
@@ -34,125 +35,11 @@
 
 namespace {
 
+using namespace seqrec::cuda_check;
+
 using seqrec::Rng;
 using seqrec::cuda::Backend;
 using seqrec::cuda::DeviceBuffer;
-
-int g_pass = 0, g_fail = 0;
-
-void record(bool ok, const std::string& op, const std::string& shape, const std::string& detail) {
-  (ok ? g_pass : g_fail)++;
-  std::printf("%s %s %s %s\n", ok ? "PASS" : "FAIL", op.c_str(), shape.c_str(), detail.c_str());
-  std::fflush(stdout);
-}
-
-/// Element-wise |got − ref| ≤ atol + rtol·|ref| with atol = atol_frac · max|ref|.
-template <typename T, typename A1, typename A2>
-void check(const std::string& op, const std::string& shape, const std::vector<T, A1>& got,
-           const std::vector<T, A2>& ref, double rtol, double atol_frac) {
-  if (got.size() != ref.size()) {
-    record(
-        false, op, shape,
-        "size mismatch: gpu " + std::to_string(got.size()) + " cpu " + std::to_string(ref.size()));
-    return;
-  }
-  double ref_max = 0;
-  for (const T& r : ref) ref_max = std::max(ref_max, std::fabs(double(r)));
-  const double atol = atol_frac * ref_max;
-  double max_abs = 0, max_rel = 0, worst_excess = -1;
-  std::size_t bad = 0, worst = 0, nonfinite = 0;
-  for (std::size_t i = 0; i < ref.size(); ++i) {
-    const double a = double(got[i]), b = double(ref[i]);
-    if (!std::isfinite(a)) {
-      ++nonfinite;
-      ++bad;
-      worst = i;
-      worst_excess = INFINITY;
-      continue;
-    }
-    const double e = std::fabs(a - b);
-    max_abs = std::max(max_abs, e);
-    if (std::fabs(b) > atol && std::fabs(b) > 0) max_rel = std::max(max_rel, e / std::fabs(b));
-    const double limit = atol + rtol * std::fabs(b);
-    if (e > limit) ++bad;
-    if (e - limit > worst_excess) {
-      worst_excess = e - limit;
-      worst = i;
-    }
-  }
-  char buf[512];
-  std::snprintf(buf, sizeof buf,
-                "max_abs_err=%.3e max_rel_err=%.3e (rtol %.0e, atol %.0e*max|ref| = %.3e)", max_abs,
-                max_rel, rtol, atol_frac, atol);
-  std::string detail = buf;
-  if (bad > 0) {
-    std::snprintf(buf, sizeof buf,
-                  " | %zu of %zu elements out of tolerance (%zu non-finite); worst at %zu: gpu "
-                  "%.9g cpu %.9g; max|ref| %.3e",
-                  bad, ref.size(), nonfinite, worst, double(got[worst]), double(ref[worst]),
-                  ref_max);
-    detail += buf;
-  }
-  record(bad == 0, op, shape, detail);
-}
-
-/// Two GPU results that must agree bit for bit (reruns, in-place variants).
-void check_identical(const std::string& op, const std::string& shape, const std::vector<float>& a,
-                     const std::vector<float>& b) {
-  std::size_t diff = 0;
-  for (std::size_t i = 0; i < a.size() && i < b.size(); ++i)
-    if (std::memcmp(&a[i], &b[i], sizeof(float)) != 0) ++diff;
-  record(diff == 0 && a.size() == b.size(), op, shape,
-         std::to_string(diff) + " of " + std::to_string(a.size()) +
-             " elements differ (must be 0; sizes " + std::to_string(a.size()) + " and " +
-             std::to_string(b.size()) + ")");
-}
-
-template <typename T, typename A>
-DeviceBuffer<T> upload(Backend& be, const std::vector<T, A>& h) {
-  auto d = be.buffer<T>(h.size());
-  if (!h.empty())
-    SEQREC_CUDA_CHECK(
-        cudaMemcpyAsync(d.data(), h.data(), d.bytes(), cudaMemcpyHostToDevice, be.stream()));
-  be.synchronize();
-  return d;
-}
-
-/// Copies h into d starting at element `at` (d must be large enough).
-template <typename T, typename A>
-void upload_into(Backend& be, DeviceBuffer<T>& d, const std::vector<T, A>& h, std::size_t at = 0) {
-  if (!h.empty())
-    SEQREC_CUDA_CHECK(cudaMemcpyAsync(d.data() + at, h.data(), h.size() * sizeof(T),
-                                      cudaMemcpyHostToDevice, be.stream()));
-  be.synchronize();
-}
-
-template <typename T>
-std::vector<T> download(Backend& be, const DeviceBuffer<T>& d) {
-  std::vector<T> h(d.size());
-  if (!h.empty())
-    SEQREC_CUDA_CHECK(
-        cudaMemcpyAsync(h.data(), d.data(), d.bytes(), cudaMemcpyDeviceToHost, be.stream()));
-  be.synchronize();
-  return h;
-}
-
-std::vector<float> normal(Rng& rng, std::size_t n, double sd = 1.0, double mean = 0.0) {
-  std::vector<float> v(n);
-  for (auto& x : v) x = float(mean + sd * rng.normal());
-  return v;
-}
-
-std::string shape_str(std::initializer_list<std::pair<const char*, std::int64_t>> dims) {
-  std::string s;
-  for (const auto& [k, v] : dims) {
-    if (!s.empty()) s += ',';
-    s += k;
-    s += '=';
-    s += std::to_string(v);
-  }
-  return s;
-}
 
 /// Elements [lo, hi) of v.
 std::vector<float> slice(const std::vector<float>& v, std::size_t lo, std::size_t hi) {
@@ -331,15 +218,6 @@ void test_swiglu(Backend& be, Rng& rng, std::int64_t rows, std::int64_t f, std::
   check_identical("swiglu.dup.in_place", shape,
                   slice(download(be, ddup3), std::size_t(offset), std::size_t(offset + n)),
                   dup_gpu);
-}
-
-template <typename F>
-void guarded(const std::string& op, const std::string& shape, F&& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    record(false, op, shape, std::string("exception: ") + e.what());
-  }
 }
 
 }  // namespace

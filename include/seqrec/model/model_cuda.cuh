@@ -43,6 +43,7 @@
 #include <vector>
 
 #include "seqrec/backend/cuda.cuh"
+#include "seqrec/backend/gemm_cuda.cuh"
 #include "seqrec/model/model.hpp"
 #include "seqrec/ops/activation/swiglu_cuda.cuh"
 #include "seqrec/ops/attention/attention_cuda.cuh"

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "seqrec/backend/cuda.cuh"
+#include "seqrec/backend/gemm_cuda.cuh"
 
 namespace seqrec::cuda {
 

@@ -67,6 +67,7 @@
 #include <vector>
 
 #include "seqrec/backend/cuda.cuh"
+#include "seqrec/backend/gemm_cuda.cuh"
 #include "seqrec/core/error.hpp"
 #include "seqrec/model/parameter_store.hpp"
 #include "seqrec/model/shape.hpp"

@@ -143,7 +143,7 @@ inline void add_common_options(cxxopts::Options& o) {
     ("clip", "max gradient norm (0: off)", cxxopts::value<double>()->default_value("1.0"))
     ("seed", "seed of initialisation, batch order and dropout", cxxopts::value<std::uint64_t>()->default_value("42"))
     ("threads", "CPU threads (0: all cores)", cxxopts::value<int>()->default_value("0"))
-    ("device", "cpu, cuda or cuda:N (needs a build with CUDA; every variant but MoE)",
+    ("device", "cpu, cuda or cuda:N (needs a build with CUDA)",
      cxxopts::value<std::string>()->default_value("cpu"))
     ("bf16", "cuda: bf16 GEMM operands with fp32 accumulation (default fp32 throughout)")
     ("eval-every", "validate every N epochs (0: at the end only)", cxxopts::value<std::int32_t>()->default_value("1"))
@@ -419,7 +419,8 @@ RunResult run_variant(const RunOptions& ro, const LoadedData& d, std::uint64_t s
     } else {
       throw InputError("--device", 0,
                        "variant '" + Cfg::describe() +
-                           "' has no CUDA implementation yet (ffn::MoE is CPU-only); use "
+                           "' has no CUDA implementation (kCudaImplements in "
+                           "model/device_model.hpp lists the policies the CUDA model runs); use "
                            "--device cpu",
                        "cuda");
     }

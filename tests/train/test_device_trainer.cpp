@@ -89,7 +89,10 @@ static_assert(DeviceResident<SimDevice<OursConfig>>);
 static_assert(!DeviceResident<Model<OursConfig, cpu::Backend>>);
 static_assert(kCudaImplements<SasRecConfig> && kCudaImplements<OursConfig>);
 static_assert(kCudaImplements<SasRecLayerNormConfig> && kCudaImplements<GatedConfig>);
-static_assert(!kCudaImplements<MoeConfig>);
+static_assert(kCudaImplements<MoeConfig>);
+// MoE experts other than the SiLU MLP have no CUDA layer.
+static_assert(!kCudaImplements<
+              Config<pos::RoPE, norm::RMSNorm, ffn::MoE<4, 2, ffn::GatedMlp>, init::Normal>>);
 
 struct Fixture {
   data::Dataset dataset;

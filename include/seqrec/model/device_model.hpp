@@ -32,6 +32,14 @@
 
 namespace seqrec {
 
+namespace detail {
+/// MoE of SiLU MLP experts (the CUDA model runs it through cuda::MoeLayer).
+template <typename F>
+inline constexpr bool kCudaMoe = false;
+template <int E, int K>
+inline constexpr bool kCudaMoe<policy::ffn::MoE<E, K, policy::ffn::Mlp<ops::Silu>>> = true;
+}  // namespace detail
+
 /// Whether Model<Cfg, cuda::Backend> implements Cfg's policies (model_cuda.cuh static_asserts
 /// on the same test). Host code uses it to refuse `--device cuda` for a variant the CUDA backend
 /// lacks, with a message instead of a link error.
@@ -47,7 +55,7 @@ inline constexpr bool kCudaImplements = [] {
   // MoE is CPU-only.
   constexpr bool ffn = std::is_same_v<F, policy::ffn::Mlp<ops::Relu>> ||
                        std::is_same_v<F, policy::ffn::Mlp<ops::Silu>> ||
-                       std::is_same_v<F, policy::ffn::GatedMlp>;
+                       std::is_same_v<F, policy::ffn::GatedMlp> || detail::kCudaMoe<F>;
   return pos && norm && ffn;
 }();
 

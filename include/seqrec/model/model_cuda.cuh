@@ -53,6 +53,7 @@
 #include "seqrec/ops/elementwise/rows_cuda.cuh"
 #include "seqrec/ops/embedding/embedding_cuda.cuh"
 #include "seqrec/ops/layernorm/layernorm_cuda.cuh"
+#include "seqrec/ops/moe/moe_cuda.cuh"
 #include "seqrec/ops/rmsnorm/rmsnorm_cuda.cuh"
 #include "seqrec/ops/rope/rope_cuda.cuh"
 #include "seqrec/train/adamw.hpp"
@@ -80,14 +81,36 @@ inline constexpr CudaNorm kCudaNorm<policy::norm::RMSNorm> = CudaNorm::RMSNorm;
 template <>
 inline constexpr CudaNorm kCudaNorm<policy::norm::LayerNorm> = CudaNorm::LayerNorm;
 
-/// Feed-forward family: Mlp (fc1, act, fc2, with biases; `act` says which activation) or
-/// Gated (GatedMlp: gate, up, down, no biases; `act` unused).
-enum class CudaFfnKind { Unsupported, Mlp, Gated };
+/// Feed-forward family: Mlp (fc1, act, fc2, with biases; `act` says which activation), Gated
+/// (GatedMlp: gate, up, down, no biases; `act` unused) or Moe (MoE of SiLU MLP experts, run by
+/// cuda::MoeLayer; `Layer` is its type).
+enum class CudaFfnKind { Unsupported, Mlp, Gated, Moe };
 template <typename P>
 struct CudaFfn {
   static constexpr bool supported = false;
   static constexpr CudaFfnKind kind = CudaFfnKind::Unsupported;
   static constexpr cuda::Activation act = cuda::Activation::Relu;
+};
+template <int E, int K>
+struct CudaFfn<policy::ffn::MoE<E, K, policy::ffn::Mlp<ops::Silu>>> {
+  static constexpr bool supported = true;
+  static constexpr CudaFfnKind kind = CudaFfnKind::Moe;
+  static constexpr cuda::Activation act = cuda::Activation::Silu;
+};
+
+/// The device layer of an MoE block (cuda::MoeLayer), or an inert stand-in for the other
+/// feed-forward policies (the model then holds none).
+struct NoMoeLayer {
+  double aux_loss() const { return 0.0; }
+  std::vector<double> take_expert_shares() { return {}; }
+};
+template <typename P>
+struct CudaMoeLayerOf {
+  using type = NoMoeLayer;
+};
+template <int E, int K>
+struct CudaMoeLayerOf<policy::ffn::MoE<E, K, policy::ffn::Mlp<ops::Silu>>> {
+  using type = cuda::MoeLayer<E, K>;
 };
 template <>
 struct CudaFfn<policy::ffn::Mlp<ops::Relu>> {
@@ -118,9 +141,9 @@ class Model<Cfg, cuda::Backend> {
                 "Model<Cfg, cuda::Backend>: unsupported normalisation policy; the CUDA backend "
                 "implements norm::RMSNorm and norm::LayerNorm");
   static_assert(detail::CudaFfn<typename Cfg::FeedForward>::supported,
-                "Model<Cfg, cuda::Backend>: unsupported feed-forward policy (ffn::MoE is "
-                "CPU-only); the CUDA backend implements ffn::ReluMlp, ffn::SiluMlp and "
-                "ffn::GatedMlp");
+                "Model<Cfg, cuda::Backend>: unsupported feed-forward policy; the CUDA backend "
+                "implements ffn::ReluMlp, ffn::SiluMlp, ffn::GatedMlp and ffn::MoE of SiLU MLP "
+                "experts");
   // The stats buffers are sized from the policy; the kernels write 1 (RMSNorm: rstd) or 2
   // (LayerNorm: mean, rstd) floats per row.
   static_assert(Cfg::Normalization::stats_per_row ==
@@ -169,6 +192,8 @@ class Model<Cfg, cuda::Backend> {
         b.down_w = store_.find(p + ".ffn.down.weight");
         SEQREC_CHECK(store_.entry(b.gate_w).shape == std::vector<std::int64_t>({ffn_inner_, D}),
                      "Model<Cfg, cuda::Backend>: GatedMlp inner width differs from the CPU's");
+      } else if constexpr (kFfn == detail::CudaFfnKind::Moe) {
+        moe_.push_back(std::make_unique<MoeLayer>(store_, p + ".ffn", shape_));
       } else {
         b.fc1_w = store_.find(p + ".ffn.fc1.weight");
         b.fc1_b = store_.find(p + ".ffn.fc1.bias");
@@ -290,10 +315,20 @@ class Model<Cfg, cuda::Backend> {
     return (count ? loss / double(count) : 0.0) + aux_loss();
   }
 
-  /// No feed-forward policy of the CUDA model has an auxiliary loss.
-  double aux_loss() const { return 0.0; }
-  /// No MoE on the CUDA model: always empty.
-  std::vector<std::vector<double>> take_expert_shares() const { return {}; }
+  /// The MoE blocks' auxiliary losses (balance + router z-loss) of the last forward; 0 for the
+  /// other feed-forward policies.
+  double aux_loss() const {
+    double a = 0;
+    for (const auto& m : moe_) a += m->aux_loss();
+    return a;
+  }
+  /// MoE: per block, each expert's share of the routed (token, slot) pairs since the last call
+  /// (resets); empty for the other feed-forward policies.
+  std::vector<std::vector<double>> take_expert_shares() {
+    std::vector<std::vector<double>> out;
+    for (auto& m : moe_) out.push_back(m->take_expert_shares());
+    return out;
+  }
 
   /// Inference: HOST scores (B, I) of every item for the position after the last token of each
   /// row of the HOST inputs (B, L).
@@ -317,6 +352,7 @@ class Model<Cfg, cuda::Backend> {
   static constexpr std::int64_t kStatsPerRow = Cfg::Normalization::stats_per_row;
   static constexpr detail::CudaFfnKind kFfn = detail::CudaFfn<typename Cfg::FeedForward>::kind;
   static constexpr cuda::Activation kAct = detail::CudaFfn<typename Cfg::FeedForward>::act;
+  using MoeLayer = typename detail::CudaMoeLayerOf<typename Cfg::FeedForward>::type;
 
   /// A norm's parameters: the gain, and for LayerNorm the bias (unset for RMSNorm).
   struct NormIds {
@@ -441,10 +477,14 @@ class Model<Cfg, cuda::Backend> {
     cuda::gemm_rm(*be_, true, false, out, in, n, 1.f, dy, out, x, in, 1.f, dw, in);
   }
 
-  /// tmp_ (N, D) = ffn(a2) for block `blk`, saving what ffn_backward needs in c.
-  void ffn_forward(const Block& blk, BlockCache& c, std::int64_t n, std::int64_t d) {
+  /// tmp_ (N, D) = ffn(a2) for block l (`blk`), saving what ffn_backward needs in c (MoE: in
+  /// its layer).
+  void ffn_forward(std::size_t l, const Block& blk, BlockCache& c, std::int64_t n, std::int64_t d) {
     const std::int64_t F = ffn_inner_;
-    if constexpr (kFfn == detail::CudaFfnKind::Gated) {
+    if constexpr (kFfn == detail::CudaFfnKind::Moe) {
+      // As MoE::Layer::forward, with the padding mask for the auxiliary losses.
+      moe_[l]->forward(*be_, values_.data(), c.a2.data(), tmp_.data(), n, valid_.data());
+    } else if constexpr (kFfn == detail::CudaFfnKind::Gated) {
       // As GatedMlp::Layer::forward: gate = a2·Wgᵀ, up = a2·Wuᵀ, act = silu(gate) ⊙ up,
       // y = act·Wdᵀ; no biases.
       ensure(c.gate, n * F);
@@ -465,9 +505,14 @@ class Model<Cfg, cuda::Backend> {
   }
   /// dx (N, D) overwritten = d loss / d a2 from dy (N, D) = d loss / d ffn output; the FFN's
   /// parameter gradients accumulated. dy is not modified.
-  void ffn_backward(const Block& blk, const BlockCache& c, const float* dy, float* dx,
-                    std::int64_t n, std::int64_t d) {
+  void ffn_backward(std::size_t l, const Block& blk, const BlockCache& c, const float* dy,
+                    float* dx, std::int64_t n, std::int64_t d) {
     const std::int64_t F = ffn_inner_;
+    if constexpr (kFfn == detail::CudaFfnKind::Moe) {
+      // Includes the router gradient of the auxiliary losses, as the CPU layer's backward does.
+      moe_[l]->backward(*be_, values_.data(), grads_.data(), c.a2.data(), dy, dx, n);
+      return;
+    }
     ensure(dact_, n * F);
     if constexpr (kFfn == detail::CudaFfnKind::Gated) {
       // As GatedMlp::Layer::backward: d(act) = dy·Wd (dWd += dyᵀ·act); then in place
@@ -533,6 +578,16 @@ class Model<Cfg, cuda::Backend> {
                                       cudaMemcpyHostToDevice, be_->stream()));
     choose_rows(tokens, targets, N);
     const std::int64_t M = rows_n_;
+    if constexpr (kFfn == detail::CudaFfnKind::Moe) {
+      // The MoE auxiliary losses count real (non-padding) rows, as on the CPU.
+      valid_host_.resize(static_cast<std::size_t>(M));
+      for (std::int64_t i = 0; i < M; ++i)
+        valid_host_[i] = tokens[packed_ ? rows_host_[i] : i] != kPadToken;
+      ensure(valid_, std::max<std::int64_t>(M, 1));
+      if (M > 0)
+        SEQREC_CUDA_CHECK(cudaMemcpyAsync(valid_.data(), valid_host_.data(), M,
+                                          cudaMemcpyHostToDevice, be_->stream()));
+    }
     resid_.resize(blocks_.size() + 1);
     for (auto& r : resid_) ensure(r, M * D);
     caches_.resize(blocks_.size());
@@ -587,7 +642,7 @@ class Model<Cfg, cuda::Backend> {
       cuda::dropout_add(*be_, c.x_mid.data(), x_in, tmp_.data(), M * D, p, key, rmap, D);
       // x_out = x_mid + drop(ffn(norm2(x_mid)))
       norm_forward(blk.norm2, c.x_mid.data(), c.a2.data(), c.stats2.data(), M, D, eps);
-      ffn_forward(blk, c, M, D);  // → tmp_
+      ffn_forward(l, blk, c, M, D);  // → tmp_
       cuda::dropout_add(*be_, resid_[l + 1].data(), c.x_mid.data(), tmp_.data(), M * D, p,
                         mix64(key ^ 0x5bd1e995), rmap, D);
     }
@@ -613,7 +668,7 @@ class Model<Cfg, cuda::Backend> {
       const std::uint64_t key = attn_key(last_key_, li);
       // x_out = x_mid + drop(ffn(norm2(x_mid)))
       cuda::dropout_backward(*be_, dx, dbranch, M * D, p, mix64(key ^ 0x5bd1e995), rmap, D);
-      ffn_backward(blk, c, dbranch, tmp, M, D);
+      ffn_backward(li, blk, c, dbranch, tmp, M, D);
       norm_backward(blk.norm2, c.x_mid.data(), c.stats2.data(), tmp, dbranch, M, D);
       cuda::add_into(*be_, dx, dbranch, M * D);  // dx is now d x_mid
       // x_mid = x_in + drop(Wo · attn(rope(Wqkv · norm1(x_in))))
@@ -678,6 +733,11 @@ class Model<Cfg, cuda::Backend> {
   std::vector<std::int32_t> rows_host_, targets_host_;
   cuda::DeviceBuffer<std::int32_t> rows_;
   cuda::DeviceBuffer<float> full_, qkv_packed_;
+  // MoE: one device layer per block (it keeps its own activations), and the padding mask of the
+  // computed rows.
+  std::vector<std::unique_ptr<MoeLayer>> moe_;
+  std::vector<std::uint8_t> valid_host_;
+  cuda::DeviceBuffer<std::uint8_t> valid_;
   double last_p_ = 0.0;
   std::uint64_t last_key_ = 0;
 };

@@ -22,6 +22,7 @@
 #include "seqrec/eval/baselines.hpp"
 #include "seqrec/eval/evaluator.hpp"
 #include "seqrec/eval/metrics.hpp"
+#include "seqrec/eval/recommend.hpp"
 #include "seqrec/io/atomic_file.hpp"
 #include "seqrec/io/checkpoint.hpp"
 #include "seqrec/io/npy.hpp"

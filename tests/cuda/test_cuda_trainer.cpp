@@ -12,6 +12,11 @@
 //   valid.mrr    validation MRR@10 within noise (above)
 //   checkpoint   a checkpoint written from the GPU model loads into a CPU model whose scores
 //                for 16 users match the GPU's: rtol 1e-3 of max|score| (fp32) / 3e-2 (bf16)
+//   ranks        eval::rank_cases through the device (rank_last: cuda::target_rank) equals the
+//                host path on the same model's downloaded scores, exactly (integers)
+//   recommend    eval::recommend through the device (top_k_last: cuda::topk_rows, with history
+//                exclusion by over-fetch) equals the host selection on the downloaded scores,
+//                exactly (items and score bits)
 // Prints PASS/FAIL lines and a summary; exits 0 iff all pass, 77 (ctest: skipped) when no GPU
 // answers.
 #include <fmt/format.h>
@@ -20,6 +25,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <seqrec/model.hpp>
 #include <seqrec/model/device_model.hpp>
@@ -75,6 +81,49 @@ Setup make_setup() {
   return s;
 }
 
+/// The device model seen through score_last only: evaluation and recommend take their host
+/// paths on exactly the scores the device computes.
+template <typename Cfg>
+struct HostView {
+  using T = float;
+  DeviceModel<Cfg>& m;
+  const ModelShape& shape() const { return m.shape(); }
+  std::int32_t num_items() const { return m.num_items(); }
+  void score_last(const std::int32_t* in, std::int32_t b, std::int32_t l, float* s) {
+    m.score_last(in, b, l, s);
+  }
+};
+
+template <typename Cfg>
+void check_in_place_paths(const std::string& tag, DeviceModel<Cfg>& dm, const Setup& s) {
+  HostView<Cfg> host{dm};
+  for (bool exclude : {false, true}) {
+    eval::EvalOptions eo;
+    eo.exclude_history = exclude;
+    const auto a = eval::rank_cases(dm, s.split.valid, eo);
+    const auto b = eval::rank_cases(host, s.split.valid, eo);
+    std::size_t diff = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) diff += a[i] != b[i];
+    record(diff == 0 && a.size() == b.size(),
+           tag + " ranks" + (exclude ? " (exclude history)" : ""),
+           fmt::format("{} of {} ranks differ (must be 0)", diff, a.size()));
+  }
+  std::vector<std::vector<std::int32_t>> hist;
+  for (std::size_t u = 0; u < 300 && u < s.split.valid.size(); ++u)
+    hist.push_back(s.split.valid[u].history);
+  for (int k : {1, 10, 100}) {
+    const auto a = eval::recommend(dm, std::span(hist), k);
+    const auto b = eval::recommend(host, std::span(hist), k);
+    std::size_t diff = 0;
+    for (std::size_t u = 0; u < a.size(); ++u)
+      diff += a[u].items != b[u].items ||
+              std::memcmp(a[u].scores.data(), b[u].scores.data(),
+                          sizeof(float) * std::min(a[u].scores.size(), b[u].scores.size())) != 0;
+    record(diff == 0, tag + " recommend k=" + std::to_string(k),
+           fmt::format("{} of {} users' lists differ (must be 0)", diff, a.size()));
+  }
+}
+
 template <typename Cfg>
 void run_config(const std::string& name, const Setup& s) {
   cpu::Backend be(0);
@@ -105,6 +154,7 @@ void run_config(const std::string& name, const Setup& s) {
                                       (bf16 ? "_bf16" : "_fp32") + ".safetensors");
     o.checkpoint = ck.string();
     const auto r = train::train(dm, s.split, o);
+    check_in_place_paths(tag, dm, s);
     check_rel(tag + " step1.loss", r.step_losses.front(), ref.step_losses.front(),
               bf16 ? 2e-2 : 1e-4);
     check_rel(tag + " final.loss", r.epochs.back().loss, ref.epochs.back().loss,

@@ -25,6 +25,13 @@ struct EvalOptions {
   std::int32_t window = 0;  // tokens of history fed to the model; 0: the model's max_len
 };
 
+/// A model that ranks targets where its scores are (a device model): rank_cases then sends
+/// targets and exclusions instead of fetching (B, I) scores.
+template <typename M>
+concept RanksInPlace = requires(M& m, const std::int32_t* p, std::int64_t* r) {
+  m.rank_last(p, std::int32_t{1}, std::int32_t{1}, p, p, p, r);
+};
+
 /// The pessimistic rank of every case's target.
 template <typename Model>
 std::vector<std::int64_t> rank_cases(Model& model, std::span<const data::EvalCase> cases,
@@ -37,12 +44,29 @@ std::vector<std::int64_t> rank_cases(Model& model, std::span<const data::EvalCas
   std::vector<std::int32_t> inputs;
   AlignedVector<T> scores;
   std::vector<std::int64_t> excluded;
+  std::vector<std::int32_t> targets, offsets, items;  // RanksInPlace: per batch, CSR exclusions
   for (std::size_t c0 = 0; c0 < cases.size(); c0 += static_cast<std::size_t>(opt.batch)) {
     const std::int32_t B =
         static_cast<std::int32_t>(std::min<std::size_t>(opt.batch, cases.size() - c0));
     inputs.assign(static_cast<std::size_t>(B) * L, data::Vocabulary::kPad);
     for (std::int32_t b = 0; b < B; ++b)
       data::make_eval_row(cases[c0 + b].history, L, inputs.data() + std::int64_t{b} * L);
+    if constexpr (RanksInPlace<Model>) {
+      targets.clear();
+      offsets.assign(1, 0);
+      items.clear();
+      for (std::int32_t b = 0; b < B; ++b) {
+        const auto& ec = cases[c0 + b];
+        targets.push_back(ec.target - first_item);
+        if (opt.exclude_history)
+          for (std::int32_t t : ec.history) items.push_back(t - first_item);
+        offsets.push_back(static_cast<std::int32_t>(items.size()));
+      }
+      model.rank_last(inputs.data(), B, L, targets.data(),
+                      opt.exclude_history ? offsets.data() : nullptr, items.data(),
+                      ranks.data() + c0);
+      continue;
+    }
     scores.resize(static_cast<std::size_t>(B * I));
     model.score_last(inputs.data(), B, L, scores.data());
     for (std::int32_t b = 0; b < B; ++b) {

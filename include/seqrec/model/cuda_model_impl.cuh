@@ -56,6 +56,15 @@ class DeviceModelImpl final : public DeviceModelBase {
                   float* scores) override {
     model_.score_last(inputs, batch, len, scores);
   }
+  void rank_last(const std::int32_t* inputs, std::int32_t batch, std::int32_t len,
+                 const std::int32_t* targets, const std::int32_t* excl_offsets,
+                 const std::int32_t* excl_items, std::int64_t* ranks) override {
+    model_.rank_last(inputs, batch, len, targets, excl_offsets, excl_items, ranks);
+  }
+  void top_k_last(const std::int32_t* inputs, std::int32_t batch, std::int32_t len, int k,
+                  std::int32_t* items, float* scores) override {
+    model_.top_k_last(inputs, batch, len, k, items, scores);
+  }
   std::vector<std::vector<double>> take_expert_shares() override {
     return model_.take_expert_shares();
   }

@@ -96,6 +96,11 @@ class DeviceModelBase {
                       std::int32_t len, std::uint64_t dropout_key) = 0;
   virtual void score_last(const std::int32_t* inputs, std::int32_t batch, std::int32_t len,
                           float* scores) = 0;
+  virtual void rank_last(const std::int32_t* inputs, std::int32_t batch, std::int32_t len,
+                         const std::int32_t* targets, const std::int32_t* excl_offsets,
+                         const std::int32_t* excl_items, std::int64_t* ranks) = 0;
+  virtual void top_k_last(const std::int32_t* inputs, std::int32_t batch, std::int32_t len, int k,
+                          std::int32_t* items, float* scores) = 0;
   virtual std::vector<std::vector<double>> take_expert_shares() = 0;
 };
 
@@ -150,6 +155,18 @@ class DeviceModel {
   }
   void score_last(const std::int32_t* inputs, std::int32_t batch, std::int32_t len, T* scores) {
     impl_->score_last(inputs, batch, len, scores);
+  }
+  /// Pessimistic ranks of target item columns, computed where the scores are (see
+  /// Model<Cfg, cuda::Backend>::rank_last); eval::rank_cases uses it.
+  void rank_last(const std::int32_t* inputs, std::int32_t batch, std::int32_t len,
+                 const std::int32_t* targets, const std::int32_t* excl_offsets,
+                 const std::int32_t* excl_items, std::int64_t* ranks) {
+    impl_->rank_last(inputs, batch, len, targets, excl_offsets, excl_items, ranks);
+  }
+  /// The k best item columns per row, computed where the scores are; eval::recommend uses it.
+  void top_k_last(const std::int32_t* inputs, std::int32_t batch, std::int32_t len, int k,
+                  std::int32_t* items, T* scores) {
+    impl_->top_k_last(inputs, batch, len, k, items, scores);
   }
   std::vector<std::vector<double>> take_expert_shares() { return impl_->take_expert_shares(); }
 

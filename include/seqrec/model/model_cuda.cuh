@@ -56,6 +56,7 @@
 #include "seqrec/ops/moe/moe_cuda.cuh"
 #include "seqrec/ops/rmsnorm/rmsnorm_cuda.cuh"
 #include "seqrec/ops/rope/rope_cuda.cuh"
+#include "seqrec/ops/topk/topk_cuda.cuh"
 #include "seqrec/train/adamw.hpp"
 #include "seqrec/train/adamw_cuda.cuh"
 
@@ -333,16 +334,69 @@ class Model<Cfg, cuda::Backend> {
   /// Inference: HOST scores (B, I) of every item for the position after the last token of each
   /// row of the HOST inputs (B, L).
   void score_last(const std::int32_t* inputs, std::int32_t batch, std::int32_t len, T* scores) {
-    forward(inputs, batch, len, 0);
-    const std::int64_t D = shape_.dim, I = num_items(), B = batch, L = len;
-    if (B == 0) return;
-    ensure(scores_, B * I);
-    // Rows L−1 of each sequence are rows of h_ with stride L·D: the GEMM reads them in place.
-    cuda::gemm_rm(*be_, false, true, B, I, D, 1.f, h_.data() + (L - 1) * D, L * D,
-                  value(item_emb_) + kNumSpecialTokens * D, D, 0.f, scores_.data(), I,
-                  cuda::WeightOperand::B);
+    if (batch == 0) return;
+    scores_last_on_device(inputs, batch, len);
+    const std::int64_t B = batch, I = num_items();
     SEQREC_CUDA_CHECK(cudaMemcpyAsync(scores, scores_.data(), sizeof(T) * B * I,
                                       cudaMemcpyDeviceToHost, be_->stream()));
+    be_->synchronize();
+  }
+
+  /// Evaluation without moving scores to the host: the pessimistic rank (eval::pessimistic_rank,
+  /// 1 = best) of target item column targets[b] among all items for row b of the HOST inputs,
+  /// optionally excluding item columns excl_items[excl_offsets[b] … excl_offsets[b+1]) (HOST
+  /// CSR; null: none). ranks (B) is HOST memory.
+  void rank_last(const std::int32_t* inputs, std::int32_t batch, std::int32_t len,
+                 const std::int32_t* targets, const std::int32_t* excl_offsets,
+                 const std::int32_t* excl_items, std::int64_t* ranks) {
+    if (batch == 0) return;
+    scores_last_on_device(inputs, batch, len);
+    const std::int64_t B = batch, I = num_items();
+    ensure(rank_i32_, 3 * B + 1);  // targets (B), ranks (B), offsets (B + 1)
+    std::int32_t* d_targets = rank_i32_.data();
+    std::int32_t* d_ranks = d_targets + B;
+    std::int32_t* d_offsets = d_ranks + B;
+    SEQREC_CUDA_CHECK(cudaMemcpyAsync(d_targets, targets, sizeof(std::int32_t) * B,
+                                      cudaMemcpyHostToDevice, be_->stream()));
+    const std::int32_t* d_items = nullptr;
+    if (excl_offsets != nullptr) {
+      SEQREC_CUDA_CHECK(cudaMemcpyAsync(d_offsets, excl_offsets, sizeof(std::int32_t) * (B + 1),
+                                        cudaMemcpyHostToDevice, be_->stream()));
+      const std::int64_t ne = excl_offsets[B];
+      ensure(excl_, std::max<std::int64_t>(ne, 1));
+      if (ne > 0)
+        SEQREC_CUDA_CHECK(cudaMemcpyAsync(excl_.data(), excl_items, sizeof(std::int32_t) * ne,
+                                          cudaMemcpyHostToDevice, be_->stream()));
+      d_items = excl_.data();
+    }
+    cuda::target_rank(*be_, scores_.data(), d_targets, B, I, d_ranks,
+                      excl_offsets != nullptr ? d_offsets : nullptr, d_items);
+    std::vector<std::int32_t> r(static_cast<std::size_t>(B));
+    SEQREC_CUDA_CHECK(cudaMemcpyAsync(r.data(), d_ranks, sizeof(std::int32_t) * B,
+                                      cudaMemcpyDeviceToHost, be_->stream()));
+    be_->synchronize();
+    for (std::int64_t b = 0; b < B; ++b) ranks[b] = r[static_cast<std::size_t>(b)];
+  }
+
+  /// Inference top k: for each row of the HOST inputs the k best item columns (HOST items (B, k))
+  /// and their scores (HOST scores (B, k), may be null), best first, ties to the lower column.
+  /// 1 <= k <= num_items().
+  void top_k_last(const std::int32_t* inputs, std::int32_t batch, std::int32_t len, int k,
+                  std::int32_t* items, T* scores) {
+    SEQREC_CHECK(k >= 1 && k <= num_items(), "top_k_last: k must be in [1, " +
+                                                 std::to_string(num_items()) + "], got " +
+                                                 std::to_string(k));
+    if (batch == 0) return;
+    scores_last_on_device(inputs, batch, len);
+    const std::int64_t B = batch, I = num_items();
+    ensure(topk_idx_, B * k);
+    ensure(topk_val_, B * k);
+    cuda::topk_rows(*be_, scores_.data(), B, I, k, topk_idx_.data(), topk_val_.data());
+    SEQREC_CUDA_CHECK(cudaMemcpyAsync(items, topk_idx_.data(), sizeof(std::int32_t) * B * k,
+                                      cudaMemcpyDeviceToHost, be_->stream()));
+    if (scores != nullptr)
+      SEQREC_CUDA_CHECK(cudaMemcpyAsync(scores, topk_val_.data(), sizeof(T) * B * k,
+                                        cudaMemcpyDeviceToHost, be_->stream()));
     be_->synchronize();
   }
 
@@ -443,6 +497,18 @@ class Model<Cfg, cuda::Backend> {
   }
   void check_tokens(const std::int32_t* tokens, std::int32_t batch, std::int32_t len) const {
     detail::check_model_input(shape_, Cfg::Position::extrapolates, tokens, batch, len);
+  }
+
+  /// scores_ (B, I) on the device: every item's score for the position after the last token of
+  /// each row (forward without dropout, full layout).
+  void scores_last_on_device(const std::int32_t* inputs, std::int32_t batch, std::int32_t len) {
+    forward(inputs, batch, len, 0);
+    const std::int64_t D = shape_.dim, I = num_items(), B = batch, L = len;
+    ensure(scores_, B * I);
+    // Rows L−1 of each sequence are rows of h_ with stride L·D: the GEMM reads them in place.
+    cuda::gemm_rm(*be_, false, true, B, I, D, 1.f, h_.data() + (L - 1) * D, L * D,
+                  value(item_emb_) + kNumSpecialTokens * D, D, 0.f, scores_.data(), I,
+                  cuda::WeightOperand::B);
   }
 
   /// linear layer: y (N, out) = x (N, in) · Wᵀ + b, W (out, in).
@@ -736,6 +802,9 @@ class Model<Cfg, cuda::Backend> {
   // MoE: one device layer per block (it keeps its own activations), and the padding mask of the
   // computed rows.
   std::vector<std::unique_ptr<MoeLayer>> moe_;
+  // Evaluation and inference on the device: targets/ranks/offsets, exclusions, top-k outputs.
+  cuda::DeviceBuffer<std::int32_t> rank_i32_, excl_, topk_idx_;
+  cuda::DeviceBuffer<float> topk_val_;
   std::vector<std::uint8_t> valid_host_;
   cuda::DeviceBuffer<std::uint8_t> valid_;
   double last_p_ = 0.0;

@@ -71,8 +71,8 @@ static __global__ void cross_entropy_scatter_kernel(const float* __restrict__ dh
 }
 
 /// One block per row of z (c, I), row stride ldz: loss[i] = logsumexp(z_i) − z_i[t_i]; when
-/// with_grad, z_i is overwritten with G_i = (softmax(z_i) − onehot(t_i)) · grad_scale, and when g16
-/// is not null G_i is also written there rounded to bf16 (same stride). target_items (c) in [0, I).
+/// with_grad, G_i = (softmax(z_i) − onehot(t_i)) · grad_scale is written over z_i, or, when g16 is
+/// not null, into g16 rounded to bf16 instead (same stride). target_items (c) in [0, I).
 static __global__ void cross_entropy_forward_backward_kernel(
     float* __restrict__ z, const std::int32_t* __restrict__ target_items, float* __restrict__ loss,
     std::int64_t items, std::int64_t ldz, float grad_scale, int with_grad,
@@ -94,8 +94,10 @@ static __global__ void cross_entropy_forward_backward_kernel(
   __nv_bfloat16* gr = g16 != nullptr ? g16 + static_cast<std::int64_t>(blockIdx.x) * ldz : nullptr;
   for (std::int64_t j = threadIdx.x; j < items; j += blockDim.x) {
     const float g = expf(zr[j] - lse) * grad_scale - (j == t ? grad_scale : 0.f);
-    zr[j] = g;
-    if (gr != nullptr) gr[j] = __float2bfloat16_rn(g);
+    if (gr != nullptr)
+      gr[j] = __float2bfloat16_rn(g);  // the GEMMs read only the bf16 copy
+    else
+      zr[j] = g;
   }
 }
 

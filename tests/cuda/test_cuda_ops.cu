@@ -22,6 +22,7 @@
 
 #include "cuda_check.cuh"
 #include "seqrec/backend/cuda.cuh"
+#include "seqrec/backend/gemm_cuda.cuh"
 #include "seqrec/core/random.hpp"
 #include "seqrec/model/parameter_store.hpp"
 #include "seqrec/ops/attention/attention_cpu.hpp"
@@ -235,6 +236,40 @@ void test_packed_rows(Backend& be, Rng& rng, std::int64_t n, std::int64_t w) {
   check("dropout_backward.packed", shape, download(be, dout_packed), want, 0.0, 0.0);
 }
 
+// ---- GEMM with bias ----------------------------------------------------------------------------
+/// gemm_rm's bias (fused into cuBLASLt's epilogue when 16-byte aligned, else added by a kernel)
+/// against a double-precision loop, both transposes of B, fp32 and bf16. fp32: K-term sums in
+/// another order, rtol 1e-4 / atol 1e-5 of max as elsewhere; bf16: operands rounded to 8-bit
+/// mantissas, rtol 3e-2 / atol 1e-2 of max (as the cross-entropy's GEMMs).
+void test_gemm_bias(Backend& be, Rng& rng, std::int64_t M, std::int64_t N, std::int64_t K,
+                    bool bf16) {
+  for (bool aligned : {true, false}) {
+    const std::string shape = shape_str({{"M", M}, {"N", N}, {"K", K}}) +
+                              (aligned ? " bias-aligned" : " bias-offset") + (bf16 ? " bf16" : "");
+    auto a = normal(rng, M * K), w = normal(rng, N * K, 1.0 / std::sqrt(double(K)));
+    auto bias = normal(rng, N + 1);
+    std::vector<float> ref(M * N);
+    const std::size_t off = aligned ? 0 : 1;  // +4 bytes: not 16-byte aligned
+    for (std::int64_t i = 0; i < M; ++i)
+      for (std::int64_t j = 0; j < N; ++j) {
+        double acc = bias[off + j];
+        for (std::int64_t k = 0; k < K; ++k) acc += double(a[i * K + k]) * double(w[j * K + k]);
+        ref[i * N + j] = float(acc);
+      }
+    auto da = upload(be, a), dw = upload(be, w), db = upload(be, bias);
+    auto dc = be.buffer<float>(M * N);
+    be.set_bf16(bf16);
+    struct Restore {
+      Backend& be;
+      ~Restore() { be.set_bf16(false); }
+    } restore{be};
+    // y = a · wᵀ + b, the linear layer's forward (w a weight operand).
+    seqrec::cuda::gemm_rm(be, false, true, M, N, K, 1.f, da.data(), K, dw.data(), K, 0.f, dc.data(),
+                          N, seqrec::cuda::WeightOperand::B, db.data() + off);
+    check("gemm_rm.bias", shape, download(be, dc), ref, bf16 ? 3e-2 : 1e-4, bf16 ? 1e-2 : 1e-5);
+  }
+}
+
 // ---- Attention ----------------------------------------------------------------------------------
 void test_attention(Backend& be, Rng& rng, std::int64_t B, std::int64_t L, std::int64_t D,
                     std::int64_t H) {
@@ -350,6 +385,12 @@ int main() {
         guarded("cross_entropy",
                 shape_str({{"N", n}, {"D", d}, {"I", i}, {"chunk", c}}) + (bf16 ? " bf16" : ""),
                 [&] { test_cross_entropy(be, rng, n, d, i, c, bf16); });
+
+    for (auto [m, n, k] :
+         {std::tuple<std::int64_t, std::int64_t, std::int64_t>{37, 29, 19}, {2048, 3072, 1024}})
+      for (bool bf16 : {false, true})
+        guarded("gemm_rm.bias", shape_str({{"M", m}, {"N", n}, {"K", k}}),
+                [&] { test_gemm_bias(be, rng, m, n, k, bf16); });
 
     for (auto [n, w] : {std::pair<std::int64_t, std::int64_t>{37, 5}, {20480, 1024}})
       guarded("packed_rows", shape_str({{"N", n}, {"W", w}}),

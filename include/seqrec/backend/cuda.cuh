@@ -298,10 +298,16 @@ class Backend {
 /// with op(X) = Xᵀ when trans_x. A is stored (M, K) row-major with leading dimension lda, or
 /// (K, M) when trans_a; likewise B is (K, N) or (N, K). cuBLASLt is column-major, so this computes
 /// Cᵀ = op(B)ᵀ · op(A)ᵀ, which reads the same memory.
-inline void gemm_lt(Backend& be, cudaDataType_t ab_type, bool trans_a, bool trans_b, std::int64_t M,
+///
+/// bias (N floats, device; may be null): when given and 16-byte aligned, cuBLASLt adds it to every
+/// row of C in the GEMM's epilogue (CUBLASLT_EPILOGUE_BIAS: in the column-major view the bias runs
+/// along the m = N dimension). Returns true iff it did; the caller adds a bias that was not fused
+/// (unaligned, or no algorithm with that epilogue).
+inline bool gemm_lt(Backend& be, cudaDataType_t ab_type, bool trans_a, bool trans_b, std::int64_t M,
                     std::int64_t N, std::int64_t K, float alpha, const void* A, std::int64_t lda,
-                    const void* B, std::int64_t ldb, float beta, float* C, std::int64_t ldc) {
-  if (M == 0 || N == 0) return;
+                    const void* B, std::int64_t ldb, float beta, float* C, std::int64_t ldc,
+                    const float* bias = nullptr) {
+  if (M == 0 || N == 0) return bias != nullptr;
   // Column-major problem: m = N, n = M, k = K; first operand is B, second is A.
   const cublasOperation_t opa = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cublasOperation_t opb = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -356,8 +362,29 @@ inline void gemm_lt(Backend& be, cudaDataType_t ab_type, bool trans_a, bool tran
       pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof(al_c)));
   cublasLtMatmulHeuristicResult_t heur{};
   int found = 0;
-  SEQREC_CUBLAS_CHECK(
-      cublasLtMatmulAlgoGetHeuristic(be.lt(), op, la, lb, lc, lc, pref, 1, &heur, &found));
+  bool fused = bias != nullptr && reinterpret_cast<std::uintptr_t>(bias) % 16 == 0;
+  if (fused) {
+    const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+    const cudaDataType_t bias_type = CUDA_R_32F;
+    SEQREC_CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+    SEQREC_CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    SEQREC_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                                                       &bias_type, sizeof(bias_type)));
+    const cublasStatus_t st =
+        cublasLtMatmulAlgoGetHeuristic(be.lt(), op, la, lb, lc, lc, pref, 1, &heur, &found);
+    if (st != CUBLAS_STATUS_SUCCESS || found == 0) {  // no algorithm with it: plain GEMM
+      fused = false;
+      found = 0;
+      const cublasLtEpilogue_t none = CUBLASLT_EPILOGUE_DEFAULT;
+      SEQREC_CUBLAS_CHECK(
+          cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &none, sizeof(none)));
+    }
+  }
+  if (!fused)
+    SEQREC_CUBLAS_CHECK(
+        cublasLtMatmulAlgoGetHeuristic(be.lt(), op, la, lb, lc, lc, pref, 1, &heur, &found));
   if (found == 0) {
     throw ::seqrec::Error(std::string("cuBLASLt found no ") +
                           (ab_type == CUDA_R_16BF ? "bf16" : "fp32") +
@@ -366,6 +393,7 @@ inline void gemm_lt(Backend& be, cudaDataType_t ab_type, bool trans_a, bool tran
   }
   SEQREC_CUBLAS_CHECK(cublasLtMatmul(be.lt(), op, &alpha, B, la, A, lb, &beta, C, lc, C, lc,
                                      &heur.algo, be.workspace(), ws, be.stream()));
+  return fused;
 }
 
 }  // namespace seqrec::cuda

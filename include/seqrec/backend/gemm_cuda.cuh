@@ -44,21 +44,48 @@ inline void cast_to_bf16(Backend& be, const float* src, std::int64_t rows, std::
   SEQREC_CUDA_CHECK_LAUNCH();
 }
 
+/// c (rows, cols) with leading dimension ldc += b (cols) on every row; grid-stride, no division
+/// per element beyond one row/column split.
+static __global__ void gemm_bias_add_kernel(float* __restrict__ c, std::int64_t ldc,
+                                            const float* __restrict__ b, std::int64_t rows,
+                                            std::int64_t cols) {
+  const std::int64_t total = rows * cols;
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t r = i / cols, j = i - r * cols;
+    c[r * ldc + j] += b[j];
+  }
+}
+
+/// The fallback of gemm_rm's bias: c (rows, cols), leading dimension ldc, += b on every row.
+inline void bias_add_strided(Backend& be, float* c, std::int64_t ldc, const float* b,
+                             std::int64_t rows, std::int64_t cols) {
+  const std::int64_t total = rows * cols;
+  if (total == 0) return;
+  const std::int64_t want = (total + 255) / 256;
+  gemm_bias_add_kernel<<<static_cast<unsigned>(std::min<std::int64_t>(want, 65535)), 256, 0,
+                         be.stream()>>>(c, ldc, b, rows, cols);
+  SEQREC_CUDA_CHECK_LAUNCH();
+}
+
 /// Which operand of gemm_rm is a weight (stable between weights_changed() calls), whose bf16
 /// copy the backend may cache in bf16 mode.
 enum class WeightOperand { None, A, B };
 
-/// Row-major GEMM on fp32 arrays, C (M, N) = alpha · op(A) · op(B) + beta · C (see gemm_lt for
-/// the layout). fp32 mode: fp32 throughout. bf16 mode: the operands are rounded to bf16 (weights
-/// once per version, from the backend's cache; activations into scratch buffers) and multiplied
-/// with fp32 accumulation into the fp32 C.
+/// Row-major GEMM on fp32 arrays, C (M, N) = alpha · op(A) · op(B) + beta · C [+ bias (N) on
+/// every row] (see gemm_lt for the layout). fp32 mode: fp32 throughout. bf16 mode: the operands
+/// are rounded to bf16 (weights once per version, from the backend's cache; activations into
+/// scratch buffers) and multiplied with fp32 accumulation into the fp32 C. The bias is added in
+/// cuBLASLt's epilogue where it can be (16-byte aligned, an algorithm exists), else by bias_add.
 inline void gemm_rm(Backend& be, bool trans_a, bool trans_b, std::int64_t M, std::int64_t N,
                     std::int64_t K, float alpha, const float* A, std::int64_t lda, const float* B,
                     std::int64_t ldb, float beta, float* C, std::int64_t ldc,
-                    WeightOperand weight = WeightOperand::None) {
+                    WeightOperand weight = WeightOperand::None, const float* bias = nullptr) {
   if (M == 0 || N == 0) return;
   if (!be.bf16()) {
-    gemm_lt(be, CUDA_R_32F, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    const bool fused = gemm_lt(be, CUDA_R_32F, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb,
+                               beta, C, ldc, bias);
+    if (bias != nullptr && !fused) bias_add_strided(be, C, ldc, bias, M, N);
     return;
   }
   // Stored shapes: A is (M, K) or (K, M) when transposed; B is (K, N) or (N, K).
@@ -79,8 +106,9 @@ inline void gemm_rm(Backend& be, bool trans_a, bool trans_b, std::int64_t M, std
   };
   const __nv_bfloat16* a16 = operand(A, a_rows, a_cols, lda, weight == WeightOperand::A, a_tmp);
   const __nv_bfloat16* b16 = operand(B, b_rows, b_cols, ldb, weight == WeightOperand::B, b_tmp);
-  gemm_lt(be, CUDA_R_16BF, trans_a, trans_b, M, N, K, alpha, a16, bf16_ld(a_cols), b16,
-          bf16_ld(b_cols), beta, C, ldc);
+  const bool fused = gemm_lt(be, CUDA_R_16BF, trans_a, trans_b, M, N, K, alpha, a16,
+                             bf16_ld(a_cols), b16, bf16_ld(b_cols), beta, C, ldc, bias);
+  if (bias != nullptr && !fused) bias_add_strided(be, C, ldc, bias, M, N);
 }
 
 }  // namespace seqrec::cuda

@@ -515,8 +515,7 @@ class Model<Cfg, cuda::Backend> {
   void linear_forward(const float* x, const float* w, const float* b, float* y, std::int64_t n,
                       std::int64_t in, std::int64_t out) {
     cuda::gemm_rm(*be_, false, true, n, out, in, 1.f, x, in, w, in, 0.f, y, out,
-                  cuda::WeightOperand::B);
-    cuda::bias_add(*be_, y, b, n, out);
+                  cuda::WeightOperand::B, b);  // bias in the GEMM's epilogue where possible
   }
   /// dx (N, in) = dy · W (overwritten); dW += dyᵀ · x; db += Σ_rows dy.
   void linear_backward(const float* x, const float* w, const float* dy, float* dx, float* dw,

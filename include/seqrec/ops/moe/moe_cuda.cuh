@@ -509,8 +509,7 @@ class MoeLayer {
       if (m == 0) continue;
       const Ids& id = experts_[e];
       gemm_rm(be, false, true, m, F, D, 1.f, xin_.data() + o * D, D, params_base + id.w1, D, 0.f,
-              pre_.data() + o * F, F, WeightOperand::B);
-      bias_add(be, pre_.data() + o * F, params_base + id.b1, m, F);
+              pre_.data() + o * F, F, WeightOperand::B, params_base + id.b1);
     }
     activation_forward<Activation::Silu>(be, pre_.data(), act_.data(), NK * F);
     for (int e = 0; e < E; ++e) {
@@ -518,8 +517,7 @@ class MoeLayer {
       if (m == 0) continue;
       const Ids& id = experts_[e];
       gemm_rm(be, false, true, m, D, F, 1.f, act_.data() + o * F, F, params_base + id.w2, F, 0.f,
-              yout_.data() + o * D, D, WeightOperand::B);
-      bias_add(be, yout_.data() + o * D, params_base + id.b2, m, D);
+              yout_.data() + o * D, D, WeightOperand::B, params_base + id.b2);
     }
 
     // 7. y[r] = Σ_k w_k · yout[pos[r, k]] in ascending expert order.

@@ -27,11 +27,6 @@ int main(int argc, char** argv) {
     const std::string init = a["init-checkpoint"].as<std::string>();
     if (init.empty()) throw InputError("--init-checkpoint", 0, "is required", "");
     const app::RunOptions ro = app::parse_run_options(a);
-    if (ro.device >= 0)
-      throw InputError("--device", 0,
-                       "DPO fine-tuning runs on the CPU only in this version (the CUDA model has "
-                       "no preference head yet)",
-                       a["device"].as<std::string>());
     const app::DpoRunOptions o = app::parse_dpo_options(a, false);
     const io::CheckpointInfo info = io::read_checkpoint_info(init);
     const ModelShape shape = info.config.at("shape").get<ModelShape>();

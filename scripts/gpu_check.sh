@@ -7,7 +7,8 @@
 # .cu op and model tests and the host-compiled trainer test); the op benchmark table; the
 # training benchmark at the study's config in fp32 and in bf16 (SEQREC_DATA: a folder with
 # interactions.tsv, e.g. amazon18_games carried next to the build, adds a timed real epoch); and
-# a trainer binary end to end with --device cuda --bf16 on the embedded dataset. A failing step
+# the trainer binaries end to end with --device cuda on the embedded dataset (train_ours in bf16,
+# then dpo_finetune on its checkpoint). A failing step
 # is reported and the next one still runs; a summary table closes the output.
 # Exit status: 0 all good (or skipped: no GPU), 1 a test failed, 2 only a benchmark failed.
 # Environment: SEQREC_GPU_STEP_TIMEOUT (seconds per step, default 240).
@@ -58,9 +59,11 @@ if [[ ! -d "$build" ]]; then
 fi
 
 section "device"
+have_gpu=1
 if ! nvidia-smi -L; then
-  echo "   nvidia-smi -L failed; continuing"
+  echo "   nvidia-smi -L failed; continuing (the trainer binaries will be skipped)"
   summary+=("device: nvidia-smi failed")
+  have_gpu=0
 fi
 
 section "CUDA tests"
@@ -85,9 +88,19 @@ data_args=()
 run_step bench "gpu_train_bench fp32" "$build/bench/gpu_train_bench" "${data_args[@]}"
 run_step bench "gpu_train_bench bf16" "$build/bench/gpu_train_bench" --bf16 "${data_args[@]}"
 
-section "trainer binary on the GPU (embedded dataset)"
+section "trainer binaries on the GPU (embedded dataset): train_ours, then DPO on its checkpoint"
+# The test and bench executables report "skipped" themselves; the trainers would just fail.
+tmp_ck="$(mktemp -d)"
+if [[ $have_gpu -eq 0 ]]; then
+  summary+=("$(printf '%-34s %-28s' "trainer binaries" "skipped (no GPU answered)")")
+else
 run_step test "train_ours --device cuda --bf16" "$build/examples/train_ours" --device cuda --bf16 \
-  --epochs 3 --stage1-epochs 1 --dim 64 --heads 2 --layers 2 --max-len 20 --no-progress
+  --epochs 3 --stage1-epochs 1 --dim 64 --heads 2 --layers 2 --max-len 20 --no-progress \
+  --checkpoint "$tmp_ck/ours.safetensors"
+run_step test "dpo_finetune --device cuda" "$build/examples/dpo_finetune" --device cuda \
+  --init-checkpoint "$tmp_ck/ours.safetensors" --negatives 3 --ce-weight 1 --no-progress
+fi
+rm -rf "$tmp_ck"
 
 section "summary"
 for line in "${summary[@]}"; do echo "   $line"; done

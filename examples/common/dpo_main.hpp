@@ -99,11 +99,17 @@ struct DpoRunResult {
   double pairs_seconds = 0, reference_seconds = 0;
 };
 
-/// Fine-tunes the Cfg model stored in `checkpoint` on d's training sequences.
+template <typename Cfg, typename ModelT>
+DpoRunResult run_dpo_with(ModelT& policy, ModelT& reference, const RunOptions& ro,
+                          const LoadedData& d, const io::CheckpointInfo& info,
+                          const std::string& checkpoint, const DpoRunOptions& o,
+                          std::uint64_t seed);
+
+/// Fine-tunes the Cfg model stored in `checkpoint` on d's training sequences, on the device the
+/// options name.
 template <typename Cfg>
 DpoRunResult run_dpo(const RunOptions& ro, const LoadedData& d, const std::string& checkpoint,
                      const DpoRunOptions& o, std::uint64_t seed) {
-  using Clock = std::chrono::steady_clock;
   const io::CheckpointInfo info = io::read_checkpoint_info(checkpoint);
   const ModelShape shape = info.config.at("shape").get<ModelShape>();
   if (shape.vocab_size != d.dataset.vocab.size())
@@ -113,8 +119,39 @@ DpoRunResult run_dpo(const RunOptions& ro, const LoadedData& d, const std::strin
                          std::to_string(d.dataset.vocab.size()) +
                          " (pass the --data/--truncate flags it was trained with)",
                      std::to_string(shape.vocab_size));
+  if (ro.device >= 0) {
+#if SEQREC_WITH_CUDA_MODELS
+    if constexpr (kCudaImplements<Cfg>) {
+      const DeviceOptions dev{ro.device, ro.bf16};
+      DeviceModel<Cfg> policy(shape, seed, dev), reference(shape, seed, dev);
+      std::fprintf(stderr, "dpo on %s\n", policy.device_name().c_str());
+      return run_dpo_with<Cfg>(policy, reference, ro, d, info, checkpoint, o, seed);
+    } else {
+      throw InputError(
+          "--device", 0,
+          "variant '" + Cfg::describe() + "' has no CUDA implementation; use --device cpu", "cuda");
+    }
+#else
+    throw InputError("--device", 0,
+                     "this binary was built without CUDA models (configure with nvcc available "
+                     "and SEQREC_CUDA not OFF)",
+                     "cuda");
+#endif
+  }
   cpu::Backend backend(ro.threads);
   Model<Cfg, cpu::Backend> policy(shape, backend, seed), reference(shape, backend, seed);
+  return run_dpo_with<Cfg>(policy, reference, ro, d, info, checkpoint, o, seed);
+}
+
+/// run_dpo's body on built models (CPU, or DeviceModel<Cfg> on a GPU: the pair head then runs on
+/// the host between the device's forward and backward, see train::preference_step).
+template <typename Cfg, typename ModelT>
+DpoRunResult run_dpo_with(ModelT& policy, ModelT& reference, const RunOptions& ro,
+                          const LoadedData& d, const io::CheckpointInfo& info,
+                          const std::string& checkpoint, const DpoRunOptions& o,
+                          std::uint64_t seed) {
+  using Clock = std::chrono::steady_clock;
+  const ModelShape shape = policy.shape();
   io::load_checkpoint(checkpoint, policy, false);
   io::load_checkpoint(checkpoint, reference, false);
   DpoRunResult res;

@@ -14,6 +14,9 @@
 //                for 16 users match the GPU's: rtol 1e-3 of max|score| (fp32) / 3e-2 (bf16)
 //   ranks        eval::rank_cases through the device (rank_last: cuda::target_rank) equals the
 //                host path on the same model's downloaded scores, exactly (integers)
+//   dpo          (fp32) reference log-probabilities of the preference pairs, max |Δ| ≤ 1e-4 of
+//                max |log p| (the same head on hidden states that differ by fp32 rounding), and
+//                one DPO epoch's mean loss, rtol 1e-3, against the CPU model from the same init
 //   recommend    eval::recommend through the device (top_k_last: cuda::topk_rows, with history
 //                exclusion by over-fetch) equals the host selection on the downloaded scores,
 //                exactly (items and score bits)
@@ -124,6 +127,42 @@ void check_in_place_paths(const std::string& tag, DeviceModel<Cfg>& dm, const Se
   }
 }
 
+/// DPO through the device path (forward_hidden / host pair head / backward_hidden) against the
+/// CPU model, both from the same initial parameters.
+template <typename Cfg>
+void check_dpo(const std::string& name, const Setup& s) {
+  cpu::Backend be(0);
+  Model<Cfg, cpu::Backend> cpu_policy(s.shape, be, 3), cpu_ref(s.shape, be, 3);
+  DeviceModel<Cfg> dev_policy(s.shape, 3), dev_ref(s.shape, 3);
+  train::PairOptions po;
+  po.negatives = 3;
+  std::vector<std::vector<std::int32_t>> seqs;
+  for (const auto& c : s.split.valid) seqs.push_back(c.history);
+  const auto pairs = train::build_preference_pairs(
+      seqs, cpu_policy.parameters().value(cpu_policy.item_embedding()), s.shape.vocab_size,
+      s.shape.dim, s.shape.max_len, po);
+  const auto rc = train::reference_log_probs(cpu_ref, pairs);
+  const auto rg = train::reference_log_probs(dev_ref, pairs);
+  double mx = 0, err = 0;
+  for (std::size_t i = 0; i < rc.size() && i < rg.size(); ++i) {
+    mx = std::max(mx, std::fabs(rc[i]));
+    err = std::max(err, std::fabs(rc[i] - rg[i]));
+  }
+  record(rc.size() == rg.size() && err <= 1e-4 * mx, name + " fp32 dpo.reference_log_probs",
+         fmt::format("max_abs_err {:.3e} (tol 1e-4 x max|log p| {:.3e})", err, mx));
+  train::DpoOptions o;
+  o.ce_weight = 1.0;
+  train::TrainOptions t;
+  t.epochs = 1;
+  t.batch = 64;
+  t.lr = 1e-3;
+  t.progress = false;
+  t.log_epochs = false;
+  const auto a = train::dpo_train(cpu_policy, pairs, rc, o, t);
+  const auto b = train::dpo_train(dev_policy, pairs, rg, o, t);
+  check_rel(name + " fp32 dpo.epoch_loss", b.epochs.back().loss, a.epochs.back().loss, 1e-3);
+}
+
 template <typename Cfg>
 void run_config(const std::string& name, const Setup& s) {
   cpu::Backend be(0);
@@ -203,6 +242,8 @@ int main() {
     const Setup s = make_setup();
     run_config<SasRecConfig>("sasrec", s);
     run_config<OursRandomConfig>("rope_silu", s);
+    check_dpo<OursRandomConfig>("rope_silu", s);
+    check_dpo<MoeConfig>("moe", s);
   } catch (const std::exception& e) {
     record(false, "exception", e.what());
   }

@@ -71,8 +71,31 @@ class SimDevice {
     dev_.score_last(in, b, l, scores);
   }
   std::vector<std::vector<double>> take_expert_shares() { return dev_.take_expert_shares(); }
+  double aux_loss() const { return dev_.aux_loss(); }
 
-  int uploads = 0, downloads = 0;
+  // The host-side-head entry points (DPO).
+  const T* forward_hidden(const std::int32_t* in, std::int32_t b, std::int32_t l,
+                          std::uint64_t key) {
+    sync_frozen();
+    const T* h = dev_.forward_hidden(in, b, l, key);
+    hidden_.assign(h, h + std::int64_t{b} * l * dev_.shape().dim);  // a "download"
+    return hidden_.data();
+  }
+  void backward_hidden(const T* dh, std::int32_t b, std::int32_t l) {
+    dev_.backward_hidden(dh, b, l);
+  }
+  void download_tensor(ParamId id) {
+    ++tensor_downloads;
+    const auto& e = host_.entries()[id.index];
+    std::copy_n(dev_.parameters().values().data() + e.offset, e.numel,
+                host_.values().data() + e.offset);
+  }
+  void add_to_grad(ParamId id, std::int64_t offset, const T* g, std::int64_t count) {
+    T* dst = dev_.parameters().grads().data() + host_.entries()[id.index].offset + offset;
+    for (std::int64_t i = 0; i < count; ++i) dst[i] += g[i];
+  }
+
+  int uploads = 0, downloads = 0, tensor_downloads = 0;
 
  private:
   // The CUDA model reads the frozen flags of its host store whenever it needs them.
@@ -83,6 +106,7 @@ class SimDevice {
 
   Model<Cfg, cpu::Backend> dev_;
   ParameterStore<T> host_;
+  std::vector<T> hidden_;
 };
 
 static_assert(DeviceResident<SimDevice<OursConfig>>);
@@ -214,4 +238,50 @@ TEST_CASE("device path: loading a checkpoint uploads it; resume retraces the run
   second.download();
   CHECK(second.parameters().values() == ref.parameters().values());
   fs::remove(ck);
+}
+
+TEST_CASE("device path: DPO through a DeviceResident model retraces the CPU model exactly",
+          "[cpu][dpo]") {
+  const Fixture f = fixture();
+  const ModelShape shape = shape_of(f.dataset);
+  cpu::Backend be(1);
+  train::PairOptions po;
+  po.negatives = 2;
+  po.hard_top = 3;
+  po.easy_top = 12;
+  train::DpoOptions o;
+  o.ce_weight = 0.5;
+  train::TrainOptions t;
+  t.epochs = 2;
+  t.batch = 32;
+  t.lr = 1e-3;
+  t.progress = false;
+  t.log_epochs = false;
+
+  Model<OursConfig, cpu::Backend> cpu_policy(shape, be, 5), cpu_ref(shape, be, 5);
+  SimDevice<OursConfig> dev_policy(shape, be, 5), dev_ref(shape, be, 5);
+  std::vector<std::vector<std::int32_t>> seqs;
+  for (const auto& c : f.split.valid) seqs.push_back(c.history);
+  const auto pairs = train::build_preference_pairs(
+      seqs, cpu_policy.parameters().value(cpu_policy.item_embedding()), shape.vocab_size, shape.dim,
+      shape.max_len, po);
+  REQUIRE(pairs.pairs() > 0);
+
+  const auto ref_cpu = train::reference_log_probs(cpu_ref, pairs, 16);
+  const auto ref_dev = train::reference_log_probs(dev_ref, pairs, 16);
+  CHECK(ref_cpu == ref_dev);
+  CHECK(dev_ref.tensor_downloads == 1);  // the head reads the device's current table
+
+  const auto r_cpu = train::dpo_train(cpu_policy, pairs, ref_cpu, o, t, &f.split.valid);
+  const auto r_dev = train::dpo_train(dev_policy, pairs, ref_dev, o, t, &f.split.valid);
+  REQUIRE(r_dev.epochs.size() == r_cpu.epochs.size());
+  for (std::size_t e = 0; e < r_cpu.epochs.size(); ++e) {
+    INFO("epoch " << e + 1);
+    CHECK(r_dev.epochs[e].loss == r_cpu.epochs[e].loss);
+    CHECK(r_dev.epochs[e].margin == r_cpu.epochs[e].margin);
+  }
+  REQUIRE(r_dev.epochs.back().valid.has_value());
+  CHECK(r_dev.epochs.back().valid->mrr == r_cpu.epochs.back().valid->mrr);
+  dev_policy.download();
+  CHECK(dev_policy.parameters().values() == cpu_policy.parameters().values());
 }

@@ -68,6 +68,18 @@ class DeviceModelImpl final : public DeviceModelBase {
   std::vector<std::vector<double>> take_expert_shares() override {
     return model_.take_expert_shares();
   }
+  double aux_loss() const override { return model_.aux_loss(); }
+  const float* forward_hidden(const std::int32_t* inputs, std::int32_t batch, std::int32_t len,
+                              std::uint64_t dropout_key) override {
+    return model_.forward_hidden(inputs, batch, len, dropout_key);
+  }
+  void backward_hidden(const float* dh, std::int32_t batch, std::int32_t len) override {
+    model_.backward_hidden(dh, batch, len);
+  }
+  void download_tensor(ParamId id) override { model_.download_tensor(id); }
+  void add_to_grad(ParamId id, std::int64_t offset, const float* g, std::int64_t count) override {
+    model_.add_to_grad(id, offset, g, count);
+  }
 
  private:
   /// The ordinal, after checking that a CUDA device answers and that it exists.

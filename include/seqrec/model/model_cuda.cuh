@@ -254,6 +254,28 @@ class Model<Cfg, cuda::Backend> {
     copy_to_host(store_.grads().data(), grads_.data());
     be_->synchronize();
   }
+  /// Device values of one tensor → host store (e.g. the item table a host-side head reads).
+  void download_tensor(ParamId id) {
+    const auto& e = store_.entry(id);
+    SEQREC_CUDA_CHECK(cudaMemcpyAsync(store_.values().data() + e.offset, values_.data() + e.offset,
+                                      sizeof(float) * e.numel, cudaMemcpyDeviceToHost,
+                                      be_->stream()));
+    be_->synchronize();
+  }
+  /// Device gradient of tensor `id`, elements [offset, offset + count), += the HOST array g.
+  void add_to_grad(ParamId id, std::int64_t offset, const float* g, std::int64_t count) {
+    const auto& e = store_.entry(id);
+    SEQREC_CHECK(offset >= 0 && count >= 0 && offset + count <= e.numel,
+                 "add_to_grad: range [" + std::to_string(offset) + ", " +
+                     std::to_string(offset + count) + ") outside " + e.name);
+    if (count == 0) return;
+    auto tmp = be_->buffer<float>(static_cast<std::size_t>(count));
+    SEQREC_CUDA_CHECK(cudaMemcpyAsync(tmp.data(), g, sizeof(float) * count, cudaMemcpyHostToDevice,
+                                      be_->stream()));
+    cuda::add_into(*be_, grads_.data() + e.offset + offset, tmp.data(), count);
+    be_->synchronize();  // g is the caller's; tmp returns to the cache at scope end
+  }
+
   /// Device gradients = 0.
   void zero_grads() {
     SEQREC_CUDA_CHECK(cudaMemsetAsync(grads_.data(), 0, grads_.bytes(), be_->stream()));
@@ -314,6 +336,34 @@ class Model<Cfg, cuda::Backend> {
         *be_, ce_shape(rows_n_), h_.data(), targets_.data(),
         value(item_emb_) + kNumSpecialTokens * shape_.dim, nullptr, nullptr, T(1), &count);
     return (count ? loss / double(count) : 0.0) + aux_loss();
+  }
+
+  /// Hidden states after the last norm (B·L, D) for HOST inputs, as a HOST array valid until the
+  /// next call: for losses computed on the host (DPO's pair head). Full layout, no packing.
+  const T* forward_hidden(const std::int32_t* inputs, std::int32_t batch, std::int32_t len,
+                          std::uint64_t dropout_key) {
+    forward(inputs, batch, len, dropout_key);
+    const std::int64_t n = std::int64_t{batch} * len * shape_.dim;
+    hidden_host_.resize(static_cast<std::size_t>(n));
+    if (n > 0)
+      SEQREC_CUDA_CHECK(cudaMemcpyAsync(hidden_host_.data(), h_.data(), sizeof(float) * n,
+                                        cudaMemcpyDeviceToHost, be_->stream()));
+    be_->synchronize();
+    return hidden_host_.data();
+  }
+  /// Backward of the last forward_hidden() from the HOST dL/dh (B·L, D); gradients are added
+  /// into the device gradients (MoE auxiliary losses included, as in forward_backward).
+  void backward_hidden(const T* dh, std::int32_t batch, std::int32_t len) {
+    const std::int64_t n = std::int64_t{batch} * len * shape_.dim;
+    SEQREC_CHECK(!packed_ && rows_n_ * shape_.dim == n,
+                 "backward_hidden: shape differs from the last forward_hidden");
+    ensure(dh_, n);
+    ensure(dx_, n);
+    if (n > 0)
+      SEQREC_CUDA_CHECK(cudaMemcpyAsync(dh_.data(), dh, sizeof(float) * n, cudaMemcpyHostToDevice,
+                                        be_->stream()));
+    backward(batch, len);
+    be_->synchronize();  // dh is the caller's
   }
 
   /// The MoE blocks' auxiliary losses (balance + router z-loss) of the last forward; 0 for the
@@ -805,6 +855,7 @@ class Model<Cfg, cuda::Backend> {
   cuda::DeviceBuffer<std::int32_t> rank_i32_, excl_, topk_idx_;
   cuda::DeviceBuffer<float> topk_val_;
   std::vector<std::uint8_t> valid_host_;
+  std::vector<float> hidden_host_;  // forward_hidden's result
   cuda::DeviceBuffer<std::uint8_t> valid_;
   double last_p_ = 0.0;
   std::uint64_t last_key_ = 0;

@@ -39,6 +39,7 @@
 #include "seqrec/data/dataset.hpp"
 #include "seqrec/data/vocabulary.hpp"
 #include "seqrec/eval/evaluator.hpp"
+#include "seqrec/model/device_model.hpp"
 #include "seqrec/ops/dropout/dropout_cpu.hpp"
 #include "seqrec/train/adamw.hpp"
 #include "seqrec/train/schedule.hpp"
@@ -419,10 +420,22 @@ PairStats preference_step(Model& model, const PreferenceData& data, std::size_t 
   const auto item = model.item_embedding();
   const bool table_grad = grad && !store.entry(item).frozen;
   if (grad) dhp.resize(hp.size());
+  // A device model: the head runs here on the host, so it needs the current table on the host and
+  // its table gradient goes back into the device gradient afterwards.
+  AlignedVector<T> dtable;
+  T* dtable_ptr = table_grad ? store.grad(item) + kNumSpecialTokens * D : nullptr;
+  if constexpr (DeviceResident<Model>) {
+    model.download_tensor(item);
+    if (table_grad) {
+      dtable.assign(static_cast<std::size_t>(I * D), T(0));
+      dtable_ptr = dtable.data();
+    }
+  }
   PairStats s = pair_head<T>(hp.data(), store.value(item) + kNumSpecialTokens * D, P, I, D,
                              tokens.data(), K, reference.data() + first_pair * J, o,
-                             1.0 / double(P), nullptr, grad ? dhp.data() : nullptr,
-                             table_grad ? store.grad(item) + kNumSpecialTokens * D : nullptr, ws);
+                             1.0 / double(P), nullptr, grad ? dhp.data() : nullptr, dtable_ptr, ws);
+  if constexpr (DeviceResident<Model>)
+    if (table_grad) model.add_to_grad(item, kNumSpecialTokens * D, dtable.data(), I * D);
   s.loss += model.aux_loss() * double(P);
   if (grad) {
     dh.assign(static_cast<std::size_t>(std::int64_t{B} * L * D), T(0));
@@ -444,6 +457,7 @@ std::vector<double> reference_log_probs(Model& model, const PreferenceData& data
   std::vector<double> out(data.pairs() * static_cast<std::size_t>(J));
   AlignedVector<T> hp, ws;
   std::vector<std::int32_t> tokens;
+  if constexpr (DeviceResident<Model>) model.download_tensor(model.item_embedding());
   const auto& store = model.parameters();
   const T* W = store.value(model.item_embedding()) + kNumSpecialTokens * D;
   for (std::size_t b0 = 0; b0 < data.examples(); b0 += std::size_t(batch)) {
@@ -498,8 +512,12 @@ DpoResult dpo_train(Model& policy, const PreferenceData& data, const std::vector
   const WarmupCosine schedule{opt.lr, opt.warmup >= 0 ? opt.warmup : total / 20, total,
                               opt.min_lr_ratio};
   auto& store = policy.parameters();
-  std::fill(store.moment1().begin(), store.moment1().end(), 0);
-  std::fill(store.moment2().begin(), store.moment2().end(), 0);
+  if constexpr (DeviceResident<Model>) {
+    policy.reset_moments();
+  } else {
+    std::fill(store.moment1().begin(), store.moment1().end(), 0);
+    std::fill(store.moment2().begin(), store.moment2().end(), 0);
+  }
   DpoResult result;
   Progress progress("dpo", total, opt.progress);
   std::int64_t step = 0;
@@ -513,14 +531,21 @@ DpoResult dpo_train(Model& policy, const PreferenceData& data, const std::vector
     for (std::size_t bi = 0; bi < per_epoch; ++bi) {
       const std::size_t begin = order[bi] * std::size_t(opt.batch);
       const std::size_t end = std::min(n, begin + std::size_t(opt.batch));
-      store.zero_grads();
+      if constexpr (DeviceResident<Model>)
+        policy.zero_grads();
+      else
+        store.zero_grads();
       ++step;
       const std::uint64_t key =
           o.policy_dropout ? ops::dropout_key(opt.seed, static_cast<std::uint64_t>(step), 7) | 1
                            : 0;
       sum += preference_step(policy, data, begin, end, reference, o, key, true);
-      clip_grad_norm(store, opt.clip);
-      adamw_step(store, opt.adam, schedule(step), step);
+      if constexpr (DeviceResident<Model>) {
+        policy.optimizer_step(opt.adam, schedule(step), step, opt.clip);
+      } else {
+        clip_grad_norm(store, opt.clip);
+        adamw_step(store, opt.adam, schedule(step), step);
+      }
       progress.update(step, fmt::format("epoch {}/{} loss {:.4f} margin {:.3f}", epoch + 1,
                                         opt.epochs, sum.pairs ? sum.loss / sum.pairs : 0.0,
                                         sum.pairs ? sum.margin / sum.pairs : 0.0));

@@ -123,8 +123,8 @@ void init_values(ParameterStore<float>& s, Rng& rng, const Case& c) {
   }
 }
 
-/// x (N, D) ~ N(0, 1), rows redrawn until the K-th and (K+1)-th largest logits (double) differ
-/// by at least 1e-3 (see the file comment).
+/// x (N, D) ~ N(0, 1), rows redrawn until each of the K+1 largest logits (double) is at least
+/// 1e-3 above the next (see the file comment).
 std::vector<float> make_input(Rng& rng, const ParameterStore<float>& s, const Case& c,
                               std::int64_t* redrawn) {
   const float* wr = s.value(s.find(kPrefix + ".router.weight"));
@@ -142,7 +142,12 @@ std::vector<float> make_input(Rng& rng, const ParameterStore<float>& s, const Ca
         z[e] = acc;
       }
       std::sort(z, z + kE, [](double a, double b) { return a > b; });
-      if (kK == kE || z[kK - 1] - z[kK] >= 1e-3) break;
+      // Every adjacent pair among the top K+1 must be separated: a near-tie between the K-th and
+      // (K+1)-th flips the choice, one inside the top K only swaps slots (same y, but the choice
+      // and weight checks compare slots).
+      bool separated = true;
+      for (int k = 0; k < kK && k + 1 < kE; ++k) separated = separated && z[k] - z[k + 1] >= 1e-3;
+      if (separated) break;
       ++*redrawn;
     }
   }

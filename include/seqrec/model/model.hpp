@@ -113,19 +113,19 @@ class Model {
   double forward_backward(const std::int32_t* inputs, const std::int32_t* targets,
                           std::int32_t batch, std::int32_t len, std::uint64_t dropout_key,
                           std::int64_t* num_targets) {
-    forward(inputs, batch, len, dropout_key);
-    const std::int64_t N = std::int64_t{batch} * len, D = shape_.dim;
+    forward(inputs, batch, len, dropout_key, targets);
+    const std::int64_t N = std::int64_t{batch} * len, D = shape_.dim, M = rows_n_;
     std::int64_t count = 0;
     // First pass only counts targets to scale the gradient as a mean.
     for (std::int64_t r = 0; r < N; ++r) count += targets[r] >= kNumSpecialTokens;
     if (num_targets) *num_targets = count;
     if (count == 0) return 0.0;
-    dx_.resize(static_cast<std::size_t>(N * D));
+    dx_.resize(static_cast<std::size_t>(M * D));
     dh_.resize(dx_.size());
     std::int64_t seen = 0;
     const double loss = ops::cross_entropy_forward_backward<T>(
-        ce_shape(N), h_.data(), targets, store_.value(item_emb_) + kNumSpecialTokens * D,
-        dh_.data(),
+        ce_shape(M), h_.data(), row_targets(targets),
+        store_.value(item_emb_) + kNumSpecialTokens * D, dh_.data(),
         // A frozen table's gradient would be discarded: skip its (I, D) GEMM.
         store_.entry(item_emb_).frozen ? nullptr : store_.grad(item_emb_) + kNumSpecialTokens * D,
         T(1.0 / double(count)), &seen, ce_workspace_);
@@ -136,12 +136,12 @@ class Model {
   /// Forward only: the mean loss the same step would report (used by gradient checks).
   double loss(const std::int32_t* inputs, const std::int32_t* targets, std::int32_t batch,
               std::int32_t len, std::uint64_t dropout_key) {
-    forward(inputs, batch, len, dropout_key);
-    const std::int64_t N = std::int64_t{batch} * len;
+    forward(inputs, batch, len, dropout_key, targets);
     std::int64_t count = 0;
     const double loss = ops::cross_entropy_forward_backward<T>(
-        ce_shape(N), h_.data(), targets, store_.value(item_emb_) + kNumSpecialTokens * shape_.dim,
-        nullptr, nullptr, T(1), &count, ce_workspace_);
+        ce_shape(rows_n_), h_.data(), row_targets(targets),
+        store_.value(item_emb_) + kNumSpecialTokens * shape_.dim, nullptr, nullptr, T(1), &count,
+        ce_workspace_);
     return (count ? loss / double(count) : 0.0) + aux_loss();
   }
 
@@ -157,7 +157,8 @@ class Model {
   /// store (the MoE auxiliary losses' included, as in forward_backward).
   void backward_hidden(const T* dh, std::int32_t batch, std::int32_t len) {
     const std::size_t n = static_cast<std::size_t>(std::int64_t{batch} * len * shape_.dim);
-    SEQREC_CHECK(n == h_.size(), "backward_hidden: shape differs from the last forward");
+    SEQREC_CHECK(!packed_ && n == h_.size(),
+                 "backward_hidden: shape differs from the last forward");
     dx_.resize(n);
     dh_.assign(dh, dh + n);
     backward(batch, len);
@@ -212,20 +213,66 @@ class Model {
     detail::check_model_input(shape_, Cfg::Position::extrapolates, tokens, batch, len);
   }
 
+  /// Chooses the rows a step computes. With targets (training, loss): packed — only the rows
+  /// whose input is not padding or whose target is scored. A padding row's hidden state reaches
+  /// nothing (its key is masked, its target unscored, its gradient zero), so skipping it leaves
+  /// every result as the full computation's up to summation order, while the row-wise layers
+  /// (norms, linears, FFN, loss) do the work of the real rows only — about half of B·L on Games
+  /// at L = 20. Without targets (scoring, custom heads): all rows, in order.
+  void choose_rows(const std::int32_t* tokens, const std::int32_t* targets, std::int64_t n) {
+    packed_ = false;
+    rows_n_ = n;
+    if (targets == nullptr) return;
+    rows_.clear();
+    for (std::int64_t r = 0; r < n; ++r)
+      if (tokens[r] != kPadToken || targets[r] >= kNumSpecialTokens)
+        rows_.push_back(static_cast<std::int32_t>(r));
+    if (static_cast<std::int64_t>(rows_.size()) == n) return;
+    packed_ = true;
+    rows_n_ = static_cast<std::int64_t>(rows_.size());
+  }
+  /// The targets of the computed rows.
+  const std::int32_t* row_targets(const std::int32_t* targets) {
+    if (!packed_) return targets;
+    row_targets_.resize(rows_.size());
+    for (std::size_t i = 0; i < rows_.size(); ++i) row_targets_[i] = targets[rows_[i]];
+    return row_targets_.data();
+  }
+  /// dst (m, w) = src rows rows_[0..m).
+  void gather(const T* src, T* dst, std::int64_t w) const {
+    const std::int64_t m = rows_n_;
+#pragma omp parallel for schedule(static) if (m * w > 65536)
+    for (std::int64_t i = 0; i < m; ++i) std::copy_n(src + rows_[i] * w, w, dst + i * w);
+  }
+  /// dst (n, w) = 0 except rows rows_[i] = src row i.
+  void scatter(const T* src, T* dst, std::int64_t n, std::int64_t w) const {
+    std::fill(dst, dst + n * w, T(0));
+    const std::int64_t m = rows_n_;
+#pragma omp parallel for schedule(static) if (m * w > 65536)
+    for (std::int64_t i = 0; i < m; ++i) std::copy_n(src + i * w, w, dst + rows_[i] * w);
+  }
+
   void forward(const std::int32_t* tokens, std::int32_t batch, std::int32_t len,
-               std::uint64_t dropout_key) {
+               std::uint64_t dropout_key, const std::int32_t* targets = nullptr) {
     check_tokens(tokens, batch, len);
     const std::int64_t B = batch, L = len, N = B * L, D = shape_.dim;
     const double p = dropout_key ? shape_.dropout : 0.0;
     tokens_.assign(tokens, tokens + N);
-    valid_.resize(static_cast<std::size_t>(N));
-    for (std::int64_t i = 0; i < N; ++i) valid_[i] = tokens[i] != kPadToken;
-    x_.resize(static_cast<std::size_t>(N * D));
-    drop_emb_.resize(x_.size());
+    choose_rows(tokens, targets, N);
+    const std::int64_t M = rows_n_;
+    const std::int32_t* rmap = packed_ ? rows_.data() : nullptr;
+    valid_.resize(static_cast<std::size_t>(M));
+    for (std::int64_t i = 0; i < M; ++i) valid_[i] = tokens[packed_ ? rows_[i] : i] != kPadToken;
+    // Embeddings, positions and their dropout on the full (B, L) layout, then the computed rows.
+    x_.resize(static_cast<std::size_t>(M * D));
+    if (packed_) full_.resize(static_cast<std::size_t>(N * D));
+    T* x0 = packed_ ? full_.data() : x_.data();
+    drop_emb_.resize(static_cast<std::size_t>(N * D));
     const T scale = shape_.scale_embeddings ? std::sqrt(T(D)) : T(1);
-    ops::embedding_forward(tokens, store_.value(item_emb_), x_.data(), N, D, scale);
-    pos_.add(store_, x_.data(), B, L);
-    ops::dropout_forward(x_.data(), drop_emb_.data(), N * D, p, mix64(dropout_key ^ 1));
+    ops::embedding_forward(tokens, store_.value(item_emb_), x0, N, D, scale);
+    pos_.add(store_, x0, B, L);
+    ops::dropout_forward(x0, drop_emb_.data(), N * D, p, mix64(dropout_key ^ 1));
+    if (packed_) gather(x0, x_.data(), D);
     caches_.resize(blocks_.size());
     const ops::AttentionShape as{B, L, D, shape_.heads};
     tmp_.resize(x_.size());
@@ -235,41 +282,49 @@ class Model {
       const std::uint64_t key = mix64(dropout_key ^ (l * 16 + 2));
       c.x_in = x_;
       c.a1.resize(x_.size());
-      c.stats1.resize(static_cast<std::size_t>(N * Cfg::Normalization::stats_per_row));
-      blk.norm1.forward(store_, x_.data(), c.a1.data(), c.stats1.data(), N);
+      c.stats1.resize(static_cast<std::size_t>(M * Cfg::Normalization::stats_per_row));
+      blk.norm1.forward(store_, x_.data(), c.a1.data(), c.stats1.data(), M);
+      // qkv of the computed rows, then the full (B, L) layout for positions and attention:
+      // skipped rows are zero, and their keys are masked as padding.
       c.qkv.resize(static_cast<std::size_t>(N * 3 * D));
-      ops::linear_forward(c.a1.data(), store_.value(blk.qkv_w), store_.value(blk.qkv_b),
-                          c.qkv.data(), N, D, 3 * D);
+      T* qkv_rows = packed_
+                        ? (qkv_rows_.resize(static_cast<std::size_t>(M * 3 * D)), qkv_rows_.data())
+                        : c.qkv.data();
+      ops::linear_forward(c.a1.data(), store_.value(blk.qkv_w), store_.value(blk.qkv_b), qkv_rows,
+                          M, D, 3 * D);
+      if (packed_) scatter(qkv_rows, c.qkv.data(), N, 3 * D);
       pos_.rotate_qk(c.qkv.data(), B, L);
       c.probs.resize(static_cast<std::size_t>(B * shape_.heads * L * L));
       c.ctx.resize(x_.size());
-      ops::attention_forward(as, c.qkv.data(), tokens_.data(), kPadToken, c.ctx.data(),
-                             c.probs.data());
+      T* ctx_full = packed_ ? full_.data() : c.ctx.data();
+      ops::attention_forward(as, c.qkv.data(), tokens_.data(), kPadToken, ctx_full, c.probs.data());
+      if (packed_) gather(ctx_full, c.ctx.data(), D);
       ops::linear_forward(c.ctx.data(), store_.value(blk.out_w), store_.value(blk.out_b),
-                          tmp_.data(), N, D, D);
+                          tmp_.data(), M, D, D);
       c.drop_attn.resize(x_.size());
-      ops::dropout_forward(tmp_.data(), c.drop_attn.data(), N * D, p, key);
-      add_into(x_.data(), tmp_.data(), N * D);
+      ops::dropout_forward(tmp_.data(), c.drop_attn.data(), M * D, p, key, rmap, D);
+      add_into(x_.data(), tmp_.data(), M * D);
       c.x_mid = x_;
       c.a2.resize(x_.size());
       c.stats2.resize(c.stats1.size());
-      blk.norm2.forward(store_, x_.data(), c.a2.data(), c.stats2.data(), N);
-      blk.ffn.forward(store_, c.a2.data(), tmp_.data(), c.ffn, N, valid_.data());
+      blk.norm2.forward(store_, x_.data(), c.a2.data(), c.stats2.data(), M);
+      blk.ffn.forward(store_, c.a2.data(), tmp_.data(), c.ffn, M, valid_.data());
       c.drop_ffn.resize(x_.size());
-      ops::dropout_forward(tmp_.data(), c.drop_ffn.data(), N * D, p, mix64(key ^ 0x5bd1e995));
-      add_into(x_.data(), tmp_.data(), N * D);
+      ops::dropout_forward(tmp_.data(), c.drop_ffn.data(), M * D, p, mix64(key ^ 0x5bd1e995), rmap,
+                           D);
+      add_into(x_.data(), tmp_.data(), M * D);
     }
     h_.resize(x_.size());
-    stats_f_.resize(static_cast<std::size_t>(N * Cfg::Normalization::stats_per_row));
-    final_norm_[0].forward(store_, x_.data(), h_.data(), stats_f_.data(), N);
+    stats_f_.resize(static_cast<std::size_t>(M * Cfg::Normalization::stats_per_row));
+    final_norm_[0].forward(store_, x_.data(), h_.data(), stats_f_.data(), M);
     last_p_ = p;
   }
 
   /// Reverse of forward(): starts from dh_ (gradient of the loss wrt h), ends in the embeddings.
   void backward(std::int32_t batch, std::int32_t len) {
-    const std::int64_t B = batch, L = len, N = B * L, D = shape_.dim;
+    const std::int64_t B = batch, L = len, N = B * L, D = shape_.dim, M = rows_n_;
     const double p = last_p_;
-    final_norm_[0].backward(store_, x_.data(), stats_f_.data(), dh_.data(), dx_.data(), N);
+    final_norm_[0].backward(store_, x_.data(), stats_f_.data(), dh_.data(), dx_.data(), M);
     const ops::AttentionShape as{B, L, D, shape_.heads};
     tmp_.resize(x_.size());
     AlignedVector<T>& dbranch = dh_;  // dh_ is free again: reuse it for branch gradients
@@ -278,28 +333,46 @@ class Model {
       BlockCache& c = caches_[li];
       // x_out = x_mid + drop(ffn(norm2(x_mid)))
       dbranch = dx_;
-      ops::dropout_backward(dbranch.data(), c.drop_ffn.data(), N * D, p);
-      blk.ffn.backward(store_, c.a2.data(), c.ffn, dbranch.data(), tmp_.data(), N);
-      blk.norm2.backward(store_, c.x_mid.data(), c.stats2.data(), tmp_.data(), dbranch.data(), N);
-      add_into(dx_.data(), dbranch.data(), N * D);  // dx_ is now d x_mid
+      ops::dropout_backward(dbranch.data(), c.drop_ffn.data(), M * D, p);
+      blk.ffn.backward(store_, c.a2.data(), c.ffn, dbranch.data(), tmp_.data(), M);
+      blk.norm2.backward(store_, c.x_mid.data(), c.stats2.data(), tmp_.data(), dbranch.data(), M);
+      add_into(dx_.data(), dbranch.data(), M * D);  // dx_ is now d x_mid
       // x_mid = x_in + drop(Wo · attn(Wqkv · norm1(x_in)))
       dbranch = dx_;
-      ops::dropout_backward(dbranch.data(), c.drop_attn.data(), N * D, p);
+      ops::dropout_backward(dbranch.data(), c.drop_attn.data(), M * D, p);
       ops::linear_backward(c.ctx.data(), store_.value(blk.out_w), dbranch.data(), tmp_.data(),
-                           store_.grad(blk.out_w), store_.grad(blk.out_b), N, D, D);
+                           store_.grad(blk.out_w), store_.grad(blk.out_b), M, D, D);
+      // Attention on the full layout: skipped rows carry a zero gradient.
+      const T* dctx = tmp_.data();
+      if (packed_) {
+        scatter(tmp_.data(), full_.data(), N, D);
+        dctx = full_.data();
+      }
       dqkv_.resize(static_cast<std::size_t>(N * 3 * D));
-      ops::attention_backward(as, c.qkv.data(), c.probs.data(), tmp_.data(), dqkv_.data());
+      ops::attention_backward(as, c.qkv.data(), c.probs.data(), dctx, dqkv_.data());
       pos_.rotate_qk_backward(dqkv_.data(), B, L);
-      ops::linear_backward(c.a1.data(), store_.value(blk.qkv_w), dqkv_.data(), tmp_.data(),
-                           store_.grad(blk.qkv_w), store_.grad(blk.qkv_b), N, D, 3 * D);
-      blk.norm1.backward(store_, c.x_in.data(), c.stats1.data(), tmp_.data(), dbranch.data(), N);
-      add_into(dx_.data(), dbranch.data(), N * D);  // dx_ is now d x_in
+      const T* dqkv_rows = dqkv_.data();
+      if (packed_) {
+        qkv_rows_.resize(static_cast<std::size_t>(M * 3 * D));
+        gather(dqkv_.data(), qkv_rows_.data(), 3 * D);
+        dqkv_rows = qkv_rows_.data();
+      }
+      ops::linear_backward(c.a1.data(), store_.value(blk.qkv_w), dqkv_rows, tmp_.data(),
+                           store_.grad(blk.qkv_w), store_.grad(blk.qkv_b), M, D, 3 * D);
+      blk.norm1.backward(store_, c.x_in.data(), c.stats1.data(), tmp_.data(), dbranch.data(), M);
+      add_into(dx_.data(), dbranch.data(), M * D);  // dx_ is now d x_in
     }
-    ops::dropout_backward(dx_.data(), drop_emb_.data(), N * D, p);
-    pos_.add_backward(store_, dx_.data(), B, L);
+    // Back to the full layout for the embedding dropout, positions and the table.
+    T* dx = dx_.data();
+    if (packed_) {
+      scatter(dx_.data(), full_.data(), N, D);
+      dx = full_.data();
+    }
+    ops::dropout_backward(dx, drop_emb_.data(), N * D, p);
+    pos_.add_backward(store_, dx, B, L);
     const T scale = shape_.scale_embeddings ? std::sqrt(T(D)) : T(1);
     if (!store_.entry(item_emb_).frozen)
-      ops::embedding_backward(tokens_.data(), dx_.data(), store_.grad(item_emb_), N, D, scale);
+      ops::embedding_backward(tokens_.data(), dx, store_.grad(item_emb_), N, D, scale);
   }
 
   static void add_into(T* y, const T* x, std::int64_t n) {
@@ -318,6 +391,12 @@ class Model {
   // Activations of the last forward, reused across steps (no allocation in steady state).
   std::vector<std::int32_t> tokens_;
   AlignedVector<T> x_, h_, stats_f_, tmp_, dx_, dh_, dqkv_, last_, ce_workspace_;
+  // Packed rows (training): which rows a step computes, their targets, the full (B·L, D) scratch
+  // (embeddings, attention context and its gradient) and packed qkv / d qkv (M, 3D).
+  bool packed_ = false;
+  std::int64_t rows_n_ = 0;
+  std::vector<std::int32_t> rows_, row_targets_;
+  AlignedVector<T> full_, qkv_rows_;
   std::vector<std::uint8_t> drop_emb_, valid_;
   std::vector<BlockCache> caches_;
   double last_p_ = 0.0;

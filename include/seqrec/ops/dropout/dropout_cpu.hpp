@@ -12,15 +12,24 @@
 namespace seqrec::ops {
 
 /// In place: x ← x · keep / (1 − p). mask receives keep (0/1). p == 0 is the identity.
+/// Packed rows: with a row map `rows` (n / d entries), element i of x is element
+/// rows[i / d]·d + i mod d of the full (B·L, d) array, and that full index is what the mask
+/// hashes — a model computing only some rows draws exactly the full computation's masks.
 template <typename T>
-void dropout_forward(T* x, std::uint8_t* mask, std::int64_t n, double p, std::uint64_t key) {
+void dropout_forward(T* x, std::uint8_t* mask, std::int64_t n, double p, std::uint64_t key,
+                     const std::int32_t* rows = nullptr, std::int64_t d = 1) {
   if (p <= 0.0) return;
   const T scale = T(1.0 / (1.0 - p));
   // Compare the top 53 bits against p·2^53 as integers: no float conversion per element.
   const std::uint64_t threshold = static_cast<std::uint64_t>(p * 9007199254740992.0);
 #pragma omp parallel for schedule(static) if (n > 65536)
   for (std::int64_t i = 0; i < n; ++i) {
-    const std::uint8_t keep = (mix64(key + static_cast<std::uint64_t>(i)) >> 11) >= threshold;
+    std::int64_t full = i;
+    if (rows != nullptr) {
+      const std::int64_t r = i / d;
+      full = static_cast<std::int64_t>(rows[r]) * d + (i - r * d);
+    }
+    const std::uint8_t keep = (mix64(key + static_cast<std::uint64_t>(full)) >> 11) >= threshold;
     mask[i] = keep;
     x[i] = keep ? x[i] * scale : T(0);
   }

@@ -120,10 +120,10 @@ DpoRunResult run_dpo(const RunOptions& ro, const LoadedData& d, const std::strin
                          " (pass the --data/--truncate flags it was trained with)",
                      std::to_string(shape.vocab_size));
   if (ro.device >= 0) {
-#if SEQREC_WITH_CUDA_MODELS
     if constexpr (kCudaImplements<Cfg>) {
       const DeviceOptions dev{ro.device, ro.bf16};
-      DeviceModel<Cfg> policy(shape, seed, dev), reference(shape, seed, dev);
+      DeviceModel<Cfg> policy = load_device_model<Cfg>(shape, seed, dev);
+      DeviceModel<Cfg> reference = load_device_model<Cfg>(shape, seed, dev);
       std::fprintf(stderr, "dpo on %s\n", policy.device_name().c_str());
       return run_dpo_with<Cfg>(policy, reference, ro, d, info, checkpoint, o, seed);
     } else {
@@ -131,12 +131,6 @@ DpoRunResult run_dpo(const RunOptions& ro, const LoadedData& d, const std::strin
           "--device", 0,
           "variant '" + Cfg::describe() + "' has no CUDA implementation; use --device cpu", "cuda");
     }
-#else
-    throw InputError("--device", 0,
-                     "this binary was built without CUDA models (configure with nvcc available "
-                     "and SEQREC_CUDA not OFF)",
-                     "cuda");
-#endif
   }
   cpu::Backend backend(ro.threads);
   Model<Cfg, cpu::Backend> policy(shape, backend, seed), reference(shape, backend, seed);

@@ -19,14 +19,9 @@
 #include <optional>
 #include <seqrec/model.hpp>
 #include <seqrec/model/device_model.hpp>
+#include <seqrec/model/device_plugin.hpp>
 #include <string>
 #include <vector>
-
-// Set to 1 by the build when examples/common/cuda_models.cu (the CUDA instantiations of every
-// variant the CUDA backend implements) is linked in.
-#ifndef SEQREC_WITH_CUDA_MODELS
-#define SEQREC_WITH_CUDA_MODELS 0
-#endif
 
 namespace seqrec::app {
 
@@ -412,9 +407,9 @@ RunResult run_variant(const RunOptions& ro, const LoadedData& d, std::uint64_t s
   ModelShape shape = ro.shape;
   shape.vocab_size = d.dataset.vocab.size();
   if (ro.device >= 0) {
-#if SEQREC_WITH_CUDA_MODELS
     if constexpr (kCudaImplements<Cfg>) {
-      DeviceModel<Cfg> model(shape, seed, DeviceOptions{ro.device, ro.bf16});
+      DeviceModel<Cfg> model =
+          load_device_model<Cfg>(shape, seed, DeviceOptions{ro.device, ro.bf16});
       return run_with_model<Cfg>(model, model.device_name(), ro, d, seed, binary);
     } else {
       throw InputError("--device", 0,
@@ -424,12 +419,6 @@ RunResult run_variant(const RunOptions& ro, const LoadedData& d, std::uint64_t s
                            "--device cpu",
                        "cuda");
     }
-#else
-    throw InputError("--device", 0,
-                     "this binary was built without CUDA models (configure with nvcc available "
-                     "and SEQREC_CUDA not OFF)",
-                     "cuda");
-#endif
   }
   cpu::Backend backend(ro.threads);
   Model<Cfg, cpu::Backend> model(shape, backend, seed);

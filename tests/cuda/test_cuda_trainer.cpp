@@ -1,5 +1,6 @@
 // Short training runs on the GPU through the host-side path the trainer binaries use
-// (DeviceModel<Cfg> → seqrec_cuda_models → Model<Cfg, cuda::Backend>), against the same runs on
+// (load_device_model<Cfg> → the seqrec_cuda_plugin module → Model<Cfg, cuda::Backend>), against the
+// same runs on
 // the CPU model. Host-compiled: it uses train::train, the evaluator and checkpoints unchanged.
 //
 // "Within noise" is measured, not assumed: the CPU model is also trained from two other seeds,
@@ -32,6 +33,7 @@
 #include <filesystem>
 #include <seqrec/model.hpp>
 #include <seqrec/model/device_model.hpp>
+#include <seqrec/model/device_plugin.hpp>
 #include <string>
 #include <vector>
 
@@ -133,7 +135,8 @@ template <typename Cfg>
 void check_dpo(const std::string& name, const Setup& s) {
   cpu::Backend be(0);
   Model<Cfg, cpu::Backend> cpu_policy(s.shape, be, 3), cpu_ref(s.shape, be, 3);
-  DeviceModel<Cfg> dev_policy(s.shape, 3), dev_ref(s.shape, 3);
+  DeviceModel<Cfg> dev_policy = load_device_model<Cfg>(s.shape, 3);
+  DeviceModel<Cfg> dev_ref = load_device_model<Cfg>(s.shape, 3);
   train::PairOptions po;
   po.negatives = 3;
   std::vector<std::vector<std::int32_t>> seqs;
@@ -185,7 +188,7 @@ void run_config(const std::string& name, const Setup& s) {
 
   for (bool bf16 : {false, true}) {
     const std::string tag = name + (bf16 ? " bf16" : " fp32");
-    DeviceModel<Cfg> dm(s.shape, 1, DeviceOptions{0, bf16});
+    DeviceModel<Cfg> dm = load_device_model<Cfg>(s.shape, 1, DeviceOptions{0, bf16});
     auto o = s.opt;
     o.seed = 1;
     const std::filesystem::path ck = std::filesystem::temp_directory_path() /

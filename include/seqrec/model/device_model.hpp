@@ -24,6 +24,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "seqrec/core/error.hpp"
 #include "seqrec/model/config.hpp"
 #include "seqrec/model/model.hpp"
 #include "seqrec/model/parameter_store.hpp"
@@ -130,8 +131,15 @@ class DeviceModel {
   using T = float;
   using Config = Cfg;
 
+  /// Through make_device_model<Cfg>, instantiated in one of the program's CUDA files.
   DeviceModel(const ModelShape& shape, std::uint64_t seed, const DeviceOptions& options = {})
       : impl_(make_device_model<Cfg>(shape, seed, options)) {}
+  /// Around an implementation made elsewhere (model/device_plugin.hpp: load_device_model).
+  explicit DeviceModel(std::unique_ptr<DeviceModelBase> impl) : impl_(std::move(impl)) {
+    SEQREC_CHECK(impl_ != nullptr, "DeviceModel: no implementation");
+  }
+  DeviceModel(DeviceModel&&) noexcept = default;
+  DeviceModel& operator=(DeviceModel&&) noexcept = default;
 
   static std::string describe() { return Cfg::describe(); }
   const ModelShape& shape() const noexcept { return impl_->shape(); }

@@ -167,6 +167,29 @@ inline std::string shape_str(std::initializer_list<std::pair<const char*, std::i
   return s;
 }
 
+/// Whether a CUDA device answers; prints the reason when not (the caller then exits 77, which
+/// ctest reports as skipped).
+inline bool device_answers() {
+  std::string why;
+  if (seqrec::cuda::cuda_device_available(&why) > 0) return true;
+  std::printf("no CUDA device (cudaGetDeviceCount: %s), skipping\n", why.c_str());
+  return false;
+}
+
+/// Prints the backend's device: name, architecture, SM count.
+inline void print_device(int device = 0) {
+  cudaDeviceProp prop{};
+  SEQREC_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  std::printf("device: %s (sm_%d%d, %d SMs)\n", prop.name, prop.major, prop.minor,
+              prop.multiProcessorCount);
+}
+
+/// Prints the summary line; the exit status: 0 iff every check passed (and some ran).
+inline int summary() {
+  std::printf("%d passed, %d failed\n", g_pass, g_fail);
+  return g_fail == 0 && g_pass > 0 ? 0 : 1;
+}
+
 /// Runs f; an exception becomes a FAIL line naming op and shape.
 template <typename F>
 void guarded(const std::string& op, const std::string& shape, F&& f) {

@@ -338,17 +338,10 @@ void test_case(Backend& be, Rng& rng, const Case& c) {
 }  // namespace
 
 int main() {
-  std::string why;
-  if (seqrec::cuda::cuda_device_available(&why) == 0) {
-    std::printf("no CUDA device (cudaGetDeviceCount: %s), skipping\n", why.c_str());
-    return 77;
-  }
+  if (!device_answers()) return 77;
   try {
     Backend be(0);
-    cudaDeviceProp prop{};
-    SEQREC_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-    std::printf("device: %s (sm_%d%d, %d SMs)\n", prop.name, prop.major, prop.minor,
-                prop.multiProcessorCount);
+    print_device();
     Rng rng(20240917);
 
     std::vector<Case> cases;
@@ -387,6 +380,5 @@ int main() {
   } catch (const std::exception& e) {
     record(false, "setup", "-", std::string("exception: ") + e.what());
   }
-  std::printf("%d passed, %d failed\n", g_pass, g_fail);
-  return g_fail == 0 && g_pass > 0 ? 0 : 1;
+  return summary();
 }

@@ -223,17 +223,10 @@ void test_swiglu(Backend& be, Rng& rng, std::int64_t rows, std::int64_t f, std::
 }  // namespace
 
 int main() {
-  std::string why;
-  if (seqrec::cuda::cuda_device_available(&why) == 0) {
-    std::printf("no CUDA device (cudaGetDeviceCount: %s), skipping\n", why.c_str());
-    return 77;
-  }
+  if (!device_answers()) return 77;
   try {
     Backend be(0);
-    cudaDeviceProp prop{};
-    SEQREC_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-    std::printf("device: %s (sm_%d%d, %d SMs)\n", prop.name, prop.major, prop.minor,
-                prop.multiProcessorCount);
+    print_device();
     Rng rng(20240612);
 
     // Small odd widths (not multiples of 32; fewer rows than the backward's 512-block grid), D = 1
@@ -259,6 +252,5 @@ int main() {
   } catch (const std::exception& e) {
     record(false, "setup", "-", std::string("exception: ") + e.what());
   }
-  std::printf("%d passed, %d failed\n", g_pass, g_fail);
-  return g_fail == 0 && g_pass > 0 ? 0 : 1;
+  return summary();
 }

@@ -1,4 +1,5 @@
-// Model<Config, cuda::Backend>: the model of model/model.hpp on one GPU, fp32 throughout.
+// Model<Config, cuda::Backend>: the model of model/model.hpp on one GPU (fp32, or bf16 GEMM
+// operands with fp32 accumulation in the backend's bf16 mode).
 //
 // Same parameters, same names, same order, same initialisation: they are registered into a host
 // ParameterStore<float> by the very calls of the CPU model (the policies' own Layer constructors
@@ -14,16 +15,19 @@
 //   optimizer_step()  clipping + AdamW on the device, honouring the host store's frozen flags
 //
 // forward_backward / loss / score_last take HOST token arrays (score_last writes HOST scores), so
-// the trainer and the evaluator call this model exactly like the CPU one. The step mirrors the CPU
-// model op for op (read model.hpp's forward() and backward() beside this file), with the same
-// dropout sites and keys: embeddings mix64(key ^ 1), attention output mix64(key ^ (l·16 + 2)),
+// the trainer and the evaluator call this model exactly like the CPU one; rank_last and
+// top_k_last rank and select on the device (eval::rank_cases, eval::recommend), and
+// forward_hidden / backward_hidden serve host-side heads (DPO). Training steps (forward_backward,
+// loss) compute only the non-padding rows, as the CPU model does (choose_rows). The step mirrors
+// the CPU model op for op (read model.hpp's forward() and backward() beside this file), with the
+// same dropout sites and keys: embeddings mix64(key ^ 1), attention output mix64(key ^ (l·16 + 2)),
 // FFN output mix64(that ^ 0x5bd1e995). Dropout masks are recomputed from the counter hash in the
 // backward instead of being stored; they are bit-identical to the CPU's.
 //
 // Supported policies in this version: positions Learned, RoPE, None; norm RMSNorm, LayerNorm;
-// FFN Mlp<Relu>, Mlp<Silu>, GatedMlp (SwiGLU). MoE stops compilation with a static_assert, as
-// does any other policy, naming the family. The policy is chosen at compile time (if constexpr on
-// the traits below): no run-time dispatch.
+// FFN Mlp<Relu>, Mlp<Silu>, GatedMlp (SwiGLU), MoE<E, K, Mlp<Silu>> (through cuda::MoeLayer, one
+// per block). Any other policy stops compilation with a static_assert naming the family. The policy
+// is chosen at compile time (if constexpr on the traits below): no run-time dispatch.
 //   LayerNorm  params "<prefix>.weight" and "<prefix>.bias"; stats (N, 2) = (mean, rstd) per row
 //              (RMSNorm: (N, 1) = rstd), sized from the policy's stats_per_row.
 //   GatedMlp   y = Wd · (silu(Wg x) ⊙ Wu x), no biases, inner width F' = gated_inner_width(D, F),
@@ -31,8 +35,8 @@
 //              caches gate, up and act = silu(gate) ⊙ up (N, F') per block.
 // Linear layers are cuBLASLt GEMMs (gemm_rm): fp32 without TF32 by default, bf16 operands with
 // fp32 accumulation when the backend is in bf16 mode (weights marked WeightOperand::B are rounded
-// once per optimiser step); every other reduction has a fixed order, so a step repeats bit for
-// bit in either mode.
+// once per optimiser step), biases in the GEMM's epilogue where aligned; every other reduction
+// has a fixed order, so a step repeats bit for bit in either mode.
 #pragma once
 
 #include <algorithm>

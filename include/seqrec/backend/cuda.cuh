@@ -39,6 +39,7 @@
 #include <utility>
 #include <vector>
 
+#include "seqrec/backend/cuda_probe.hpp"
 #include "seqrec/core/error.hpp"
 
 namespace seqrec::cuda::detail {
@@ -78,18 +79,10 @@ namespace seqrec::cuda::detail {
 
 namespace seqrec::cuda {
 
-/// Number of CUDA devices, or 0 when cudaGetDeviceCount fails (no driver, driver too old:
-/// cudaErrorInsufficientDriver = 35). When `why` is given it receives the error string.
+/// Number of CUDA devices, or 0 when none answers (cuda_probe::device_count, which host-only code
+/// uses directly); `why` receives the reason for a 0.
 inline int cuda_device_available(std::string* why = nullptr) {
-  int n = 0;
-  const cudaError_t e = cudaGetDeviceCount(&n);
-  if (e != cudaSuccess) {
-    if (why != nullptr) *why = std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e);
-    (void)cudaGetLastError();  // clear the sticky-free error so later calls start clean
-    return 0;
-  }
-  if (n == 0 && why != nullptr) *why = "0 devices";
-  return n;
+  return cuda_probe::device_count(why);
 }
 
 /// Size-bucketed cache of device blocks. Not thread-safe; single stream (see the file comment).

@@ -76,7 +76,8 @@ enum class WeightOperand { None, A, B };
 /// every row] (see gemm_lt for the layout). fp32 mode: fp32 throughout. bf16 mode: the operands
 /// are rounded to bf16 (weights once per version, from the backend's cache; activations into
 /// scratch buffers) and multiplied with fp32 accumulation into the fp32 C. The bias is added in
-/// cuBLASLt's epilogue where it can be (16-byte aligned, an algorithm exists), else by bias_add.
+/// cuBLASLt's epilogue where it can be (16-byte aligned, an algorithm exists), else by
+/// bias_add_strided.
 inline void gemm_rm(Backend& be, bool trans_a, bool trans_b, std::int64_t M, std::int64_t N,
                     std::int64_t K, float alpha, const float* A, std::int64_t lda, const float* B,
                     std::int64_t ldb, float beta, float* C, std::int64_t ldc,

@@ -1,7 +1,6 @@
 // Small element-wise and reduction kernels of the CUDA model, fp32, all on the backend's stream:
 //
-//   bias_add                y (N, C) += b (C) per row                (linear layers' bias)
-//   column_sum_add          db (C) += Σ_rows dy (N, C)               (their bias gradient)
+//   column_sum_add          db (C) += Σ_rows dy (N, C)               (linear layers' bias gradient)
 //   add_into                y (n) += x (n)                           (residual gradients)
 //   position_add            x (B, L, D) += P (L, D)                  (learned positions)
 //   position_add_backward   dP (L, D) += Σ_b dx (B, L, D)
@@ -50,14 +49,6 @@ __device__ inline float act_df(float x) {
   }
 }
 }  // namespace detail
-
-static __global__ void bias_add_kernel(float* __restrict__ y, const float* __restrict__ b,
-                                       std::int64_t rows, std::int64_t cols) {
-  const std::int64_t total = rows * cols;
-  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
-       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
-    y[i] = __fadd_rn(y[i], b[i % cols]);
-}
 
 /// partial (gridDim.y, C): chunk blockIdx.y's column sums, rows in ascending order.
 static __global__ void column_sum_partial_kernel(const float* __restrict__ x,
@@ -123,13 +114,6 @@ static __global__ void activation_backward_kernel(const float* __restrict__ x,
   for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
     d[i] = __fmul_rn(d[i], detail::act_df<A>(x[i]));
-}
-
-/// y (rows, cols) += b (cols), per row.
-inline void bias_add(Backend& be, float* y, const float* b, std::int64_t rows, std::int64_t cols) {
-  if (rows * cols == 0) return;
-  bias_add_kernel<<<detail::ew_blocks(rows * cols), 256, 0, be.stream()>>>(y, b, rows, cols);
-  SEQREC_CUDA_CHECK_LAUNCH();
 }
 
 /// out (cols) += Σ_rows x (rows, cols), deterministic.

@@ -2,10 +2,19 @@
 // dim 1024, 5 layers, 8 heads, ffn 4096, max_len 20, batch 1024, vocab 4+16859, dropout 0.1
 // (RoPE, RMSNorm, SiLU MLP; random init — the title init of OursConfig costs nothing per step).
 //
-//   gpu_train_bench [--steps N] [--warmup N] [--data DIR] [--bf16]
+//   gpu_train_bench [--steps N] [--warmup N] [--profile N] [--data DIR] [--bf16]
+//                   [--fp32-activations]
 //
-// --bf16 switches the backend to bf16 GEMM operands with fp32 accumulation (Backend::set_bf16);
-// MFU is then taken against the card's dense bf16 tensor peak instead of its fp32 peak.
+// --bf16 switches the backend to bf16 GEMM operands with fp32 accumulation (Backend::set_bf16),
+// with the GEMM-only activations stored in bf16 (--fp32-activations keeps them in fp32 and rounds
+// them at each GEMM instead: same bits, for an A/B of the storage); MFU is then taken against the
+// card's dense bf16 tensor peak instead of its fp32 peak.
+//
+// --profile N (default 5, 0 = off): after the timed steps, N more steps with the backend's
+// profiler on (CUDA events around each phase of the step: cuda::ProfileScope in model_cuda.cuh),
+// printed as GPU ms per step and share per phase, plus the part of the step's wall time outside
+// every range (host work, launch gaps, the loss's synchronisation). The events perturb the step
+// slightly, so the timed figures above come from unprofiled steps.
 //
 // Part 1, synthetic: 8 pre-built batches of random items with realistic left padding (sequence
 // length 1 + ⌊Exp(mean 10)⌋, so a row holds min(n, 20) targets, about 9.1 of 20 on average),
@@ -122,7 +131,45 @@ double non_embedding_params(const GpuModel& m) {
   return p;
 }
 
-void synthetic_part(seqrec::cuda::Backend& be, int steps, int warmup) {
+/// N profiled steps over `batches`: GPU time per phase (the backend's profiler), per step.
+void profile_part(seqrec::cuda::Backend& be, GpuModel& model, const std::vector<Batch>& batches,
+                  int steps, int first_step) {
+  if (steps <= 0) return;
+  const seqrec::train::AdamWOptions opt;
+  be.enable_profiling(true);
+  be.profiler()->reset_totals();
+  double wall_ms = 0;
+  for (int s = 0; s < steps; ++s) {
+    const Batch& b = batches[static_cast<std::size_t>(s) % batches.size()];
+    const std::uint64_t key = seqrec::ops::dropout_key(42, std::uint64_t(first_step + s), 0) | 1;
+    be.synchronize();
+    const auto t0 = Clock::now();
+    model.zero_grads();
+    std::int64_t nt = 0;
+    model.forward_backward(b.inputs.data(), b.targets.data(), b.B, b.L, key, &nt);
+    model.optimizer_step(opt, 1e-3, first_step + s, 1.0);
+    be.synchronize();
+    wall_ms += std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+    be.profiler()->collect();
+  }
+  auto totals = be.profiler()->totals();
+  be.enable_profiling(false);
+  double gpu_ms = 0;
+  for (const auto& t : totals) gpu_ms += t.second;
+  std::sort(totals.begin(), totals.end(),
+            [](const auto& a, const auto& b) { return a.second > b.second; });
+  std::printf("\nstep profile, %d steps with CUDA events around each phase (ms per step):\n",
+              steps);
+  std::printf("  %-30s %9s %7s\n", "phase", "ms/step", "share");
+  for (const auto& [name, ms] : totals)
+    std::printf("  %-30s %9.3f %6.1f%%\n", name.c_str(), ms / steps, 100.0 * ms / gpu_ms);
+  std::printf("  %-30s %9.3f\n", "sum of phases (GPU)", gpu_ms / steps);
+  std::printf("  %-30s %9.3f  (%.1f%% of the wall time outside every phase)\n",
+              "wall time per profiled step", wall_ms / steps,
+              wall_ms > 0 ? 100.0 * (wall_ms - gpu_ms) / wall_ms : 0.0);
+}
+
+void synthetic_part(seqrec::cuda::Backend& be, int steps, int warmup, int profile_steps) {
   const std::int32_t B = 1024, L = 20, vocab = 4 + 16859;
   const seqrec::ModelShape shape = study_shape(vocab);
   const std::size_t mem0 = used_bytes();
@@ -139,7 +186,10 @@ void synthetic_part(seqrec::cuda::Backend& be, int steps, int warmup) {
       "dropout %.2f, %s\n",
       GpuModel::describe().c_str(), shape.dim, shape.layers, shape.heads, shape.ffn_dim,
       shape.max_len, B, shape.vocab_size, shape.dropout,
-      be.bf16() ? "bf16 GEMM operands, fp32 accumulation" : "fp32 (no TF32)");
+      !be.bf16()              ? "fp32 (no TF32)"
+      : be.bf16_activations() ? "bf16 GEMM operands and GEMM-only activations, fp32 accumulation"
+                              : "bf16 GEMM operands (activations fp32, rounded per GEMM), fp32 "
+                                "accumulation");
   std::printf("parameters: %.1f M total, %.1f M non-embedding (P)\n",
               double(store.num_parameters()) / 1e6, P / 1e6);
   std::printf(
@@ -206,6 +256,7 @@ void synthetic_part(seqrec::cuda::Backend& be, int steps, int warmup) {
       "live, %.2f GiB cached)\n",
       mem0 / kGiB, mem_model / kGiB, mem_peak / kGiB, be.allocator().live_bytes() / kGiB,
       be.allocator().cached_bytes() / kGiB);
+  profile_part(be, model, batches, profile_steps, warmup + steps + 1);
 }
 
 void data_part(seqrec::cuda::Backend& be, const std::string& dir) {
@@ -259,21 +310,29 @@ void data_part(seqrec::cuda::Backend& be, const std::string& dir) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int steps = 30, warmup = 3;
-  bool bf16 = false;
+  int steps = 30, warmup = 3, profile = 5;
+  bool bf16 = false, fp32_activations = false;
   std::string data_dir;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--bf16") {
       bf16 = true;
-    } else if ((a == "--steps" || a == "--warmup" || a == "--data") && i + 1 < argc) {
+    } else if (a == "--fp32-activations") {
+      fp32_activations = true;
+    } else if ((a == "--steps" || a == "--warmup" || a == "--profile" || a == "--data") &&
+               i + 1 < argc) {
       const std::string v = argv[++i];
       if (a == "--steps") steps = std::max(1, std::atoi(v.c_str()));
       if (a == "--warmup") warmup = std::max(0, std::atoi(v.c_str()));
+      if (a == "--profile") profile = std::max(0, std::atoi(v.c_str()));
       if (a == "--data") data_dir = v;
     } else {
-      std::fprintf(stderr, "usage: %s [--steps N] [--warmup N] [--data DIR] [--bf16]\n", argv[0]);
-      return 1;
+      const bool help = a == "--help" || a == "-h";
+      std::fprintf(help ? stdout : stderr,
+                   "usage: %s [--steps N] [--warmup N] [--profile N] [--data DIR] [--bf16] "
+                   "[--fp32-activations]\n",
+                   argv[0]);
+      return help ? 0 : 1;
     }
   }
   std::string why;
@@ -284,11 +343,12 @@ int main(int argc, char** argv) {
   try {
     seqrec::cuda::Backend be(0);
     be.set_bf16(bf16);
+    be.set_bf16_activations(!fp32_activations);
     cudaDeviceProp prop{};
     SEQREC_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     std::printf("device: %s (sm_%d%d, %d SMs, %.1f GiB)\n", prop.name, prop.major, prop.minor,
                 prop.multiProcessorCount, double(prop.totalGlobalMem) / kGiB);
-    synthetic_part(be, steps, warmup);
+    synthetic_part(be, steps, warmup, profile);
     if (!data_dir.empty()) data_part(be, data_dir);
   } catch (const std::exception& e) {
     std::printf("gpu_train_bench failed: %s\n", e.what());

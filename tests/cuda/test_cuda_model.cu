@@ -35,6 +35,12 @@
 //   bf16 grad <tensor>              per-tensor relative L2 error ≤ 5e-2 (reasoning at the check)
 //   bf16 score_last                 relative L2 error ≤ 5e-2
 //
+// bf16 activations (the default in bf16 mode) against bf16 mode with fp32 activations rounded at
+// each GEMM, for OursRandomConfig, GatedConfig, SasRecLayerNormConfig and MoeConfig: loss, every
+// gradient over 3 AdamW steps, the parameters and moments after them and score_last must be
+// identical BIT FOR BIT (tagged "bf16-activations"): the same fp32 values are rounded the same way
+// and cuBLASLt sees the same layouts.
+//
 // The tolerances were sized by running the same steps with the CPU model in fp32 against the CPU
 // model in fp64 (the exact answer, to fp32's eyes) over 30 seeds: the GPU and the CPU are two fp32
 // evaluations in different summation orders, so their difference is about √2 times either one's
@@ -507,6 +513,87 @@ void test_model_bf16(seqrec::cuda::Backend& gbe, const std::string& name) {
   }
 }
 
+/// Counts the elements of two float arrays that differ bitwise.
+std::size_t bit_diffs(const float* a, const float* b, std::size_t n) {
+  std::size_t d = 0;
+  for (std::size_t i = 0; i < n; ++i) d += std::memcmp(a + i, b + i, sizeof(float)) != 0;
+  return d;
+}
+
+/// bf16 activations (the default in bf16 mode: norm outputs, attention context and MLP
+/// activations written in bf16 by their kernels, dy rounded once per linear backward) against
+/// bf16 mode with those activations in fp32 and rounded by gemm_rm at each use. Both round the same
+/// fp32 values with the same rounding and hand cuBLASLt the same layouts, so everything must agree
+/// BIT FOR BIT: loss, every gradient, the parameters and moments after 3 AdamW steps, and the
+/// scores of score_last (the unpacked path, where attention writes bf16 itself). Two GPU models
+/// from the same seed; the backend's switch is flipped around each call.
+template <typename Cfg>
+void test_bf16_activations(seqrec::cuda::Backend& gbe, const std::string& name) {
+  using GpuModel = seqrec::Model<Cfg, seqrec::cuda::Backend>;
+  const ModelShape shape = test_shape();
+  const std::uint64_t seed = 1234;
+  const Bf16Mode mode(gbe);
+  GpuModel stored(shape, gbe, seed), rounded(shape, gbe, seed);
+  const std::string tag = name + " bf16-activations ";
+  auto with = [&](bool on, auto&& f) {
+    gbe.set_bf16_activations(on);
+    try {
+      f();
+    } catch (...) {
+      gbe.set_bf16_activations(true);
+      throw;
+    }
+    gbe.set_bf16_activations(true);
+  };
+  Rng rng(4242);
+  const seqrec::train::AdamWOptions opt;
+  for (int step = 1; step <= 3; ++step) {
+    const Batch b = make_batch(rng, 32, shape.max_len, shape.vocab_size);
+    const std::uint64_t key = seqrec::ops::dropout_key(seed, std::uint64_t(step), 0) | 1;
+    double l1 = 0, l2 = 0;
+    std::int64_t n1 = 0, n2 = 0;
+    with(true, [&] {
+      stored.zero_grads();
+      l1 = stored.forward_backward(b.inputs.data(), b.targets.data(), b.B, b.L, key, &n1);
+    });
+    with(false, [&] {
+      rounded.zero_grads();
+      l2 = rounded.forward_backward(b.inputs.data(), b.targets.data(), b.B, b.L, key, &n2);
+    });
+    const std::string st = "step " + std::to_string(step) + " ";
+    record(l1 == l2 && n1 == n2, tag + st + "loss",
+           strf("stored %.9g rounded %.9g", l1, l2) + (l1 == l2 ? " (identical)" : " DIFFER"));
+    stored.download_grads();
+    rounded.download_grads();
+    const auto& g1 = stored.parameters().grads();
+    const auto& g2 = rounded.parameters().grads();
+    const std::size_t gd = bit_diffs(g1.data(), g2.data(), g1.size());
+    record(gd == 0, tag + st + "grads",
+           std::to_string(gd) + " of " + std::to_string(g1.size()) + " elements differ bitwise");
+    with(true, [&] { stored.optimizer_step(opt, 1e-3, step, 1.0); });
+    with(false, [&] { rounded.optimizer_step(opt, 1e-3, step, 1.0); });
+  }
+  stored.download();
+  rounded.download();
+  const auto& v1 = stored.parameters().values();
+  const auto& v2 = rounded.parameters().values();
+  const std::size_t vd = bit_diffs(v1.data(), v2.data(), v1.size());
+  record(vd == 0, tag + "values after 3 steps",
+         std::to_string(vd) + " of " + std::to_string(v1.size()) + " elements differ bitwise");
+  const std::size_t md = bit_diffs(stored.parameters().moment2().data(),
+                                   rounded.parameters().moment2().data(), v1.size());
+  record(md == 0, tag + "second moments after 3 steps",
+         std::to_string(md) + " elements differ bitwise");
+  const Batch b = make_batch(rng, 32, shape.max_len, shape.vocab_size);
+  const std::int64_t I = stored.num_items();
+  std::vector<float> s1(static_cast<std::size_t>(b.B * I)), s2(s1.size());
+  with(true, [&] { stored.score_last(b.inputs.data(), b.B, b.L, s1.data()); });
+  with(false, [&] { rounded.score_last(b.inputs.data(), b.B, b.L, s2.data()); });
+  const std::size_t sd = bit_diffs(s1.data(), s2.data(), s1.size());
+  record(sd == 0, tag + "score_last",
+         std::to_string(sd) + " of " + std::to_string(s1.size()) + " scores differ bitwise");
+}
+
 template <typename F>
 void guarded(const std::string& what, F&& f) {
   try {
@@ -545,6 +632,13 @@ int main() {
     guarded("ours_random bf16",
             [&] { test_model_bf16<seqrec::OursRandomConfig>(be, "ours_random"); });
     guarded("gated bf16", [&] { test_model_bf16<seqrec::GatedConfig>(be, "gated"); });
+    guarded("ours_random bf16-activations",
+            [&] { test_bf16_activations<seqrec::OursRandomConfig>(be, "ours_random"); });
+    guarded("gated bf16-activations",
+            [&] { test_bf16_activations<seqrec::GatedConfig>(be, "gated"); });
+    guarded("sasrec_layernorm bf16-activations",
+            [&] { test_bf16_activations<seqrec::SasRecLayerNormConfig>(be, "sasrec_layernorm"); });
+    guarded("moe bf16-activations", [&] { test_bf16_activations<seqrec::MoeConfig>(be, "moe"); });
   } catch (const std::exception& e) {
     record(false, "setup", std::string("exception: ") + e.what());
   }

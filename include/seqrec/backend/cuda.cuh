@@ -6,11 +6,13 @@
 // the fp32/bf16 GEMM entry point gemm_rm, which launches a rounding kernel, is in gemm_cuda.cuh.
 //
 // Precision. In the default fp32 mode every GEMM is fp32 in, fp32 out, fp32 compute (no TF32), so
-// results stay within fp32 rounding of the CPU ops. In bf16 mode (set_bf16(true)) gemm_rm rounds
-// both operands to bf16 and multiplies on the tensor cores with fp32 accumulation and an fp32
-// result; everything else (activations between ops, master weights, gradients, optimiser state)
-// stays fp32. Operands marked as weights are rounded once per weight version and cached: the
-// model calls weights_changed() after every optimiser step or upload, which drops the cache.
+// results stay within fp32 rounding of the CPU ops. In bf16 mode (set_bf16(true)) GEMMs take bf16
+// operands and multiply on the tensor cores with fp32 accumulation and an fp32 result. Operands
+// marked as weights are rounded once per weight version and cached: the model calls
+// weights_changed() after every optimiser step or upload, which drops the cache. Activations that
+// only GEMMs read are written in bf16 by the kernels that produce them (set_bf16_activations);
+// the rest — the residual stream, GEMM outputs, gradients, master weights, optimiser state —
+// stays fp32.
 //
 // Everything runs on the backend's single stream, which is what makes the allocator simple: a
 // buffer freed after a kernel was queued on the stream may be handed to the next request at once,
@@ -31,9 +33,11 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -78,6 +82,12 @@ namespace seqrec::cuda::detail {
 #define SEQREC_CUDA_CHECK_LAUNCH() SEQREC_CUDA_CHECK(cudaGetLastError())
 
 namespace seqrec::cuda {
+
+/// Stores an fp32 value in an activation buffer of element type float or bf16 (round to nearest
+/// even, exactly as cast_to_bf16 rounds): kernels that write a tensor whose only readers are
+/// GEMMs write it in the GEMM's operand type directly (bf16 activations).
+__host__ __device__ inline void store_as(float* p, float v) { *p = v; }
+__host__ __device__ inline void store_as(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
 /// Number of CUDA devices, or 0 when none answers (cuda_probe::device_count, which host-only code
 /// uses directly); `why` receives the reason for a 0.
@@ -207,6 +217,81 @@ class DeviceBuffer {
   std::size_t count_ = 0;
 };
 
+/// Per-phase GPU time on one stream, for benchmarks (gpu_train_bench --profile): each range
+/// between begin(name) and end() records a pair of events on the stream; collect() waits for
+/// them and adds each range's elapsed time to its name's total. Ranges must not nest (the totals
+/// are then disjoint and sum to the stream's busy time inside ranges). Event pairs are pooled.
+class Profiler {
+ public:
+  explicit Profiler(cudaStream_t stream) : stream_(stream) {}
+  Profiler(const Profiler&) = delete;
+  Profiler& operator=(const Profiler&) = delete;
+  ~Profiler() {
+    for (cudaEvent_t e : pool_) (void)cudaEventDestroy(e);
+  }
+
+  void begin(const char* name) {
+    SEQREC_CHECK(open_ < 0, std::string("Profiler: range '") + name + "' opened inside '" +
+                                ranges_[static_cast<std::size_t>(open_)].name + "'");
+    ranges_.push_back(Range{name, event(), event()});
+    open_ = static_cast<int>(ranges_.size()) - 1;
+    SEQREC_CUDA_CHECK(cudaEventRecord(ranges_.back().start, stream_));
+  }
+  /// Closes the open range (no-op without one). noexcept for scope guards: a failed record is
+  /// reported by the next collect().
+  void end() noexcept {
+    if (open_ < 0) return;
+    const cudaError_t e = cudaEventRecord(ranges_[static_cast<std::size_t>(open_)].stop, stream_);
+    if (e != cudaSuccess && record_error_ == cudaSuccess) record_error_ = e;
+    open_ = -1;
+  }
+  /// Synchronises the stream, adds the recorded ranges to the totals and recycles their events.
+  void collect() {
+    SEQREC_CHECK(open_ < 0, "Profiler: collect() inside an open range");
+    SEQREC_CUDA_CHECK(std::exchange(record_error_, cudaSuccess));
+    SEQREC_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    for (const Range& r : ranges_) {
+      float ms = 0.f;
+      SEQREC_CUDA_CHECK(cudaEventElapsedTime(&ms, r.start, r.stop));
+      auto it = std::find_if(totals_.begin(), totals_.end(),
+                             [&](const auto& t) { return t.first == r.name; });
+      if (it == totals_.end())
+        totals_.emplace_back(r.name, double(ms));
+      else
+        it->second += double(ms);
+      free_.push_back(r.start);
+      free_.push_back(r.stop);
+    }
+    ranges_.clear();
+  }
+  /// (name, total ms) in order of first appearance.
+  const std::vector<std::pair<std::string, double>>& totals() const noexcept { return totals_; }
+  void reset_totals() { totals_.clear(); }
+
+ private:
+  struct Range {
+    std::string name;
+    cudaEvent_t start, stop;
+  };
+  cudaEvent_t event() {
+    if (!free_.empty()) {
+      cudaEvent_t e = free_.back();
+      free_.pop_back();
+      return e;
+    }
+    cudaEvent_t e = nullptr;
+    SEQREC_CUDA_CHECK(cudaEventCreate(&e));
+    pool_.push_back(e);
+    return e;
+  }
+  cudaStream_t stream_;
+  std::vector<cudaEvent_t> pool_, free_;
+  std::vector<Range> ranges_;
+  int open_ = -1;
+  cudaError_t record_error_ = cudaSuccess;
+  std::vector<std::pair<std::string, double>> totals_;
+};
+
 /// The CUDA backend: device, stream, cuBLASLt handle + workspace, caching allocator.
 class Backend {
  public:
@@ -254,6 +339,33 @@ class Backend {
     weights_changed();
   }
   bool bf16() const noexcept { return bf16_; }
+  /// In bf16 mode, whether models keep the activations only GEMMs read (norm outputs, attention
+  /// context, MLP activations) in bf16, written so by the kernels that make them (default), or in
+  /// fp32 rounded by gemm_rm at every use. Both give the same bits (the rounding is the same);
+  /// the bf16 form skips the rounding passes and halves those buffers. Tests compare the two.
+  void set_bf16_activations(bool on) noexcept { bf16_activations_ = on; }
+  bool bf16_activations() const noexcept { return bf16_activations_; }
+
+  /// Per-phase timing of the model's steps (see Profiler); off (null) by default, and then a
+  /// ProfileScope costs one pointer test.
+  void enable_profiling(bool on) {
+    if (on && !profiler_) profiler_ = std::make_unique<Profiler>(stream_);
+    if (!on) profiler_.reset();
+  }
+  Profiler* profiler() noexcept { return profiler_.get(); }
+
+  /// cuBLASLt's chosen algorithm for one GEMM problem (gemm_lt's key), so the heuristic query
+  /// runs once per shape instead of once per call.
+  struct GemmPlan {
+    cublasLtMatmulAlgo_t algo;
+    bool fused_bias;
+  };
+  using GemmKey = std::array<std::int64_t, 13>;
+  const GemmPlan* find_gemm_plan(const GemmKey& k) const {
+    auto it = gemm_plans_.find(k);
+    return it == gemm_plans_.end() ? nullptr : &it->second;
+  }
+  void add_gemm_plan(const GemmKey& k, const GemmPlan& p) { gemm_plans_.emplace(k, p); }
 
   /// Drops the bf16 copies of weight operands (call after the weights change).
   void weights_changed() noexcept { weight_cache_.clear(); }
@@ -281,8 +393,27 @@ class Backend {
   int num_sms_ = 0;
   int max_smem_optin_ = 0;
   bool bf16_ = false;
+  bool bf16_activations_ = true;
   using WeightKey = std::tuple<const float*, std::int64_t, std::int64_t, std::int64_t>;
   std::map<WeightKey, DeviceBuffer<__nv_bfloat16>> weight_cache_;  // after alloc_: freed first
+  std::map<GemmKey, GemmPlan> gemm_plans_;
+  std::unique_ptr<Profiler> profiler_;
+};
+
+/// Times the enclosing scope as one range of the backend's profiler, when profiling is on.
+class ProfileScope {
+ public:
+  ProfileScope(Backend& be, const char* name) : p_(be.profiler()) {
+    if (p_ != nullptr) p_->begin(name);
+  }
+  ProfileScope(const ProfileScope&) = delete;
+  ProfileScope& operator=(const ProfileScope&) = delete;
+  ~ProfileScope() {
+    if (p_ != nullptr) p_->end();
+  }
+
+ private:
+  Profiler* p_;
 };
 
 /// Row-major GEMM on the backend's stream with operands of type `ab_type` (CUDA_R_32F or
@@ -353,39 +484,65 @@ inline bool gemm_lt(Backend& be, cudaDataType_t ab_type, bool trans_a, bool tran
       pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof(al_c)));
   SEQREC_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
       pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof(al_c)));
-  cublasLtMatmulHeuristicResult_t heur{};
-  int found = 0;
   bool fused = bias != nullptr && reinterpret_cast<std::uintptr_t>(bias) % 16 == 0;
-  if (fused) {
-    const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
-    const cudaDataType_t bias_type = CUDA_R_32F;
+  auto set_bias_epilogue = [&](bool on) {
+    const cublasLtEpilogue_t epi = on ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
     SEQREC_CUBLAS_CHECK(
         cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+    if (!on) return;
+    const cudaDataType_t bias_type = CUDA_R_32F;
     SEQREC_CUBLAS_CHECK(
         cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
     SEQREC_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
                                                        &bias_type, sizeof(bias_type)));
-    const cublasStatus_t st =
-        cublasLtMatmulAlgoGetHeuristic(be.lt(), op, la, lb, lc, lc, pref, 1, &heur, &found);
-    if (st != CUBLAS_STATUS_SUCCESS || found == 0) {  // no algorithm with it: plain GEMM
-      fused = false;
-      found = 0;
-      const cublasLtEpilogue_t none = CUBLASLT_EPILOGUE_DEFAULT;
-      SEQREC_CUBLAS_CHECK(
-          cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &none, sizeof(none)));
+  };
+  // The heuristic query costs far more host time than the GEMM launch: its answer is kept per
+  // problem (types, transposes, sizes, leading dimensions, alignments, bias epilogue wanted).
+  const Backend::GemmKey key{static_cast<std::int64_t>(ab_type),
+                             trans_a,
+                             trans_b,
+                             M,
+                             N,
+                             K,
+                             lda,
+                             ldb,
+                             ldc,
+                             al_first,
+                             al_second,
+                             al_c,
+                             fused};
+  Backend::GemmPlan plan{};
+  if (const Backend::GemmPlan* known = be.find_gemm_plan(key)) {
+    plan = *known;
+    fused = plan.fused_bias;
+    if (fused) set_bias_epilogue(true);
+  } else {
+    cublasLtMatmulHeuristicResult_t heur{};
+    int found = 0;
+    if (fused) {
+      set_bias_epilogue(true);
+      const cublasStatus_t st =
+          cublasLtMatmulAlgoGetHeuristic(be.lt(), op, la, lb, lc, lc, pref, 1, &heur, &found);
+      if (st != CUBLAS_STATUS_SUCCESS || found == 0) {  // no algorithm with it: plain GEMM
+        fused = false;
+        found = 0;
+        set_bias_epilogue(false);
+      }
     }
-  }
-  if (!fused)
-    SEQREC_CUBLAS_CHECK(
-        cublasLtMatmulAlgoGetHeuristic(be.lt(), op, la, lb, lc, lc, pref, 1, &heur, &found));
-  if (found == 0) {
-    throw ::seqrec::Error(std::string("cuBLASLt found no ") +
-                          (ab_type == CUDA_R_16BF ? "bf16" : "fp32") +
-                          " algorithm for M=" + std::to_string(M) + " N=" + std::to_string(N) +
-                          " K=" + std::to_string(K));
+    if (!fused)
+      SEQREC_CUBLAS_CHECK(
+          cublasLtMatmulAlgoGetHeuristic(be.lt(), op, la, lb, lc, lc, pref, 1, &heur, &found));
+    if (found == 0) {
+      throw ::seqrec::Error(std::string("cuBLASLt found no ") +
+                            (ab_type == CUDA_R_16BF ? "bf16" : "fp32") +
+                            " algorithm for M=" + std::to_string(M) + " N=" + std::to_string(N) +
+                            " K=" + std::to_string(K));
+    }
+    plan = Backend::GemmPlan{heur.algo, fused};
+    be.add_gemm_plan(key, plan);
   }
   SEQREC_CUBLAS_CHECK(cublasLtMatmul(be.lt(), op, &alpha, B, la, A, lb, &beta, C, lc, C, lc,
-                                     &heur.algo, be.workspace(), ws, be.stream()));
+                                     &plan.algo, be.workspace(), ws, be.stream()));
   return fused;
 }
 

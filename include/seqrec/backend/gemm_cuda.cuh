@@ -72,20 +72,34 @@ inline void bias_add_strided(Backend& be, float* c, std::int64_t ldc, const floa
 /// copy the backend may cache in bf16 mode.
 enum class WeightOperand { None, A, B };
 
-/// Row-major GEMM on fp32 arrays, C (M, N) = alpha · op(A) · op(B) + beta · C [+ bias (N) on
-/// every row] (see gemm_lt for the layout). fp32 mode: fp32 throughout. bf16 mode: the operands
-/// are rounded to bf16 (weights once per version, from the backend's cache; activations into
-/// scratch buffers) and multiplied with fp32 accumulation into the fp32 C. The bias is added in
-/// cuBLASLt's epilogue where it can be (16-byte aligned, an algorithm exists), else by
-/// bias_add_strided.
+/// A GEMM operand as stored, row-major with leading dimension ld: fp32 (gemm_rm rounds it to
+/// bf16 in bf16 mode), or already bf16 — an activation a kernel wrote in bf16 (store_as), legal in
+/// bf16 mode only, with ld = bf16_ld(cols) so that it meets the same cuBLASLt layout (and hence
+/// the same algorithm and bits) as gemm_rm's own rounded copy of the fp32 tensor.
+struct Operand {
+  const float* f32 = nullptr;
+  const __nv_bfloat16* b16 = nullptr;
+  std::int64_t ld = 0;
+  Operand(const float* p, std::int64_t leading) : f32(p), ld(leading) {}
+  Operand(const __nv_bfloat16* p, std::int64_t leading) : b16(p), ld(leading) {}
+};
+
+/// Row-major GEMM, C (M, N) = alpha · op(A) · op(B) + beta · C [+ bias (N) on every row] (see
+/// gemm_lt for the layout), C fp32. fp32 mode: fp32 throughout (both operands must be fp32).
+/// bf16 mode: fp32 operands are rounded to bf16 (weights once per version, from the backend's
+/// cache; activations into scratch buffers), bf16 operands are used as they are, and the product
+/// is accumulated in fp32 into the fp32 C. The bias is added in cuBLASLt's epilogue where it can
+/// be (16-byte aligned, an algorithm exists), else by bias_add_strided.
 inline void gemm_rm(Backend& be, bool trans_a, bool trans_b, std::int64_t M, std::int64_t N,
-                    std::int64_t K, float alpha, const float* A, std::int64_t lda, const float* B,
-                    std::int64_t ldb, float beta, float* C, std::int64_t ldc,
-                    WeightOperand weight = WeightOperand::None, const float* bias = nullptr) {
+                    std::int64_t K, float alpha, const Operand& A, const Operand& B, float beta,
+                    float* C, std::int64_t ldc, WeightOperand weight = WeightOperand::None,
+                    const float* bias = nullptr) {
   if (M == 0 || N == 0) return;
   if (!be.bf16()) {
-    const bool fused = gemm_lt(be, CUDA_R_32F, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb,
-                               beta, C, ldc, bias);
+    SEQREC_CHECK(A.f32 != nullptr && B.f32 != nullptr,
+                 "gemm_rm: a bf16 operand needs the backend's bf16 mode");
+    const bool fused = gemm_lt(be, CUDA_R_32F, trans_a, trans_b, M, N, K, alpha, A.f32, A.ld, B.f32,
+                               B.ld, beta, C, ldc, bias);
     if (bias != nullptr && !fused) bias_add_strided(be, C, ldc, bias, M, N);
     return;
   }
@@ -94,22 +108,48 @@ inline void gemm_rm(Backend& be, bool trans_a, bool trans_b, std::int64_t M, std
   const std::int64_t b_rows = trans_b ? N : K, b_cols = trans_b ? K : N;
   DeviceBuffer<__nv_bfloat16> a_tmp, b_tmp;
   // The bf16 copies have 16-byte rows (leading dimension bf16_ld(cols)).
-  auto operand = [&](const float* x, std::int64_t rows, std::int64_t cols, std::int64_t ld,
-                     bool is_weight, DeviceBuffer<__nv_bfloat16>& tmp) -> const __nv_bfloat16* {
-    const std::int64_t dst_ld = bf16_ld(cols);
+  auto operand = [&](const Operand& x, std::int64_t rows, std::int64_t cols, bool is_weight,
+                     DeviceBuffer<__nv_bfloat16>& tmp, std::int64_t& ld16) -> const __nv_bfloat16* {
+    if (x.b16 != nullptr) {
+      ld16 = x.ld;
+      return x.b16;
+    }
+    ld16 = bf16_ld(cols);
     if (is_weight)
-      return be.cached_bf16(x, rows, cols, ld, dst_ld, [&](__nv_bfloat16* dst) {
-        cast_to_bf16(be, x, rows, cols, ld, dst, dst_ld);
+      return be.cached_bf16(x.f32, rows, cols, x.ld, ld16, [&](__nv_bfloat16* dst) {
+        cast_to_bf16(be, x.f32, rows, cols, x.ld, dst, ld16);
       });
-    tmp = be.buffer<__nv_bfloat16>(static_cast<std::size_t>(rows * dst_ld));
-    cast_to_bf16(be, x, rows, cols, ld, tmp.data(), dst_ld);
+    tmp = be.buffer<__nv_bfloat16>(static_cast<std::size_t>(rows * ld16));
+    cast_to_bf16(be, x.f32, rows, cols, x.ld, tmp.data(), ld16);
     return tmp.data();
   };
-  const __nv_bfloat16* a16 = operand(A, a_rows, a_cols, lda, weight == WeightOperand::A, a_tmp);
-  const __nv_bfloat16* b16 = operand(B, b_rows, b_cols, ldb, weight == WeightOperand::B, b_tmp);
-  const bool fused = gemm_lt(be, CUDA_R_16BF, trans_a, trans_b, M, N, K, alpha, a16,
-                             bf16_ld(a_cols), b16, bf16_ld(b_cols), beta, C, ldc, bias);
+  std::int64_t lda16 = 0, ldb16 = 0;
+  const __nv_bfloat16* a16 = operand(A, a_rows, a_cols, weight == WeightOperand::A, a_tmp, lda16);
+  const __nv_bfloat16* b16 = operand(B, b_rows, b_cols, weight == WeightOperand::B, b_tmp, ldb16);
+  const bool fused = gemm_lt(be, CUDA_R_16BF, trans_a, trans_b, M, N, K, alpha, a16, lda16, b16,
+                             ldb16, beta, C, ldc, bias);
   if (bias != nullptr && !fused) bias_add_strided(be, C, ldc, bias, M, N);
+}
+
+/// gemm_rm on fp32 arrays with their leading dimensions.
+inline void gemm_rm(Backend& be, bool trans_a, bool trans_b, std::int64_t M, std::int64_t N,
+                    std::int64_t K, float alpha, const float* A, std::int64_t lda, const float* B,
+                    std::int64_t ldb, float beta, float* C, std::int64_t ldc,
+                    WeightOperand weight = WeightOperand::None, const float* bias = nullptr) {
+  gemm_rm(be, trans_a, trans_b, M, N, K, alpha, Operand(A, lda), Operand(B, ldb), beta, C, ldc,
+          weight, bias);
+}
+
+/// In bf16 mode, a bf16 copy (rows, bf16_ld(cols)) of the fp32 (rows, cols) matrix x, made once
+/// for several GEMMs that read it (a gradient feeding both dX and dW); in fp32 mode, x itself.
+/// `keep` holds the copy; the Operand is valid while it lives.
+inline Operand gemm_operand(Backend& be, const float* x, std::int64_t rows, std::int64_t cols,
+                            DeviceBuffer<__nv_bfloat16>& keep) {
+  if (!be.bf16() || rows * cols == 0) return Operand(x, cols);
+  const std::int64_t ld16 = bf16_ld(cols);
+  keep = be.buffer<__nv_bfloat16>(static_cast<std::size_t>(rows * ld16));
+  cast_to_bf16(be, x, rows, cols, cols, keep.data(), ld16);
+  return Operand(keep.data(), ld16);
 }
 
 }  // namespace seqrec::cuda

@@ -295,6 +295,7 @@ class Model<Cfg, cuda::Backend> {
   /// train::clip_grad_norm + train::adamw_step. Returns the gradient norm before clipping.
   double optimizer_step(const train::AdamWOptions& o, double lr, std::int64_t step, double clip) {
     refresh_plan();
+    const cuda::ProfileScope prof(*be_, "optimizer (clip + AdamW)");
     const double norm = cuda::clip_grad_norm(*be_, *plan_, grads_.data(), clip);
     cuda::adamw_step(*be_, *plan_, values_.data(), grads_.data(), m_.data(), v_.data(), o, lr,
                      step);
@@ -319,12 +320,16 @@ class Model<Cfg, cuda::Backend> {
     ensure(dh_, M * D);
     ensure(dx_, M * D);
     std::int64_t seen = 0;
-    const double loss = cuda::cross_entropy_forward_backward(
-        *be_, ce_shape(M), h_.data(), targets_.data(), value(item_emb_) + kNumSpecialTokens * D,
-        dh_.data(),
-        // A frozen table's gradient would be discarded: skip its (I, D) GEMM.
-        store_.entry(item_emb_).frozen ? nullptr : grad(item_emb_) + kNumSpecialTokens * D,
-        T(1.0 / double(count)), &seen);
+    double loss = 0.0;
+    {
+      const cuda::ProfileScope prof(*be_, "cross-entropy (fwd + bwd)");
+      loss = cuda::cross_entropy_forward_backward(
+          *be_, ce_shape(M), h_.data(), targets_.data(), value(item_emb_) + kNumSpecialTokens * D,
+          dh_.data(),
+          // A frozen table's gradient would be discarded: skip its (I, D) GEMM.
+          store_.entry(item_emb_).frozen ? nullptr : grad(item_emb_) + kNumSpecialTokens * D,
+          T(1.0 / double(count)), &seen);
+    }
     backward(batch, len);
     return loss / double(count) + aux_loss();
   }
@@ -474,9 +479,13 @@ class Model<Cfg, cuda::Backend> {
   };
   /// Saved activations of one block on the device. The block's input is resid_[l]. stats1/2
   /// hold kStatsPerRow floats per row. Mlp uses pre (N, F) and act (N, F); GatedMlp uses gate,
-  /// up and act, each (N, F'); the buffers a policy does not use stay empty.
+  /// up and act, each (N, F'); the buffers a policy does not use stay empty. a1, ctx, a2 and act
+  /// are read only by GEMMs: with bf16 activations (act16_) they live in the *16 buffers instead,
+  /// with 16-byte rows (bf16_ld), written in bf16 by the kernels that make them (MoE keeps a2 in
+  /// fp32: its layer reads it).
   struct BlockCache {
     cuda::DeviceBuffer<float> a1, stats1, qkv, probs, ctx, x_mid, a2, stats2, pre, gate, up, act;
+    cuda::DeviceBuffer<__nv_bfloat16> a1_16, ctx16, a2_16, act16;
   };
 
   float* value(ParamId id) { return values_.data() + store_.entry(id).offset; }
@@ -528,13 +537,32 @@ class Model<Cfg, cuda::Backend> {
     if constexpr (kNorm == detail::CudaNorm::LayerNorm) n.bias = store_.find(prefix + ".bias");
     return n;
   }
-  /// y (N, D) = norm(x); stats (N, kStatsPerRow) saved for the backward.
-  void norm_forward(const NormIds& n, const float* x, float* y, float* stats, std::int64_t rows,
-                    std::int64_t d, float eps) {
+  /// y (N, D) = norm(x), leading dimension ldy (0: D), fp32 or bf16; stats (N, kStatsPerRow)
+  /// saved for the backward.
+  template <typename OutT>
+  void norm_forward(const NormIds& n, const float* x, OutT* y, float* stats, std::int64_t rows,
+                    std::int64_t d, float eps, std::int64_t ldy = 0) {
     if constexpr (kNorm == detail::CudaNorm::LayerNorm)
-      cuda::layernorm_forward(*be_, x, value(n.weight), value(n.bias), y, stats, rows, d, eps);
+      cuda::layernorm_forward(*be_, x, value(n.weight), value(n.bias), y, stats, rows, d, eps, ldy);
     else
-      cuda::rmsnorm_forward(*be_, x, value(n.weight), y, stats, rows, d, eps);
+      cuda::rmsnorm_forward(*be_, x, value(n.weight), y, stats, rows, d, eps, ldy);
+  }
+  /// Where a GEMM-only activation of `cols` columns lives: its bf16 buffer with 16-byte rows
+  /// under bf16 activations, else its fp32 buffer. Sizes them for `rows` rows.
+  cuda::Operand act_operand(cuda::DeviceBuffer<float>& f32, cuda::DeviceBuffer<__nv_bfloat16>& b16,
+                            std::int64_t rows, std::int64_t cols) {
+    if (act16_) {
+      ensure(b16, rows * cuda::bf16_ld(cols));
+      return cuda::Operand(b16.data(), cuda::bf16_ld(cols));
+    }
+    ensure(f32, rows * cols);
+    return cuda::Operand(f32.data(), cols);
+  }
+  /// The same operand for the backward (the buffers are sized by the forward).
+  cuda::Operand act_operand(const cuda::DeviceBuffer<float>& f32,
+                            const cuda::DeviceBuffer<__nv_bfloat16>& b16, std::int64_t cols) const {
+    return act16_ ? cuda::Operand(b16.data(), cuda::bf16_ld(cols))
+                  : cuda::Operand(f32.data(), cols);
   }
   /// dx (N, D) overwritten from dy; the norm's parameter gradients accumulated.
   void norm_backward(const NormIds& n, const float* x, const float* stats, const float* dy,
@@ -566,39 +594,41 @@ class Model<Cfg, cuda::Backend> {
   }
 
   /// linear layer: y (N, out) = x (N, in) · Wᵀ + b, W (out, in).
-  void linear_forward(const float* x, const float* w, const float* b, float* y, std::int64_t n,
-                      std::int64_t in, std::int64_t out) {
-    cuda::gemm_rm(*be_, false, true, n, out, in, 1.f, x, in, w, in, 0.f, y, out,
+  void linear_forward(const cuda::Operand& x, const float* w, const float* b, float* y,
+                      std::int64_t n, std::int64_t in, std::int64_t out) {
+    cuda::gemm_rm(*be_, false, true, n, out, in, 1.f, x, cuda::Operand(w, in), 0.f, y, out,
                   cuda::WeightOperand::B, b);  // bias in the GEMM's epilogue where possible
   }
-  /// dx (N, in) = dy · W (overwritten); dW += dyᵀ · x; db += Σ_rows dy.
-  void linear_backward(const float* x, const float* w, const float* dy, float* dx, float* dw,
-                       float* db, std::int64_t n, std::int64_t in, std::int64_t out) {
-    cuda::gemm_rm(*be_, false, false, n, in, out, 1.f, dy, out, w, in, 0.f, dx, in,
-                  cuda::WeightOperand::B);
-    cuda::gemm_rm(*be_, true, false, out, in, n, 1.f, dy, out, x, in, 1.f, dw, in);
+  /// dx (N, in) = dy · W (overwritten); dW += dyᵀ · x; db += Σ_rows dy. In bf16 mode dy is
+  /// rounded once for both GEMMs.
+  void linear_backward(const cuda::Operand& x, const float* w, const float* dy, float* dx,
+                       float* dw, float* db, std::int64_t n, std::int64_t in, std::int64_t out) {
+    linear_backward_nobias(x, w, dy, dx, dw, n, in, out, false);
     cuda::column_sum_add(*be_, dy, db, n, out);
   }
 
   /// Bias-free linear layer (GatedMlp): y (N, out) = x (N, in) · Wᵀ, W (out, in).
-  void linear_forward_nobias(const float* x, const float* w, float* y, std::int64_t n,
+  void linear_forward_nobias(const cuda::Operand& x, const float* w, float* y, std::int64_t n,
                              std::int64_t in, std::int64_t out) {
-    cuda::gemm_rm(*be_, false, true, n, out, in, 1.f, x, in, w, in, 0.f, y, out,
+    cuda::gemm_rm(*be_, false, true, n, out, in, 1.f, x, cuda::Operand(w, in), 0.f, y, out,
                   cuda::WeightOperand::B);
   }
   /// Its backward: dx (N, in) = dy · W, overwritten, or added (dx += dy · W, through the GEMM's
   /// beta = 1) when accumulate_dx; dW += dyᵀ · x.
-  void linear_backward_nobias(const float* x, const float* w, const float* dy, float* dx, float* dw,
-                              std::int64_t n, std::int64_t in, std::int64_t out,
+  void linear_backward_nobias(const cuda::Operand& x, const float* w, const float* dy, float* dx,
+                              float* dw, std::int64_t n, std::int64_t in, std::int64_t out,
                               bool accumulate_dx) {
-    cuda::gemm_rm(*be_, false, false, n, in, out, 1.f, dy, out, w, in, accumulate_dx ? 1.f : 0.f,
-                  dx, in, cuda::WeightOperand::B);
-    cuda::gemm_rm(*be_, true, false, out, in, n, 1.f, dy, out, x, in, 1.f, dw, in);
+    cuda::DeviceBuffer<__nv_bfloat16> dy16;
+    const cuda::Operand g = cuda::gemm_operand(*be_, dy, n, out, dy16);
+    cuda::gemm_rm(*be_, false, false, n, in, out, 1.f, g, cuda::Operand(w, in),
+                  accumulate_dx ? 1.f : 0.f, dx, in, cuda::WeightOperand::B);
+    cuda::gemm_rm(*be_, true, false, out, in, n, 1.f, g, x, 1.f, dw, in);
   }
 
-  /// tmp_ (N, D) = ffn(a2) for block l (`blk`), saving what ffn_backward needs in c (MoE: in
-  /// its layer).
-  void ffn_forward(std::size_t l, const Block& blk, BlockCache& c, std::int64_t n, std::int64_t d) {
+  /// tmp_ (N, D) = ffn(norm2 output) for block l (`blk`), saving what ffn_backward needs in c
+  /// (MoE: in its layer). a2 is the norm2 output as an operand (MoE: c.a2, fp32).
+  void ffn_forward(std::size_t l, const Block& blk, BlockCache& c, const cuda::Operand& a2,
+                   std::int64_t n, std::int64_t d) {
     const std::int64_t F = ffn_inner_;
     if constexpr (kFfn == detail::CudaFfnKind::Moe) {
       // As MoE::Layer::forward, with the padding mask for the auxiliary losses.
@@ -608,18 +638,24 @@ class Model<Cfg, cuda::Backend> {
       // y = act·Wdᵀ; no biases.
       ensure(c.gate, n * F);
       ensure(c.up, n * F);
-      ensure(c.act, n * F);
-      linear_forward_nobias(c.a2.data(), value(blk.gate_w), c.gate.data(), n, d, F);
-      linear_forward_nobias(c.a2.data(), value(blk.up_w), c.up.data(), n, d, F);
-      cuda::swiglu_forward(*be_, c.gate.data(), c.up.data(), c.act.data(), n * F);
-      linear_forward_nobias(c.act.data(), value(blk.down_w), tmp_.data(), n, F, d);
+      linear_forward_nobias(a2, value(blk.gate_w), c.gate.data(), n, d, F);
+      linear_forward_nobias(a2, value(blk.up_w), c.up.data(), n, d, F);
+      const cuda::Operand act = act_operand(c.act, c.act16, n, F);
+      if (act16_)
+        cuda::swiglu_forward(*be_, c.gate.data(), c.up.data(), c.act16.data(), n, F, act.ld);
+      else
+        cuda::swiglu_forward(*be_, c.gate.data(), c.up.data(), c.act.data(), n * F);
+      linear_forward_nobias(act, value(blk.down_w), tmp_.data(), n, F, d);
     } else {
       // As Mlp::Layer::forward: pre = a2·W1ᵀ + b1, act = act(pre), y = act·W2ᵀ + b2.
       ensure(c.pre, n * F);
-      ensure(c.act, n * F);
-      linear_forward(c.a2.data(), value(blk.fc1_w), value(blk.fc1_b), c.pre.data(), n, d, F);
-      cuda::activation_forward<kAct>(*be_, c.pre.data(), c.act.data(), n * F);
-      linear_forward(c.act.data(), value(blk.fc2_w), value(blk.fc2_b), tmp_.data(), n, F, d);
+      linear_forward(a2, value(blk.fc1_w), value(blk.fc1_b), c.pre.data(), n, d, F);
+      const cuda::Operand act = act_operand(c.act, c.act16, n, F);
+      if (act16_)
+        cuda::activation_forward<kAct>(*be_, c.pre.data(), c.act16.data(), n, F, act.ld);
+      else
+        cuda::activation_forward<kAct>(*be_, c.pre.data(), c.act.data(), n * F);
+      linear_forward(act, value(blk.fc2_w), value(blk.fc2_b), tmp_.data(), n, F, d);
     }
   }
   /// dx (N, D) overwritten = d loss / d a2 from dy (N, D) = d loss / d ffn output; the FFN's
@@ -632,6 +668,8 @@ class Model<Cfg, cuda::Backend> {
       moe_[l]->backward(*be_, values_.data(), grads_.data(), c.a2.data(), dy, dx, n);
       return;
     }
+    const cuda::Operand a2 = act_operand(c.a2, c.a2_16, d);
+    const cuda::Operand act = act_operand(c.act, c.act16, F);
     ensure(dact_, n * F);
     if constexpr (kFfn == detail::CudaFfnKind::Gated) {
       // As GatedMlp::Layer::backward: d(act) = dy·Wd (dWd += dyᵀ·act); then in place
@@ -639,20 +677,19 @@ class Model<Cfg, cuda::Backend> {
       // dx = d(gate)·Wg (dWg += d(gate)ᵀ·a2) and dx += d(up)·Wu (dWu += d(up)ᵀ·a2). The CPU adds
       // the second product through a temporary; here the GEMM adds it (beta = 1), same order.
       ensure(dup_, n * F);
-      linear_backward_nobias(c.act.data(), value(blk.down_w), dy, dact_.data(), grad(blk.down_w), n,
-                             F, d, false);
+      linear_backward_nobias(act, value(blk.down_w), dy, dact_.data(), grad(blk.down_w), n, F, d,
+                             false);
       cuda::swiglu_backward(*be_, c.gate.data(), c.up.data(), dact_.data(), dact_.data(),
                             dup_.data(), n * F);
-      linear_backward_nobias(c.a2.data(), value(blk.gate_w), dact_.data(), dx, grad(blk.gate_w), n,
-                             d, F, false);
-      linear_backward_nobias(c.a2.data(), value(blk.up_w), dup_.data(), dx, grad(blk.up_w), n, d, F,
-                             true);
+      linear_backward_nobias(a2, value(blk.gate_w), dact_.data(), dx, grad(blk.gate_w), n, d, F,
+                             false);
+      linear_backward_nobias(a2, value(blk.up_w), dup_.data(), dx, grad(blk.up_w), n, d, F, true);
     } else {
-      linear_backward(c.act.data(), value(blk.fc2_w), dy, dact_.data(), grad(blk.fc2_w),
-                      grad(blk.fc2_b), n, F, d);
+      linear_backward(act, value(blk.fc2_w), dy, dact_.data(), grad(blk.fc2_w), grad(blk.fc2_b), n,
+                      F, d);
       cuda::activation_backward<kAct>(*be_, c.pre.data(), dact_.data(), n * F);
-      linear_backward(c.a2.data(), value(blk.fc1_w), dact_.data(), dx, grad(blk.fc1_w),
-                      grad(blk.fc1_b), n, d, F);
+      linear_backward(a2, value(blk.fc1_w), dact_.data(), dx, grad(blk.fc1_w), grad(blk.fc1_b), n,
+                      d, F);
     }
   }
 
@@ -692,6 +729,7 @@ class Model<Cfg, cuda::Backend> {
     const std::int64_t B = batch, L = len, N = B * L, D = shape_.dim, H = shape_.heads;
     const double p = dropout_key ? shape_.dropout : 0.0;
     const float eps = static_cast<float>(shape_.norm_eps);
+    act16_ = be_->bf16() && be_->bf16_activations();  // the backward reads the same buffers
     ensure(tokens_, N);
     SEQREC_CUDA_CHECK(cudaMemcpyAsync(tokens_.data(), tokens, sizeof(std::int32_t) * N,
                                       cudaMemcpyHostToDevice, be_->stream()));
@@ -721,15 +759,18 @@ class Model<Cfg, cuda::Backend> {
 
     // Embeddings, positions and their dropout on the full (B, L) layout (cheap, elementwise),
     // then the computed rows.
-    const T scale = shape_.scale_embeddings ? std::sqrt(T(D)) : T(1);
-    float* x0 = packed_ ? full_.data() : resid_[0].data();
-    cuda::embedding_forward(*be_, tokens_.data(), value(item_emb_), x0, N, D, scale);
-    if constexpr (kPos == detail::CudaPos::Learned) {
-      SEQREC_CHECK(L <= shape_.max_len, "sequence window longer than the learned position table");
-      cuda::position_add(*be_, x0, value(pos_emb_), B, L, D);
+    {
+      const cuda::ProfileScope prof(*be_, "embedding + dropout (fwd)");
+      const T scale = shape_.scale_embeddings ? std::sqrt(T(D)) : T(1);
+      float* x0 = packed_ ? full_.data() : resid_[0].data();
+      cuda::embedding_forward(*be_, tokens_.data(), value(item_emb_), x0, N, D, scale);
+      if constexpr (kPos == detail::CudaPos::Learned) {
+        SEQREC_CHECK(L <= shape_.max_len, "sequence window longer than the learned position table");
+        cuda::position_add(*be_, x0, value(pos_emb_), B, L, D);
+      }
+      cuda::dropout_forward(*be_, x0, N * D, p, mix64(dropout_key ^ 1));
+      if (packed_) cuda::gather_rows(*be_, x0, rows_.data(), resid_[0].data(), M, D);
     }
-    cuda::dropout_forward(*be_, x0, N * D, p, mix64(dropout_key ^ 1));
-    if (packed_) cuda::gather_rows(*be_, x0, rows_.data(), resid_[0].data(), M, D);
     const std::int32_t* rmap = row_map();
     const ops::AttentionShape as{B, L, D, H};
     for (std::size_t l = 0; l < blocks_.size(); ++l) {
@@ -737,35 +778,85 @@ class Model<Cfg, cuda::Backend> {
       BlockCache& c = caches_[l];
       const std::uint64_t key = attn_key(dropout_key, l);
       const float* x_in = resid_[l].data();
-      ensure(c.a1, M * D);
       ensure(c.stats1, M * kStatsPerRow);
       ensure(c.qkv, N * 3 * D);  // full layout: attention works on (B, L)
       ensure(c.probs, B * H * L * L);
-      ensure(c.ctx, M * D);
       ensure(c.x_mid, M * D);
-      ensure(c.a2, M * D);
       ensure(c.stats2, M * kStatsPerRow);
+      const cuda::Operand a1 = act_operand(c.a1, c.a1_16, M, D);
+      const cuda::Operand ctx = act_operand(c.ctx, c.ctx16, M, D);
+      // MoE reads the norm2 output itself: fp32 always.
+      const bool a2_fp32 = !act16_ || kFfn == detail::CudaFfnKind::Moe;
+      if (a2_fp32) ensure(c.a2, M * D);
+      const cuda::Operand a2 =
+          a2_fp32 ? cuda::Operand(c.a2.data(), D) : act_operand(c.a2, c.a2_16, M, D);
       // x_mid = x_in + drop(Wo · attn(rope(Wqkv · norm1(x_in))))
-      norm_forward(blk.norm1, x_in, c.a1.data(), c.stats1.data(), M, D, eps);
-      float* qkv_rows = packed_ ? qkv_packed_.data() : c.qkv.data();
-      linear_forward(c.a1.data(), value(blk.qkv_w), value(blk.qkv_b), qkv_rows, M, D, 3 * D);
-      if (packed_)  // skipped rows become zero; their keys are masked as padding
-        cuda::scatter_rows(*be_, qkv_rows, rows_.data(), c.qkv.data(), M, N, 3 * D);
-      if constexpr (kPos == detail::CudaPos::RoPE)
+      {
+        const cuda::ProfileScope prof(*be_, "norms (fwd)");
+        if (act16_)
+          norm_forward(blk.norm1, x_in, c.a1_16.data(), c.stats1.data(), M, D, eps, a1.ld);
+        else
+          norm_forward(blk.norm1, x_in, c.a1.data(), c.stats1.data(), M, D, eps);
+      }
+      {
+        const cuda::ProfileScope prof(*be_, "qkv linear (fwd)");
+        float* qkv_rows = packed_ ? qkv_packed_.data() : c.qkv.data();
+        linear_forward(a1, value(blk.qkv_w), value(blk.qkv_b), qkv_rows, M, D, 3 * D);
+        if (packed_)  // skipped rows become zero; their keys are masked as padding
+          cuda::scatter_rows(*be_, qkv_rows, rows_.data(), c.qkv.data(), M, N, 3 * D);
+      }
+      if constexpr (kPos == detail::CudaPos::RoPE) {
+        const cuda::ProfileScope prof(*be_, "rope (fwd)");
         cuda::rope_apply(*be_, rope_, c.qkv.data(), B, L, D, H, +1);
-      float* ctx_full = packed_ ? full_.data() : c.ctx.data();
-      cuda::attention_forward(*be_, as, c.qkv.data(), tokens_.data(), kPadToken, ctx_full,
-                              c.probs.data());
-      if (packed_) cuda::gather_rows(*be_, ctx_full, rows_.data(), c.ctx.data(), M, D);
-      linear_forward(c.ctx.data(), value(blk.out_w), value(blk.out_b), tmp_.data(), M, D, D);
-      cuda::dropout_add(*be_, c.x_mid.data(), x_in, tmp_.data(), M * D, p, key, rmap, D);
+      }
+      {
+        const cuda::ProfileScope prof(*be_, "attention (fwd)");
+        if (packed_) {
+          cuda::attention_forward(*be_, as, c.qkv.data(), tokens_.data(), kPadToken, full_.data(),
+                                  c.probs.data());
+          if (act16_)
+            cuda::gather_rows(*be_, full_.data(), rows_.data(), c.ctx16.data(), M, D, ctx.ld);
+          else
+            cuda::gather_rows(*be_, full_.data(), rows_.data(), c.ctx.data(), M, D);
+        } else if (act16_) {
+          cuda::attention_forward(*be_, as, c.qkv.data(), tokens_.data(), kPadToken, c.ctx16.data(),
+                                  c.probs.data(), ctx.ld);
+        } else {
+          cuda::attention_forward(*be_, as, c.qkv.data(), tokens_.data(), kPadToken, c.ctx.data(),
+                                  c.probs.data());
+        }
+      }
+      {
+        const cuda::ProfileScope prof(*be_, "out linear (fwd)");
+        linear_forward(ctx, value(blk.out_w), value(blk.out_b), tmp_.data(), M, D, D);
+      }
+      {
+        const cuda::ProfileScope prof(*be_, "dropout + residual (fwd)");
+        cuda::dropout_add(*be_, c.x_mid.data(), x_in, tmp_.data(), M * D, p, key, rmap, D);
+      }
       // x_out = x_mid + drop(ffn(norm2(x_mid)))
-      norm_forward(blk.norm2, c.x_mid.data(), c.a2.data(), c.stats2.data(), M, D, eps);
-      ffn_forward(l, blk, c, M, D);  // → tmp_
-      cuda::dropout_add(*be_, resid_[l + 1].data(), c.x_mid.data(), tmp_.data(), M * D, p,
-                        mix64(key ^ 0x5bd1e995), rmap, D);
+      {
+        const cuda::ProfileScope prof(*be_, "norms (fwd)");
+        if (a2_fp32)
+          norm_forward(blk.norm2, c.x_mid.data(), c.a2.data(), c.stats2.data(), M, D, eps);
+        else
+          norm_forward(blk.norm2, c.x_mid.data(), c.a2_16.data(), c.stats2.data(), M, D, eps,
+                       a2.ld);
+      }
+      {
+        const cuda::ProfileScope prof(*be_, "ffn (fwd)");
+        ffn_forward(l, blk, c, a2, M, D);  // → tmp_
+      }
+      {
+        const cuda::ProfileScope prof(*be_, "dropout + residual (fwd)");
+        cuda::dropout_add(*be_, resid_[l + 1].data(), c.x_mid.data(), tmp_.data(), M * D, p,
+                          mix64(key ^ 0x5bd1e995), rmap, D);
+      }
     }
-    norm_forward(norm_f_, resid_[blocks_.size()].data(), h_.data(), stats_f_.data(), M, D, eps);
+    {
+      const cuda::ProfileScope prof(*be_, "norms (fwd)");
+      norm_forward(norm_f_, resid_[blocks_.size()].data(), h_.data(), stats_f_.data(), M, D, eps);
+    }
     last_p_ = p;
     last_key_ = dropout_key;
   }
@@ -779,41 +870,74 @@ class Model<Cfg, cuda::Backend> {
     float* dx = dx_.data();
     float* dbranch = dh_.data();  // dh_ is free after the final norm: branch gradients
     float* tmp = tmp_.data();
-    norm_backward(norm_f_, resid_[blocks_.size()].data(), stats_f_.data(), dh_.data(), dx, M, D);
+    {
+      const cuda::ProfileScope prof(*be_, "norms (bwd)");
+      norm_backward(norm_f_, resid_[blocks_.size()].data(), stats_f_.data(), dh_.data(), dx, M, D);
+    }
     const ops::AttentionShape as{B, L, D, H};
     for (std::size_t li = blocks_.size(); li-- > 0;) {
       const Block& blk = blocks_[li];
       BlockCache& c = caches_[li];
       const std::uint64_t key = attn_key(last_key_, li);
       // x_out = x_mid + drop(ffn(norm2(x_mid)))
-      cuda::dropout_backward(*be_, dx, dbranch, M * D, p, mix64(key ^ 0x5bd1e995), rmap, D);
-      ffn_backward(li, blk, c, dbranch, tmp, M, D);
-      norm_backward(blk.norm2, c.x_mid.data(), c.stats2.data(), tmp, dbranch, M, D);
-      cuda::add_into(*be_, dx, dbranch, M * D);  // dx is now d x_mid
+      {
+        const cuda::ProfileScope prof(*be_, "dropout + residual (bwd)");
+        cuda::dropout_backward(*be_, dx, dbranch, M * D, p, mix64(key ^ 0x5bd1e995), rmap, D);
+      }
+      {
+        const cuda::ProfileScope prof(*be_, "ffn (bwd)");
+        ffn_backward(li, blk, c, dbranch, tmp, M, D);
+      }
+      {
+        const cuda::ProfileScope prof(*be_, "norms (bwd)");
+        norm_backward(blk.norm2, c.x_mid.data(), c.stats2.data(), tmp, dbranch, M, D);
+      }
       // x_mid = x_in + drop(Wo · attn(rope(Wqkv · norm1(x_in))))
-      cuda::dropout_backward(*be_, dx, dbranch, M * D, p, key, rmap, D);
-      linear_backward(c.ctx.data(), value(blk.out_w), dbranch, tmp, grad(blk.out_w),
-                      grad(blk.out_b), M, D, D);
-      // Attention on the full layout: skipped rows carry a zero gradient.
-      float* dctx_full = tmp;
-      if (packed_) {
-        cuda::scatter_rows(*be_, tmp, rows_.data(), full_.data(), M, N, D);
-        dctx_full = full_.data();
+      {
+        const cuda::ProfileScope prof(*be_, "dropout + residual (bwd)");
+        cuda::add_into(*be_, dx, dbranch, M * D);  // dx is now d x_mid
+        cuda::dropout_backward(*be_, dx, dbranch, M * D, p, key, rmap, D);
       }
-      cuda::attention_backward(*be_, as, c.qkv.data(), c.probs.data(), dctx_full, dqkv_.data());
-      if constexpr (kPos == detail::CudaPos::RoPE)
+      {
+        const cuda::ProfileScope prof(*be_, "out linear (bwd)");
+        linear_backward(act_operand(c.ctx, c.ctx16, D), value(blk.out_w), dbranch, tmp,
+                        grad(blk.out_w), grad(blk.out_b), M, D, D);
+      }
+      {
+        // Attention on the full layout: skipped rows carry a zero gradient.
+        const cuda::ProfileScope prof(*be_, "attention (bwd)");
+        float* dctx_full = tmp;
+        if (packed_) {
+          cuda::scatter_rows(*be_, tmp, rows_.data(), full_.data(), M, N, D);
+          dctx_full = full_.data();
+        }
+        cuda::attention_backward(*be_, as, c.qkv.data(), c.probs.data(), dctx_full, dqkv_.data());
+      }
+      if constexpr (kPos == detail::CudaPos::RoPE) {
+        const cuda::ProfileScope prof(*be_, "rope (bwd)");
         cuda::rope_apply(*be_, rope_, dqkv_.data(), B, L, D, H, -1);
-      float* dqkv_rows = dqkv_.data();
-      if (packed_) {
-        cuda::gather_rows(*be_, dqkv_.data(), rows_.data(), qkv_packed_.data(), M, 3 * D);
-        dqkv_rows = qkv_packed_.data();
       }
-      linear_backward(c.a1.data(), value(blk.qkv_w), dqkv_rows, tmp, grad(blk.qkv_w),
-                      grad(blk.qkv_b), M, D, 3 * D);
-      norm_backward(blk.norm1, resid_[li].data(), c.stats1.data(), tmp, dbranch, M, D);
-      cuda::add_into(*be_, dx, dbranch, M * D);  // dx is now d x_in
+      {
+        const cuda::ProfileScope prof(*be_, "qkv linear (bwd)");
+        float* dqkv_rows = dqkv_.data();
+        if (packed_) {
+          cuda::gather_rows(*be_, dqkv_.data(), rows_.data(), qkv_packed_.data(), M, 3 * D);
+          dqkv_rows = qkv_packed_.data();
+        }
+        linear_backward(act_operand(c.a1, c.a1_16, D), value(blk.qkv_w), dqkv_rows, tmp,
+                        grad(blk.qkv_w), grad(blk.qkv_b), M, D, 3 * D);
+      }
+      {
+        const cuda::ProfileScope prof(*be_, "norms (bwd)");
+        norm_backward(blk.norm1, resid_[li].data(), c.stats1.data(), tmp, dbranch, M, D);
+      }
+      {
+        const cuda::ProfileScope prof(*be_, "dropout + residual (bwd)");
+        cuda::add_into(*be_, dx, dbranch, M * D);  // dx is now d x_in
+      }
     }
     // Back to the full layout for the embedding dropout, positions and the table.
+    const cuda::ProfileScope prof(*be_, "embedding + dropout (bwd)");
     if (packed_) {
       cuda::scatter_rows(*be_, dx, rows_.data(), full_.data(), M, N, D);
       dx = full_.data();
@@ -863,6 +987,7 @@ class Model<Cfg, cuda::Backend> {
   cuda::DeviceBuffer<std::uint8_t> valid_;
   double last_p_ = 0.0;
   std::uint64_t last_key_ = 0;
+  bool act16_ = false;  // the last forward kept its GEMM-only activations in bf16
 };
 
 }  // namespace seqrec

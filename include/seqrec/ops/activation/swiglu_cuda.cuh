@@ -67,6 +67,19 @@ static __global__ void swiglu_forward_vec4_kernel(const float4* __restrict__ gat
   }
 }
 
+/// h (rows, cols) with leading dimension ldh, as OutT, = silu(gate) ⊙ up over contiguous (rows,
+/// cols) inputs: the bf16-activation form (same formula, so h equals the rounding of the fp32
+/// kernels' output). One block per row at a time.
+template <typename OutT>
+static __global__ void swiglu_forward_rows_kernel(const float* __restrict__ gate,
+                                                  const float* __restrict__ up,
+                                                  OutT* __restrict__ h, std::int64_t rows,
+                                                  std::int64_t cols, std::int64_t ldh) {
+  for (std::int64_t r = blockIdx.x; r < rows; r += gridDim.x)
+    for (std::int64_t c = threadIdx.x; c < cols; c += blockDim.x)
+      store_as(h + r * ldh + c, detail::swiglu_fwd(gate[r * cols + c], up[r * cols + c]));
+}
+
 // The backward kernels take no __restrict__ on dh / dgate / dup: dgate may be dh itself (the CPU
 // layer overwrites d(act) with d(gate) in place). Each element is read before it is written, by
 // the same thread, so that aliasing is safe.
@@ -111,6 +124,17 @@ inline void swiglu_forward(Backend& be, const float* gate, const float* up, floa
   } else {
     swiglu_forward_kernel<<<detail::swiglu_blocks(n), 256, 0, be.stream()>>>(gate, up, h, n);
   }
+  SEQREC_CUDA_CHECK_LAUNCH();
+}
+
+/// bf16 h (rows, cols) with leading dimension ldh = silu(gate) ⊙ up, gate and up contiguous
+/// (rows, cols): swiglu_forward then cast_to_bf16 in one pass. Runs on be.stream().
+inline void swiglu_forward(Backend& be, const float* gate, const float* up, __nv_bfloat16* h,
+                           std::int64_t rows, std::int64_t cols, std::int64_t ldh) {
+  if (rows <= 0 || cols <= 0) return;
+  const auto blocks = static_cast<unsigned>(rows < 65535 * 8 ? rows : 65535 * 8);
+  swiglu_forward_rows_kernel<__nv_bfloat16>
+      <<<blocks, 256, 0, be.stream()>>>(gate, up, h, rows, cols, ldh);
   SEQREC_CUDA_CHECK_LAUNCH();
 }
 

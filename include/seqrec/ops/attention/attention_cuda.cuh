@@ -54,12 +54,14 @@ __device__ inline void attn_load_head(const float* __restrict__ base, std::int64
 }
 }  // namespace detail
 
-/// grid B·H, block 32·8. qkv (B·L, 3D), tokens (B·L), out (B·L, D), probs (B, H, L, L).
+/// grid B·H, block 32·8. qkv (B·L, 3D), tokens (B·L), out (B·L, D) with leading dimension ldo
+/// (float, or bf16 for a bf16 activation: store_as), probs (B, H, L, L).
+template <typename OutT>
 static __global__ void attention_forward_kernel(const float* __restrict__ qkv,
                                                 const std::int32_t* __restrict__ tokens,
-                                                std::int32_t pad_token, float* __restrict__ out,
-                                                float* __restrict__ probs, int L, int D, int H,
-                                                float scale) {
+                                                std::int32_t pad_token, OutT* __restrict__ out,
+                                                std::int64_t ldo, float* __restrict__ probs, int L,
+                                                int D, int H, float scale) {
   extern __shared__ float smem[];
   const int dh = D / H, sp = dh + 1;
   const int b = blockIdx.x / H, h = blockIdx.x - b * H;
@@ -109,7 +111,7 @@ static __global__ void attention_forward_kernel(const float* __restrict__ qkv,
     for (int k = lane; k < dh; k += 32) {
       float acc = 0.f;
       for (int j = 0; j <= i; ++j) acc += sw[j] * Vs[j * sp + k];
-      out[(static_cast<std::int64_t>(b) * L + i) * D + h * dh + k] = acc;
+      store_as(out + (static_cast<std::int64_t>(b) * L + i) * ldo + h * dh + k, acc);
     }
     __syncwarp();  // qw and sw are rewritten by this warp's next row
   }
@@ -212,18 +214,19 @@ std::size_t attention_prepare(Backend& be, const Shape& s, const void* kernel) {
 }  // namespace detail
 
 /// Shape: ops::AttentionShape (attention_cpu.hpp) or any struct with batch, length, dim, heads.
-/// qkv (B·L, 3D), tokens (B·L), out (B·L, D), probs (B, H, L, L); device pointers.
-template <typename Shape>
+/// qkv (B·L, 3D), tokens (B·L), out (B·L, D), probs (B, H, L, L); device pointers. OutT is
+/// float, or __nv_bfloat16 for a bf16 activation; ldo is out's leading dimension (0: D).
+template <typename Shape, typename OutT>
 void attention_forward(Backend& be, const Shape& s, const float* qkv, const std::int32_t* tokens,
-                       std::int32_t pad_token, float* out, float* probs) {
+                       std::int32_t pad_token, OutT* out, float* probs, std::int64_t ldo = 0) {
   if (s.batch == 0) return;
-  const std::size_t smem =
-      detail::attention_prepare(be, s, reinterpret_cast<const void*>(&attention_forward_kernel));
+  const std::size_t smem = detail::attention_prepare(
+      be, s, reinterpret_cast<const void*>(&attention_forward_kernel<OutT>));
   const float scale = 1.f / std::sqrt(static_cast<float>(s.dim / s.heads));
-  attention_forward_kernel<<<static_cast<unsigned>(s.batch * s.heads), 32 * detail::kAttnWarps,
-                             smem, be.stream()>>>(
-      qkv, tokens, pad_token, out, probs, static_cast<int>(s.length), static_cast<int>(s.dim),
-      static_cast<int>(s.heads), scale);
+  attention_forward_kernel<OutT>
+      <<<static_cast<unsigned>(s.batch * s.heads), 32 * detail::kAttnWarps, smem, be.stream()>>>(
+          qkv, tokens, pad_token, out, ldo > 0 ? ldo : s.dim, probs, static_cast<int>(s.length),
+          static_cast<int>(s.dim), static_cast<int>(s.heads), scale);
   SEQREC_CUDA_CHECK_LAUNCH();
 }
 

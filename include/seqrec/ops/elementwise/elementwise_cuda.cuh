@@ -108,6 +108,18 @@ static __global__ void activation_forward_kernel(const float* __restrict__ x, fl
     y[i] = detail::act_f<A>(x[i]);
 }
 
+/// y (rows, cols) with leading dimension ldy, as OutT, = f(x) (rows, cols) contiguous: the
+/// bf16-activation form (same f, so y equals the rounding of the fp32 kernel's output). One block
+/// per row at a time, threads along the row.
+template <Activation A, typename OutT>
+static __global__ void activation_forward_rows_kernel(const float* __restrict__ x,
+                                                      OutT* __restrict__ y, std::int64_t rows,
+                                                      std::int64_t cols, std::int64_t ldy) {
+  for (std::int64_t r = blockIdx.x; r < rows; r += gridDim.x)
+    for (std::int64_t c = threadIdx.x; c < cols; c += blockDim.x)
+      store_as(y + r * ldy + c, detail::act_f<A>(x[r * cols + c]));
+}
+
 template <Activation A>
 static __global__ void activation_backward_kernel(const float* __restrict__ x,
                                                   float* __restrict__ d, std::int64_t n) {
@@ -163,6 +175,18 @@ template <Activation A>
 void activation_forward(Backend& be, const float* x, float* y, std::int64_t n) {
   if (n == 0) return;
   activation_forward_kernel<A><<<detail::ew_blocks(n), 256, 0, be.stream()>>>(x, y, n);
+  SEQREC_CUDA_CHECK_LAUNCH();
+}
+
+/// y (rows, cols) with leading dimension ldy, bf16, = f(x) (rows, cols) contiguous, rounded to
+/// nearest even: what activation_forward then cast_to_bf16 would give, in one pass.
+template <Activation A>
+void activation_forward(Backend& be, const float* x, __nv_bfloat16* y, std::int64_t rows,
+                        std::int64_t cols, std::int64_t ldy) {
+  if (rows == 0 || cols == 0) return;
+  const auto blocks = static_cast<unsigned>(rows < 65535 * 8 ? rows : 65535 * 8);
+  activation_forward_rows_kernel<A, __nv_bfloat16>
+      <<<blocks, 256, 0, be.stream()>>>(x, y, rows, cols, ldy);
   SEQREC_CUDA_CHECK_LAUNCH();
 }
 

@@ -11,14 +11,17 @@
 
 namespace seqrec::cuda {
 
+/// dst row i (leading dimension ld, float or bf16 via store_as) = src row rows[i] (width w).
+template <typename Dst>
 static __global__ void gather_rows_kernel(const float* __restrict__ src,
                                           const std::int32_t* __restrict__ rows,
-                                          float* __restrict__ dst, std::int64_t n, std::int64_t w) {
+                                          Dst* __restrict__ dst, std::int64_t n, std::int64_t w,
+                                          std::int64_t ld) {
   const std::int64_t total = n * w;
   for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const std::int64_t r = i / w;
-    dst[i] = src[static_cast<std::int64_t>(rows[r]) * w + (i - r * w)];
+    const std::int64_t r = i / w, c = i - r * w;
+    store_as(dst + r * ld + c, src[static_cast<std::int64_t>(rows[r]) * w + c]);
   }
 }
 
@@ -41,11 +44,14 @@ inline unsigned rows_blocks(std::int64_t total) {
 }
 }  // namespace detail
 
-/// dst (n, w) = src rows rows[0..n) of width w. Device pointers.
-inline void gather_rows(Backend& be, const float* src, const std::int32_t* rows, float* dst,
-                        std::int64_t n, std::int64_t w) {
+/// dst (n, w) = src rows rows[0..n) of width w. Device pointers. Dst is float, or __nv_bfloat16
+/// (a bf16 activation: rounded as cast_to_bf16 rounds); ld is dst's leading dimension (0: w).
+template <typename Dst>
+void gather_rows(Backend& be, const float* src, const std::int32_t* rows, Dst* dst, std::int64_t n,
+                 std::int64_t w, std::int64_t ld = 0) {
   if (n * w == 0) return;
-  gather_rows_kernel<<<detail::rows_blocks(n * w), 256, 0, be.stream()>>>(src, rows, dst, n, w);
+  gather_rows_kernel<Dst>
+      <<<detail::rows_blocks(n * w), 256, 0, be.stream()>>>(src, rows, dst, n, w, ld > 0 ? ld : w);
   SEQREC_CUDA_CHECK_LAUNCH();
 }
 

@@ -36,13 +36,14 @@ __device__ inline float ln_warp_sum(float v) {
 }
 }  // namespace detail
 
-/// x, y (N, D); g, b (D); stats (N, 2) = (mean, rstd). Grid: ceil(N / 8) blocks of 8 warps, one
-/// warp per row.
+/// x (N, D); y (N, D) with leading dimension ldy, float or bf16 (store_as); g, b (D); stats
+/// (N, 2) = (mean, rstd). Grid: ceil(N / 8) blocks of 8 warps, one warp per row.
+template <typename OutT>
 static __global__ void layernorm_forward_kernel(const float* __restrict__ x,
                                                 const float* __restrict__ g,
-                                                const float* __restrict__ b, float* __restrict__ y,
+                                                const float* __restrict__ b, OutT* __restrict__ y,
                                                 float* __restrict__ stats, std::int64_t n,
-                                                std::int64_t d, float eps) {
+                                                std::int64_t d, std::int64_t ldy, float eps) {
   const int lane = threadIdx.x & 31;
   const std::int64_t r =
       static_cast<std::int64_t>(blockIdx.x) * detail::kLnForwardWarps + (threadIdx.x >> 5);
@@ -62,8 +63,8 @@ static __global__ void layernorm_forward_kernel(const float* __restrict__ x,
     stats[2 * r] = mean;
     stats[2 * r + 1] = rstd;
   }
-  float* yr = y + r * d;
-  for (std::int64_t j = lane; j < d; j += 32) yr[j] = (xr[j] - mean) * rstd * g[j] + b[j];
+  OutT* yr = y + r * ldy;
+  for (std::int64_t j = lane; j < d; j += 32) store_as(yr + j, (xr[j] - mean) * rstd * g[j] + b[j]);
 }
 
 /// dx (N, D) overwritten (dx may be the same buffer as dy: each element is read before it is
@@ -152,14 +153,17 @@ static __global__ void layernorm_dparams_reduce_kernel(const float* __restrict__
 
 /// x, y (N, D); g, b (D); stats (N, 2) receives (mean, rstd) per row, the CPU op's layout.
 /// Device pointers; runs on be.stream(). Any D ≥ 1 (the forward keeps nothing in shared memory).
-inline void layernorm_forward(Backend& be, const float* x, const float* g, const float* b, float* y,
-                              float* stats, std::int64_t n, std::int64_t d, float eps) {
+/// OutT is float, or __nv_bfloat16 for a bf16 activation; ldy is y's leading dimension (0: D).
+template <typename OutT>
+void layernorm_forward(Backend& be, const float* x, const float* g, const float* b, OutT* y,
+                       float* stats, std::int64_t n, std::int64_t d, float eps,
+                       std::int64_t ldy = 0) {
   SEQREC_CHECK(d >= 1, "layernorm_forward (CUDA) needs D >= 1, got D = " + std::to_string(d));
   if (n == 0) return;
   const auto blocks =
       static_cast<unsigned>((n + detail::kLnForwardWarps - 1) / detail::kLnForwardWarps);
-  layernorm_forward_kernel<<<blocks, 32 * detail::kLnForwardWarps, 0, be.stream()>>>(
-      x, g, b, y, stats, n, d, eps);
+  layernorm_forward_kernel<OutT><<<blocks, 32 * detail::kLnForwardWarps, 0, be.stream()>>>(
+      x, g, b, y, stats, n, d, ldy > 0 ? ldy : d, eps);
   SEQREC_CUDA_CHECK_LAUNCH();
 }
 

@@ -24,11 +24,13 @@ __device__ inline float warp_sum(float v) {
 }
 }  // namespace detail
 
-/// x, y (N, D); g (D); rstd (N). Grid: ceil(N / 8) blocks of 8 warps, one warp per row.
+/// x (N, D); y (N, D) with leading dimension ldy, float or bf16 (store_as); g (D); rstd (N).
+/// Grid: ceil(N / 8) blocks of 8 warps, one warp per row.
+template <typename OutT>
 static __global__ void rmsnorm_forward_kernel(const float* __restrict__ x,
-                                              const float* __restrict__ g, float* __restrict__ y,
+                                              const float* __restrict__ g, OutT* __restrict__ y,
                                               float* __restrict__ rstd, std::int64_t n,
-                                              std::int64_t d, float eps) {
+                                              std::int64_t d, std::int64_t ldy, float eps) {
   const int lane = threadIdx.x & 31;
   const std::int64_t r =
       static_cast<std::int64_t>(blockIdx.x) * detail::kRmsWarps + (threadIdx.x >> 5);
@@ -39,8 +41,8 @@ static __global__ void rmsnorm_forward_kernel(const float* __restrict__ x,
   ss = detail::warp_sum(ss);
   const float inv = 1.f / sqrtf(ss / static_cast<float>(d) + eps);
   if (lane == 0) rstd[r] = inv;
-  float* yr = y + r * d;
-  for (std::int64_t j = lane; j < d; j += 32) yr[j] = xr[j] * inv * g[j];
+  OutT* yr = y + r * ldy;
+  for (std::int64_t j = lane; j < d; j += 32) store_as(yr + j, xr[j] * inv * g[j]);
 }
 
 /// dx (N, D) overwritten; partial (gridDim.x, D) receives this block's Σ dy·x·rstd per column.
@@ -90,13 +92,16 @@ static __global__ void rmsnorm_dgain_reduce_kernel(const float* __restrict__ par
   dg[j] += s;
 }
 
-/// x, y (N, D); g (D); rstd (N) receives 1/rms. Device pointers; runs on be.stream().
-inline void rmsnorm_forward(Backend& be, const float* x, const float* g, float* y, float* rstd,
-                            std::int64_t n, std::int64_t d, float eps) {
+/// x, y (N, D); g (D); rstd (N) receives 1/rms. Device pointers; runs on be.stream(). OutT is
+/// float, or __nv_bfloat16 for a bf16 activation (y rounded as cast_to_bf16 rounds); ldy is y's
+/// leading dimension (0: D).
+template <typename OutT>
+void rmsnorm_forward(Backend& be, const float* x, const float* g, OutT* y, float* rstd,
+                     std::int64_t n, std::int64_t d, float eps, std::int64_t ldy = 0) {
   if (n == 0) return;
   const auto blocks = static_cast<unsigned>((n + detail::kRmsWarps - 1) / detail::kRmsWarps);
-  rmsnorm_forward_kernel<<<blocks, 32 * detail::kRmsWarps, 0, be.stream()>>>(x, g, y, rstd, n, d,
-                                                                             eps);
+  rmsnorm_forward_kernel<OutT><<<blocks, 32 * detail::kRmsWarps, 0, be.stream()>>>(
+      x, g, y, rstd, n, d, ldy > 0 ? ldy : d, eps);
   SEQREC_CUDA_CHECK_LAUNCH();
 }
 

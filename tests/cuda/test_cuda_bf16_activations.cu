@@ -1,0 +1,275 @@
+// The bf16-activation forms of the kernels, and the backend's GEMM plan cache and profiler.
+//
+// In bf16 mode the model keeps the tensors only GEMMs read (norm outputs, attention context, MLP
+// activations) in bf16, written so by the kernels that make them. Each such kernel must write
+// exactly cast_to_bf16 of what its fp32 form writes — the same fp32 value, rounded to nearest
+// even — at a padded leading dimension where the width is not a multiple of 8, leaving the padding
+// untouched. So every check here is BIT FOR BIT (no tolerance): a differing element is a bug.
+//   rmsnorm / layernorm forward   y in bf16 == round(y fp32); stats identical
+//   activation forward (ReLU, SiLU), swiglu forward, attention forward (context), gather_rows
+//   gemm_rm with a bf16 operand  == gemm_rm with the fp32 operand it rounds (bf16 mode), both
+//                                   operand positions, transposed or not, padded leading dimension
+//   gemm plan cache              a repeated GEMM (plan from the cache) == the first (heuristic)
+//   profiler                     ranges are timed (> 0 ms, one total per name, in order), a nested
+//                                range is refused, and profiling off records nothing
+// Shapes: odd widths (37, 172: bf16 rows padded to 40 and 176) and the study's (D 1024, F 4096).
+// Prints PASS/FAIL lines and a summary; exits 0 iff all pass, 77 (ctest: skipped) without a GPU.
+#include <cuda_bf16.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "cuda_check.cuh"
+#include "seqrec/backend/cuda.cuh"
+#include "seqrec/backend/gemm_cuda.cuh"
+#include "seqrec/core/error.hpp"
+#include "seqrec/core/random.hpp"
+#include "seqrec/ops/activation/swiglu_cuda.cuh"
+#include "seqrec/ops/attention/attention_cpu.hpp"
+#include "seqrec/ops/attention/attention_cuda.cuh"
+#include "seqrec/ops/elementwise/elementwise_cuda.cuh"
+#include "seqrec/ops/elementwise/rows_cuda.cuh"
+#include "seqrec/ops/layernorm/layernorm_cuda.cuh"
+#include "seqrec/ops/rmsnorm/rmsnorm_cuda.cuh"
+
+namespace {
+
+using namespace seqrec::cuda_check;
+using seqrec::cuda::bf16_ld;
+using bf16 = __nv_bfloat16;
+
+/// Sentinel bits for the padding columns of a bf16 buffer: a kernel must not write them.
+constexpr std::uint16_t kPadBits = 0x7fc1;  // a NaN no rounding produces
+
+/// A (rows, ld) bf16 device buffer whose every element holds the sentinel.
+DeviceBuffer<bf16> sentinel_buffer(Backend& be, std::int64_t rows, std::int64_t ld) {
+  std::vector<std::uint16_t> h(static_cast<std::size_t>(rows * ld), kPadBits);
+  auto d = be.buffer<bf16>(h.size());
+  SEQREC_CUDA_CHECK(
+      cudaMemcpyAsync(d.data(), h.data(), d.bytes(), cudaMemcpyHostToDevice, be.stream()));
+  be.synchronize();
+  return d;
+}
+
+/// The bits of a (rows, ld) bf16 device buffer.
+std::vector<std::uint16_t> bits(Backend& be, const bf16* p, std::int64_t rows, std::int64_t ld) {
+  std::vector<std::uint16_t> h(static_cast<std::size_t>(rows * ld));
+  SEQREC_CUDA_CHECK(
+      cudaMemcpyAsync(h.data(), p, h.size() * 2, cudaMemcpyDeviceToHost, be.stream()));
+  be.synchronize();
+  return h;
+}
+
+/// Checks that `got` (rows, ld) holds exactly cast_to_bf16 of the fp32 device matrix `ref`
+/// (rows, cols, contiguous) in its first cols columns and the sentinel in the padding.
+void check_rounding(Backend& be, const std::string& op, const std::string& shape, const float* ref,
+                    const bf16* got, std::int64_t rows, std::int64_t cols, std::int64_t ld) {
+  auto want = sentinel_buffer(be, rows, ld);
+  seqrec::cuda::cast_to_bf16(be, ref, rows, cols, cols, want.data(), ld);
+  const auto a = bits(be, got, rows, ld), b = bits(be, want.data(), rows, ld);
+  std::size_t diff = 0, pad_touched = 0;
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t c = 0; c < ld; ++c) {
+      const std::size_t i = static_cast<std::size_t>(r * ld + c);
+      if (c < cols)
+        diff += a[i] != b[i];
+      else
+        pad_touched += a[i] != kPadBits;
+    }
+  record(diff == 0 && pad_touched == 0, op, shape,
+         std::to_string(diff) + " of " + std::to_string(rows * cols) +
+             " elements differ from cast_to_bf16(fp32 output) (must be 0); " +
+             std::to_string(pad_touched) + " padding elements written (must be 0)");
+}
+
+void test_norms(Backend& be, Rng& rng, std::int64_t n, std::int64_t d) {
+  const std::string shape = shape_str({{"N", n}, {"D", d}});
+  const std::int64_t ld = bf16_ld(d);
+  auto x = upload(be, normal(rng, n * d, 2.0, 0.5)), g = upload(be, normal(rng, d, 0.1, 1.0)),
+       b = upload(be, normal(rng, d, 0.1));
+  auto y = be.buffer<float>(n * d), s32 = be.buffer<float>(2 * n), s16 = be.buffer<float>(2 * n);
+  auto y16 = sentinel_buffer(be, n, ld);
+  seqrec::cuda::rmsnorm_forward(be, x.data(), g.data(), y.data(), s32.data(), n, d, 1e-6f);
+  seqrec::cuda::rmsnorm_forward(be, x.data(), g.data(), y16.data(), s16.data(), n, d, 1e-6f, ld);
+  check_rounding(be, "rmsnorm_forward.bf16", shape, y.data(), y16.data(), n, d, ld);
+  check_identical("rmsnorm_forward.bf16.rstd", shape, download(be, s16), download(be, s32),
+                  "rstd does not depend on the output type");
+  y16 = sentinel_buffer(be, n, ld);
+  seqrec::cuda::layernorm_forward(be, x.data(), g.data(), b.data(), y.data(), s32.data(), n, d,
+                                  1e-5f);
+  seqrec::cuda::layernorm_forward(be, x.data(), g.data(), b.data(), y16.data(), s16.data(), n, d,
+                                  1e-5f, ld);
+  check_rounding(be, "layernorm_forward.bf16", shape, y.data(), y16.data(), n, d, ld);
+  check_identical("layernorm_forward.bf16.stats", shape, download(be, s16), download(be, s32),
+                  "mean and rstd do not depend on the output type");
+}
+
+void test_activations(Backend& be, Rng& rng, std::int64_t rows, std::int64_t f) {
+  const std::string shape = shape_str({{"N", rows}, {"F", f}});
+  const std::int64_t ld = bf16_ld(f);
+  auto x = upload(be, normal(rng, rows * f, 3.0)), u = upload(be, normal(rng, rows * f, 1.5));
+  auto y = be.buffer<float>(rows * f);
+  auto y16 = sentinel_buffer(be, rows, ld);
+  using seqrec::cuda::Activation;
+  seqrec::cuda::activation_forward<Activation::Relu>(be, x.data(), y.data(), rows * f);
+  seqrec::cuda::activation_forward<Activation::Relu>(be, x.data(), y16.data(), rows, f, ld);
+  check_rounding(be, "activation_forward.relu.bf16", shape, y.data(), y16.data(), rows, f, ld);
+  y16 = sentinel_buffer(be, rows, ld);
+  seqrec::cuda::activation_forward<Activation::Silu>(be, x.data(), y.data(), rows * f);
+  seqrec::cuda::activation_forward<Activation::Silu>(be, x.data(), y16.data(), rows, f, ld);
+  check_rounding(be, "activation_forward.silu.bf16", shape, y.data(), y16.data(), rows, f, ld);
+  y16 = sentinel_buffer(be, rows, ld);
+  seqrec::cuda::swiglu_forward(be, x.data(), u.data(), y.data(), rows * f);
+  seqrec::cuda::swiglu_forward(be, x.data(), u.data(), y16.data(), rows, f, ld);
+  check_rounding(be, "swiglu_forward.bf16", shape, y.data(), y16.data(), rows, f, ld);
+}
+
+void test_attention_and_gather(Backend& be, Rng& rng, std::int64_t B, std::int64_t L,
+                               std::int64_t D, std::int64_t H) {
+  const std::string shape = shape_str({{"B", B}, {"L", L}, {"D", D}, {"H", H}});
+  const std::int64_t N = B * L, ld = bf16_ld(D);
+  std::vector<std::int32_t> tok(static_cast<std::size_t>(N));
+  for (std::int64_t b = 0; b < B; ++b) {  // left padding: row b keeps its last 1 + b % L tokens
+    const std::int64_t keep = 1 + b % L;
+    for (std::int64_t i = 0; i < L; ++i) tok[b * L + i] = i >= L - keep ? 4 + int(i) : 0;
+  }
+  auto qkv = upload(be, normal(rng, N * 3 * D));
+  auto dtok = upload(be, tok);
+  auto out = be.buffer<float>(N * D), probs = be.buffer<float>(B * H * L * L);
+  auto out16 = sentinel_buffer(be, N, ld);
+  const seqrec::ops::AttentionShape s{B, L, D, H};
+  seqrec::cuda::attention_forward(be, s, qkv.data(), dtok.data(), 0, out.data(), probs.data());
+  seqrec::cuda::attention_forward(be, s, qkv.data(), dtok.data(), 0, out16.data(), probs.data(),
+                                  ld);
+  check_rounding(be, "attention_forward.bf16", shape, out.data(), out16.data(), N, D, ld);
+
+  // gather_rows into bf16: the packed rows of `out`, every third row.
+  std::vector<std::int32_t> rows;
+  for (std::int64_t r = 0; r < N; r += 3) rows.push_back(static_cast<std::int32_t>(r));
+  const auto m = static_cast<std::int64_t>(rows.size());
+  auto drows = upload(be, rows);
+  auto packed = be.buffer<float>(m * D);
+  auto packed16 = sentinel_buffer(be, m, ld);
+  seqrec::cuda::gather_rows(be, out.data(), drows.data(), packed.data(), m, D);
+  seqrec::cuda::gather_rows(be, out.data(), drows.data(), packed16.data(), m, D, ld);
+  check_rounding(be, "gather_rows.bf16", shape_str({{"rows", m}, {"W", D}}), packed.data(),
+                 packed16.data(), m, D, ld);
+}
+
+/// gemm_rm in bf16 mode with one operand pre-rounded to bf16 against the same call with the fp32
+/// operand (which gemm_rm rounds itself): identical bits. Also a repeat of the fp32-operand call
+/// (its cuBLASLt plan now comes from the backend's cache) must repeat the first bit for bit.
+void test_gemm_operands(Backend& be, Rng& rng, std::int64_t M, std::int64_t N, std::int64_t K) {
+  const std::string shape = shape_str({{"M", M}, {"N", N}, {"K", K}});
+  be.set_bf16(true);
+  try {
+    for (const bool trans_a : {false, true})
+      for (const bool first_operand : {true, false}) {
+        // A is (M, K), or (K, M) when transposed; B is (N, K) (trans_b), as the model's linears.
+        const std::int64_t a_rows = trans_a ? K : M, a_cols = trans_a ? M : K;
+        auto a = upload(be, normal(rng, a_rows * a_cols)), b = upload(be, normal(rng, N * K));
+        auto c_ref = be.buffer<float>(M * N), c_got = be.buffer<float>(M * N),
+             c_rep = be.buffer<float>(M * N);
+        const seqrec::cuda::Operand fa(a.data(), a_cols), fb(b.data(), K);
+        seqrec::cuda::gemm_rm(be, trans_a, true, M, N, K, 1.f, fa, fb, 0.f, c_ref.data(), N);
+        seqrec::cuda::gemm_rm(be, trans_a, true, M, N, K, 1.f, fa, fb, 0.f, c_rep.data(), N);
+        DeviceBuffer<bf16> keep;
+        const seqrec::cuda::Operand rounded =
+            first_operand ? seqrec::cuda::gemm_operand(be, a.data(), a_rows, a_cols, keep)
+                          : seqrec::cuda::gemm_operand(be, b.data(), N, K, keep);
+        seqrec::cuda::gemm_rm(be, trans_a, true, M, N, K, 1.f, first_operand ? rounded : fa,
+                              first_operand ? fb : rounded, 0.f, c_got.data(), N);
+        const std::string which =
+            std::string(first_operand ? "A" : "B") + (trans_a ? " (A transposed)" : "");
+        check_identical("gemm_rm.bf16_operand " + which, shape, download(be, c_got),
+                        download(be, c_ref), "a bf16 operand vs gemm_rm's own rounding of it");
+        if (first_operand)
+          check_identical("gemm_rm.plan_cache" + std::string(trans_a ? " (A transposed)" : ""),
+                          shape, download(be, c_rep), download(be, c_ref),
+                          "cached cuBLASLt plan vs the heuristic's");
+      }
+  } catch (...) {
+    be.set_bf16(false);
+    throw;
+  }
+  be.set_bf16(false);
+}
+
+void test_profiler(Backend& be, Rng& rng) {
+  const std::int64_t n = 4096, d = 1024;
+  auto x = upload(be, normal(rng, n * d)), g = upload(be, normal(rng, d, 0.1, 1.0));
+  auto y = be.buffer<float>(n * d), s = be.buffer<float>(n);
+  be.enable_profiling(false);
+  { const seqrec::cuda::ProfileScope off(be, "never"); }
+  record(be.profiler() == nullptr, "profiler.off", "-",
+         "no profiler while profiling is off (a scope costs one pointer test)");
+  be.enable_profiling(true);
+  seqrec::cuda::Profiler* p = be.profiler();
+  for (int rep = 0; rep < 3; ++rep) {
+    {
+      const seqrec::cuda::ProfileScope a(be, "norm");
+      seqrec::cuda::rmsnorm_forward(be, x.data(), g.data(), y.data(), s.data(), n, d, 1e-6f);
+    }
+    {
+      const seqrec::cuda::ProfileScope b(be, "activation");
+      seqrec::cuda::activation_forward<seqrec::cuda::Activation::Silu>(be, y.data(), x.data(),
+                                                                       n * d);
+    }
+  }
+  p->collect();
+  const auto& t = p->totals();
+  const bool ok = t.size() == 2 && t[0].first == "norm" && t[1].first == "activation" &&
+                  t[0].second > 0 && t[1].second > 0;
+  char buf[200];
+  std::snprintf(buf, sizeof buf, "%zu totals; norm %.4f ms, activation %.4f ms over 3 repeats",
+                t.size(), t.empty() ? -1.0 : t[0].second, t.size() < 2 ? -1.0 : t[1].second);
+  record(ok, "profiler.totals", "-", buf);
+  bool refused = false;
+  {
+    const seqrec::cuda::ProfileScope outer(be, "outer");
+    try {
+      const seqrec::cuda::ProfileScope inner(be, "inner");
+    } catch (const seqrec::Error&) {
+      refused = true;
+    }
+  }
+  p->collect();
+  record(refused, "profiler.nesting", "-",
+         refused ? "a range opened inside another is refused" : "nested range accepted");
+  be.enable_profiling(false);
+}
+
+}  // namespace
+
+int main() {
+  if (!device_answers()) return 77;
+  try {
+    Backend be(0);
+    print_device();
+    Rng rng(20261127);
+    for (auto [n, d] : {std::pair<std::int64_t, std::int64_t>{301, 37}, {8192, 1024}})
+      guarded("norms.bf16", shape_str({{"N", n}, {"D", d}}), [&] { test_norms(be, rng, n, d); });
+    for (auto [n, f] : {std::pair<std::int64_t, std::int64_t>{129, 172}, {8192, 4096}})
+      guarded("activations.bf16", shape_str({{"N", n}, {"F", f}}),
+              [&] { test_activations(be, rng, n, f); });
+    for (auto [b, l, d, h] :
+         {std::tuple<std::int64_t, std::int64_t, std::int64_t, std::int64_t>{5, 13, 74, 2},
+          {512, 20, 1024, 8}})
+      guarded("attention.bf16", shape_str({{"B", b}, {"L", l}, {"D", d}, {"H", h}}),
+              [&] { test_attention_and_gather(be, rng, b, l, d, h); });
+    for (auto [m, n, k] :
+         {std::tuple<std::int64_t, std::int64_t, std::int64_t>{37, 29, 172}, {4096, 3072, 1024}})
+      guarded("gemm_rm.bf16_operand", shape_str({{"M", m}, {"N", n}, {"K", k}}),
+              [&] { test_gemm_operands(be, rng, m, n, k); });
+    guarded("profiler", "-", [&] { test_profiler(be, rng); });
+  } catch (const std::exception& e) {
+    record(false, "setup", "-", std::string("exception: ") + e.what());
+  }
+  return summary();
+}

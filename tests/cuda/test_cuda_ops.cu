@@ -35,6 +35,7 @@
 #include "seqrec/ops/embedding/embedding_cuda.cuh"
 #include "seqrec/ops/rmsnorm/rmsnorm_cpu.hpp"
 #include "seqrec/ops/rmsnorm/rmsnorm_cuda.cuh"
+#include "seqrec/ops/rope/rope_cuda.cuh"
 #include "seqrec/train/adamw.hpp"
 #include "seqrec/train/adamw_cuda.cuh"
 
@@ -305,6 +306,70 @@ void test_attention(Backend& be, Rng& rng, std::int64_t B, std::int64_t L, std::
   check("attention.dqkv", shape, download(be, ddqkv), dqkv, 1e-4, 1e-5);
 }
 
+/// The packed layout the model trains with: attention over each sequence's packed rows (every
+/// non-padding position, plus ~10% of the padding positions, as rows with a scored target but a
+/// padding input would be), against the CPU op on the full layout at the same rows; dout is zero
+/// on the rows the packed step does not compute, as in the model. Also RoPE on packed rows (slot
+/// from the row map) against RoPE on the full layout: the same float operations, so identical.
+void test_attention_packed(Backend& be, Rng& rng, std::int64_t B, std::int64_t L, std::int64_t D,
+                           std::int64_t H) {
+  const std::string shape = shape_str({{"B", B}, {"L", L}, {"D", D}, {"H", H}});
+  seqrec::ops::AttentionShape s{B, L, D, H};
+  const std::int32_t pad = 0;
+  const std::int64_t N = B * L;
+  std::vector<std::int32_t> tok(N), rows, seg(B + 1), ptok;
+  for (std::int64_t b = 0; b < B; ++b) {
+    const std::int64_t k = std::int64_t(rng.below(std::uint64_t(L + 1)));  // k = L: all padding
+    seg[b] = static_cast<std::int32_t>(rows.size());
+    for (std::int64_t i = 0; i < L; ++i) {
+      tok[b * L + i] = i < k ? pad : std::int32_t(1 + rng.below(1000));
+      if (tok[b * L + i] != pad || rng.below(10) == 0) {
+        rows.push_back(static_cast<std::int32_t>(b * L + i));
+        ptok.push_back(tok[b * L + i]);
+      }
+    }
+  }
+  seg[B] = static_cast<std::int32_t>(rows.size());
+  const auto M = static_cast<std::int64_t>(rows.size());
+  auto qkv = normal(rng, N * 3 * D), dout = normal(rng, N * D);
+  std::vector<char> packed(N, 0);
+  for (std::int32_t r : rows) packed[r] = 1;
+  for (std::int64_t r = 0; r < N; ++r)
+    if (!packed[r]) std::fill(dout.begin() + r * D, dout.begin() + (r + 1) * D, 0.f);
+  std::vector<float> out(N * D), probs(B * H * L * L), dqkv(N * 3 * D);
+  seqrec::ops::attention_forward(s, qkv.data(), tok.data(), pad, out.data(), probs.data());
+  seqrec::ops::attention_backward(s, qkv.data(), probs.data(), dout.data(), dqkv.data());
+  auto take = [&](const std::vector<float>& full, std::int64_t w) {
+    std::vector<float> p(static_cast<std::size_t>(M * w));
+    for (std::int64_t i = 0; i < M; ++i)
+      std::copy_n(full.begin() + rows[i] * w, w, p.begin() + i * w);
+    return p;
+  };
+  auto dseg = upload(be, seg);
+  auto dptok = upload(be, ptok);
+  auto dqkv_in = upload(be, take(qkv, 3 * D)), ddout = upload(be, take(dout, D));
+  auto dout_ = be.buffer<float>(M * D), dprobs = be.buffer<float>(B * H * L * L),
+       ddqkv = be.buffer<float>(M * 3 * D);
+  seqrec::cuda::attention_forward(be, s, dqkv_in.data(), dptok.data(), pad, dout_.data(),
+                                  dprobs.data(), 0, dseg.data());
+  seqrec::cuda::attention_backward(be, s, dqkv_in.data(), dprobs.data(), ddout.data(), ddqkv.data(),
+                                   dseg.data());
+  const std::string ps = shape + ",packed=" + std::to_string(M);
+  check("attention.packed.out", ps, download(be, dout_), take(out, D), 1e-4, 1e-5);
+  check("attention.packed.dqkv", ps, download(be, ddqkv), take(dqkv, 3 * D), 1e-4, 1e-5);
+
+  // RoPE: full layout vs packed rows with the row map.
+  if ((D / H) % 2 != 0) return;
+  seqrec::cuda::RopeTable table;
+  table.ensure(be, L, D / H, 10000.0);
+  auto full = upload(be, qkv), part = upload(be, take(qkv, 3 * D));
+  auto drows = upload(be, rows);
+  seqrec::cuda::rope_apply(be, table, full.data(), B, L, D, H, +1);
+  seqrec::cuda::rope_apply(be, table, part.data(), B, L, D, H, +1, drows.data(), M);
+  check_identical("rope.packed", ps, download(be, part), take(download(be, full), 3 * D),
+                  "the same rotation of the same rows");
+}
+
 // ---- AdamW
 // ---------------------------------------------------------------------------------------
 void test_adamw(Backend& be, Rng& rng) {
@@ -396,6 +461,12 @@ int main() {
           {256, 20, 256, 8}})
       guarded("attention", shape_str({{"B", b}, {"L", l}, {"D", d}, {"H", h}}),
               [&] { test_attention(be, rng, b, l, d, h); });
+
+    for (auto [b, l, d, h] :
+         {std::tuple<std::int64_t, std::int64_t, std::int64_t, std::int64_t>{7, 37, 48, 2},
+          {512, 20, 1024, 8}})
+      guarded("attention.packed", shape_str({{"B", b}, {"L", l}, {"D", d}, {"H", h}}),
+              [&] { test_attention_packed(be, rng, b, l, d, h); });
 
     guarded("adamw", "store", [&] { test_adamw(be, rng); });
   } catch (const std::exception& e) {

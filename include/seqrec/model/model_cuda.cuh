@@ -18,7 +18,9 @@
 // the trainer and the evaluator call this model exactly like the CPU one; rank_last and
 // top_k_last rank and select on the device (eval::rank_cases, eval::recommend), and
 // forward_hidden / backward_hidden serve host-side heads (DPO). Training steps (forward_backward,
-// loss) compute only the non-padding rows, as the CPU model does (choose_rows). The step mirrors
+// loss) compute only the non-padding rows, as the CPU model does (choose_rows) — attention and
+// RoPE included: attention reads each sequence's packed rows through segment offsets, so no
+// (B·L)-row tensor exists in a training step beyond the embeddings. The step mirrors
 // the CPU model op for op (read model.hpp's forward() and backward() beside this file), with the
 // same dropout sites and keys: embeddings mix64(key ^ 1), attention output mix64(key ^ (l·16 + 2)),
 // FFN output mix64(that ^ 0x5bd1e995). Dropout masks are recomputed from the counter hash in the
@@ -702,8 +704,12 @@ class Model<Cfg, cuda::Backend> {
   /// (its keys are masked, its target is not scored, its gradient is zero), so skipping it leaves
   /// every result as the full computation's, while the row-wise layers (norms, linears, FFN,
   /// cross-entropy) do ~45% less work at the study's padding. Without targets (scoring): all
-  /// rows. rows_n_ receives the count; rows_ (device) the list when packed.
-  void choose_rows(const std::int32_t* tokens, const std::int32_t* targets, std::int64_t n) {
+  /// rows. rows_n_ receives the count; rows_ (device) the list when packed, and seg_ (device) the
+  /// attention's view of it: B + 1 offsets of each sequence's packed rows, then the M packed
+  /// tokens (every non-padding position is packed, so attention runs on the packed rows alone).
+  void choose_rows(const std::int32_t* tokens, const std::int32_t* targets, std::int64_t batch,
+                   std::int64_t len) {
+    const std::int64_t n = batch * len;
     packed_ = false;
     rows_n_ = n;
     if (targets == nullptr) return;
@@ -719,9 +725,29 @@ class Model<Cfg, cuda::Backend> {
       SEQREC_CUDA_CHECK(cudaMemcpyAsync(rows_.data(), rows_host_.data(),
                                         sizeof(std::int32_t) * rows_n_, cudaMemcpyHostToDevice,
                                         be_->stream()));
+    seg_host_.assign(static_cast<std::size_t>(batch + 1 + rows_n_), 0);
+    std::int64_t i = 0;
+    for (std::int64_t b = 0; b <= batch; ++b) {
+      while (i < rows_n_ && rows_host_[static_cast<std::size_t>(i)] < b * len) ++i;
+      seg_host_[static_cast<std::size_t>(b)] = static_cast<std::int32_t>(i);
+    }
+    for (std::int64_t r = 0; r < rows_n_; ++r)
+      seg_host_[static_cast<std::size_t>(batch + 1 + r)] =
+          tokens[rows_host_[static_cast<std::size_t>(r)]];
+    ensure(seg_, static_cast<std::int64_t>(seg_host_.size()));
+    // Pageable source: the copy has read seg_host_ when the call returns.
+    SEQREC_CUDA_CHECK(cudaMemcpyAsync(seg_.data(), seg_host_.data(),
+                                      sizeof(std::int32_t) * seg_host_.size(),
+                                      cudaMemcpyHostToDevice, be_->stream()));
   }
-  /// The packed-row map for the dropout kernels (null: all rows, in order).
+  /// The packed-row map for the dropout and RoPE kernels (null: all rows, in order).
   const std::int32_t* row_map() const { return packed_ ? rows_.data() : nullptr; }
+  /// Attention's segments (null: the full (B, L) layout) and the tokens of the rows it sees.
+  const std::int32_t* attn_seg() const { return packed_ ? seg_.data() : nullptr; }
+  const std::int32_t* attn_tokens() const {
+    return packed_ ? seg_.data() + (seg_host_.size() - static_cast<std::size_t>(rows_n_))
+                   : tokens_.data();
+  }
 
   void forward(const std::int32_t* tokens, std::int32_t batch, std::int32_t len,
                std::uint64_t dropout_key, const std::int32_t* targets = nullptr) {
@@ -733,7 +759,7 @@ class Model<Cfg, cuda::Backend> {
     ensure(tokens_, N);
     SEQREC_CUDA_CHECK(cudaMemcpyAsync(tokens_.data(), tokens, sizeof(std::int32_t) * N,
                                       cudaMemcpyHostToDevice, be_->stream()));
-    choose_rows(tokens, targets, N);
+    choose_rows(tokens, targets, B, L);
     const std::int64_t M = rows_n_;
     if constexpr (kFfn == detail::CudaFfnKind::Moe) {
       // The MoE auxiliary losses count real (non-padding) rows, as on the CPU.
@@ -751,10 +777,7 @@ class Model<Cfg, cuda::Backend> {
     ensure(tmp_, M * D);
     ensure(h_, M * D);
     ensure(stats_f_, M * kStatsPerRow);
-    if (packed_) {
-      ensure(full_, N * D);
-      ensure(qkv_packed_, M * 3 * D);
-    }
+    if (packed_) ensure(full_, N * D);  // the embeddings' full layout
     if constexpr (kPos == detail::CudaPos::RoPE) rope_.ensure(*be_, L, D / H, shape_.rope_base);
 
     // Embeddings, positions and their dropout on the full (B, L) layout (cheap, elementwise),
@@ -779,7 +802,7 @@ class Model<Cfg, cuda::Backend> {
       const std::uint64_t key = attn_key(dropout_key, l);
       const float* x_in = resid_[l].data();
       ensure(c.stats1, M * kStatsPerRow);
-      ensure(c.qkv, N * 3 * D);  // full layout: attention works on (B, L)
+      ensure(c.qkv, M * 3 * D);  // packed rows too: attention reads them through seg_
       ensure(c.probs, B * H * L * L);
       ensure(c.x_mid, M * D);
       ensure(c.stats2, M * kStatsPerRow);
@@ -800,31 +823,21 @@ class Model<Cfg, cuda::Backend> {
       }
       {
         const cuda::ProfileScope prof(*be_, "qkv linear (fwd)");
-        float* qkv_rows = packed_ ? qkv_packed_.data() : c.qkv.data();
-        linear_forward(a1, value(blk.qkv_w), value(blk.qkv_b), qkv_rows, M, D, 3 * D);
-        if (packed_)  // skipped rows become zero; their keys are masked as padding
-          cuda::scatter_rows(*be_, qkv_rows, rows_.data(), c.qkv.data(), M, N, 3 * D);
+        linear_forward(a1, value(blk.qkv_w), value(blk.qkv_b), c.qkv.data(), M, D, 3 * D);
       }
       if constexpr (kPos == detail::CudaPos::RoPE) {
         const cuda::ProfileScope prof(*be_, "rope (fwd)");
-        cuda::rope_apply(*be_, rope_, c.qkv.data(), B, L, D, H, +1);
+        cuda::rope_apply(*be_, rope_, c.qkv.data(), B, L, D, H, +1, row_map(), M);
       }
       {
+        // Packed: each (sequence, head) block attends over that sequence's packed rows.
         const cuda::ProfileScope prof(*be_, "attention (fwd)");
-        if (packed_) {
-          cuda::attention_forward(*be_, as, c.qkv.data(), tokens_.data(), kPadToken, full_.data(),
-                                  c.probs.data());
-          if (act16_)
-            cuda::gather_rows(*be_, full_.data(), rows_.data(), c.ctx16.data(), M, D, ctx.ld);
-          else
-            cuda::gather_rows(*be_, full_.data(), rows_.data(), c.ctx.data(), M, D);
-        } else if (act16_) {
-          cuda::attention_forward(*be_, as, c.qkv.data(), tokens_.data(), kPadToken, c.ctx16.data(),
-                                  c.probs.data(), ctx.ld);
-        } else {
-          cuda::attention_forward(*be_, as, c.qkv.data(), tokens_.data(), kPadToken, c.ctx.data(),
-                                  c.probs.data());
-        }
+        if (act16_)
+          cuda::attention_forward(*be_, as, c.qkv.data(), attn_tokens(), kPadToken, c.ctx16.data(),
+                                  c.probs.data(), ctx.ld, attn_seg());
+        else
+          cuda::attention_forward(*be_, as, c.qkv.data(), attn_tokens(), kPadToken, c.ctx.data(),
+                                  c.probs.data(), 0, attn_seg());
       }
       {
         const cuda::ProfileScope prof(*be_, "out linear (fwd)");
@@ -866,7 +879,7 @@ class Model<Cfg, cuda::Backend> {
     const std::int64_t B = batch, L = len, N = B * L, D = shape_.dim, H = shape_.heads, M = rows_n_;
     const double p = last_p_;
     const std::int32_t* rmap = row_map();
-    ensure(dqkv_, N * 3 * D);
+    ensure(dqkv_, M * 3 * D);
     float* dx = dx_.data();
     float* dbranch = dh_.data();  // dh_ is free after the final norm: branch gradients
     float* tmp = tmp_.data();
@@ -904,27 +917,17 @@ class Model<Cfg, cuda::Backend> {
                         grad(blk.out_w), grad(blk.out_b), M, D, D);
       }
       {
-        // Attention on the full layout: skipped rows carry a zero gradient.
         const cuda::ProfileScope prof(*be_, "attention (bwd)");
-        float* dctx_full = tmp;
-        if (packed_) {
-          cuda::scatter_rows(*be_, tmp, rows_.data(), full_.data(), M, N, D);
-          dctx_full = full_.data();
-        }
-        cuda::attention_backward(*be_, as, c.qkv.data(), c.probs.data(), dctx_full, dqkv_.data());
+        cuda::attention_backward(*be_, as, c.qkv.data(), c.probs.data(), tmp, dqkv_.data(),
+                                 attn_seg());
       }
       if constexpr (kPos == detail::CudaPos::RoPE) {
         const cuda::ProfileScope prof(*be_, "rope (bwd)");
-        cuda::rope_apply(*be_, rope_, dqkv_.data(), B, L, D, H, -1);
+        cuda::rope_apply(*be_, rope_, dqkv_.data(), B, L, D, H, -1, row_map(), M);
       }
       {
         const cuda::ProfileScope prof(*be_, "qkv linear (bwd)");
-        float* dqkv_rows = dqkv_.data();
-        if (packed_) {
-          cuda::gather_rows(*be_, dqkv_.data(), rows_.data(), qkv_packed_.data(), M, 3 * D);
-          dqkv_rows = qkv_packed_.data();
-        }
-        linear_backward(act_operand(c.a1, c.a1_16, D), value(blk.qkv_w), dqkv_rows, tmp,
+        linear_backward(act_operand(c.a1, c.a1_16, D), value(blk.qkv_w), dqkv_.data(), tmp,
                         grad(blk.qkv_w), grad(blk.qkv_b), M, D, 3 * D);
       }
       {
@@ -969,13 +972,15 @@ class Model<Cfg, cuda::Backend> {
   std::vector<BlockCache> caches_;
   // dact_: d(act) (N, F or F'), for GatedMlp then d(gate) in place; dup_: d(up) (GatedMlp).
   cuda::DeviceBuffer<float> h_, stats_f_, tmp_, dx_, dh_, dqkv_, dact_, dup_, scores_;
-  // Packed rows (training): the row list on host and device, its length, and full-layout scratch
-  // (embeddings, attention context and its gradient: (B·L, D)) and packed qkv / d qkv (M, 3D).
+  // Packed rows (training): the row list on host and device, its length, attention's segments
+  // and packed tokens, and the embeddings' full-layout scratch.
   bool packed_ = false;
   std::int64_t rows_n_ = 0;
   std::vector<std::int32_t> rows_host_, targets_host_;
   cuda::DeviceBuffer<std::int32_t> rows_;
-  cuda::DeviceBuffer<float> full_, qkv_packed_;
+  std::vector<std::int32_t> seg_host_;  // attention: B + 1 offsets, then the packed tokens
+  cuda::DeviceBuffer<std::int32_t> seg_;
+  cuda::DeviceBuffer<float> full_;  // the embeddings in the full (B·L, D) layout
   // MoE: one device layer per block (it keeps its own activations), and the padding mask of the
   // computed rows.
   std::vector<std::unique_ptr<MoeLayer>> moe_;

@@ -54,11 +54,13 @@ class RopeTable {
   DeviceBuffer<float> cos_, sin_;
 };
 
-/// One thread per (row r, part ∈ {Q, K}, pair index k over heads·half): rotates one pair.
+/// One thread per (row r, part ∈ {Q, K}, pair index k over heads·half): rotates one pair. Row r
+/// sits at window slot (row_map ? row_map[r] : r) mod L.
 static __global__ void rope_apply_kernel(float* __restrict__ qkv, const float* __restrict__ cs,
-                                         const float* __restrict__ sn, std::int64_t rows,
-                                         std::int64_t L, std::int64_t D, std::int64_t dh,
-                                         float sign) {
+                                         const float* __restrict__ sn,
+                                         const std::int32_t* __restrict__ row_map,
+                                         std::int64_t rows, std::int64_t L, std::int64_t D,
+                                         std::int64_t dh, float sign) {
   const std::int64_t half = dh / 2, pairs = D / 2;  // pairs per part: heads · half
   const std::int64_t total = rows * 2 * pairs;
   for (std::int64_t idx = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -67,7 +69,7 @@ static __global__ void rope_apply_kernel(float* __restrict__ qkv, const float* _
     const std::int64_t rem = idx - r * 2 * pairs;
     const std::int64_t part = rem / pairs, k = rem - part * pairs;
     const std::int64_t h = k / half, i = k - h * half;
-    const std::int64_t l = r % L;
+    const std::int64_t l = (row_map != nullptr ? static_cast<std::int64_t>(row_map[r]) : r) % L;
     float* v = qkv + r * 3 * D + part * D + h * dh;
     const float c = cs[l * half + i];
     const float n = sign > 0.f ? sn[l * half + i] : -sn[l * half + i];
@@ -78,14 +80,18 @@ static __global__ void rope_apply_kernel(float* __restrict__ qkv, const float* _
 }
 
 /// qkv (B·L, 3D), device: Q and K of every head rotated by their slot's angle; sign = +1 forward,
-/// −1 for the backward on dqkv. `table` must hold (L, dh, base) (RopeTable::ensure).
+/// −1 for the backward on dqkv. `table` must hold (L, dh, base) (RopeTable::ensure). Packed rows:
+/// with row_map (device, n_rows entries: each row's index in the full (B·L) layout), qkv holds
+/// those n_rows rows only and row r is rotated for slot row_map[r] mod L.
 inline void rope_apply(Backend& be, const RopeTable& table, float* qkv, std::int64_t batch,
-                       std::int64_t length, std::int64_t dim, std::int64_t heads, int sign) {
-  const std::int64_t total = batch * length * dim;  // rows · 2 parts · D/2 pairs
+                       std::int64_t length, std::int64_t dim, std::int64_t heads, int sign,
+                       const std::int32_t* row_map = nullptr, std::int64_t n_rows = 0) {
+  const std::int64_t rows = row_map != nullptr ? n_rows : batch * length;
+  const std::int64_t total = rows * dim;  // rows · 2 parts · D/2 pairs
   if (total == 0) return;
   const std::int64_t want = (total + 255) / 256;
   const unsigned blocks = static_cast<unsigned>(want < 65535 * 8 ? want : 65535 * 8);
-  rope_apply_kernel<<<blocks, 256, 0, be.stream()>>>(qkv, table.cos(), table.sin(), batch * length,
+  rope_apply_kernel<<<blocks, 256, 0, be.stream()>>>(qkv, table.cos(), table.sin(), row_map, rows,
                                                      length, dim, dim / heads,
                                                      sign > 0 ? 1.f : -1.f);
   SEQREC_CUDA_CHECK_LAUNCH();

@@ -89,6 +89,17 @@ namespace seqrec::cuda {
 __host__ __device__ inline void store_as(float* p, float v) { *p = v; }
 __host__ __device__ inline void store_as(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
+/// Writes v to *p, or adds it (*p = *p + v, rounded to nearest, never contracted) when Accumulate:
+/// a backward kernel that adds its result into a gradient buffer gives the bits of writing it and
+/// then add_into.
+template <bool Accumulate>
+__device__ inline void write_or_add(float* p, float v) {
+  if constexpr (Accumulate)
+    *p = __fadd_rn(*p, v);
+  else
+    *p = v;
+}
+
 /// Number of CUDA devices, or 0 when none answers (cuda_probe::device_count, which host-only code
 /// uses directly); `why` receives the reason for a 0.
 inline int cuda_device_available(std::string* why = nullptr) {

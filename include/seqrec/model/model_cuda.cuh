@@ -566,14 +566,16 @@ class Model<Cfg, cuda::Backend> {
     return act16_ ? cuda::Operand(b16.data(), cuda::bf16_ld(cols))
                   : cuda::Operand(f32.data(), cols);
   }
-  /// dx (N, D) overwritten from dy; the norm's parameter gradients accumulated.
+  /// dx (N, D) overwritten from dy, or added to when accumulate (the residual stream's gradient:
+  /// the bits of an overwrite then add_into); the norm's parameter gradients accumulated.
   void norm_backward(const NormIds& n, const float* x, const float* stats, const float* dy,
-                     float* dx, std::int64_t rows, std::int64_t d) {
+                     float* dx, std::int64_t rows, std::int64_t d, bool accumulate = false) {
     if constexpr (kNorm == detail::CudaNorm::LayerNorm)
       cuda::layernorm_backward(*be_, x, value(n.weight), stats, dy, dx, grad(n.weight),
-                               grad(n.bias), rows, d);
+                               grad(n.bias), rows, d, accumulate);
     else
-      cuda::rmsnorm_backward(*be_, x, value(n.weight), stats, dy, dx, grad(n.weight), rows, d);
+      cuda::rmsnorm_backward(*be_, x, value(n.weight), stats, dy, dx, grad(n.weight), rows, d,
+                             accumulate);
   }
 
   ops::CrossEntropyShape ce_shape(std::int64_t rows) const {
@@ -602,11 +604,27 @@ class Model<Cfg, cuda::Backend> {
                   cuda::WeightOperand::B, b);  // bias in the GEMM's epilogue where possible
   }
   /// dx (N, in) = dy · W (overwritten); dW += dyᵀ · x; db += Σ_rows dy. In bf16 mode dy is
-  /// rounded once for both GEMMs.
+  /// rounded once for both GEMMs, in the pass that sums its columns.
   void linear_backward(const cuda::Operand& x, const float* w, const float* dy, float* dx,
                        float* dw, float* db, std::int64_t n, std::int64_t in, std::int64_t out) {
-    linear_backward_nobias(x, w, dy, dx, dw, n, in, out, false);
-    cuda::column_sum_add(*be_, dy, db, n, out);
+    if (!be_->bf16()) {
+      linear_backward_gemms(x, w, cuda::Operand(dy, out), dx, dw, n, in, out, false);
+      cuda::column_sum_add(*be_, dy, db, n, out);
+      return;
+    }
+    const std::int64_t ld16 = cuda::bf16_ld(out);
+    auto dy16 = be_->buffer<__nv_bfloat16>(static_cast<std::size_t>(n * ld16));
+    cuda::column_sum_add_cast(*be_, dy, db, n, out, dy16.data(), ld16);
+    linear_backward_gemms(x, w, cuda::Operand(dy16.data(), ld16), dx, dw, n, in, out, false);
+  }
+  /// dx (N, in) = g · W, overwritten or added (beta = 1) when accumulate_dx; dW += gᵀ · x; g is
+  /// the output gradient as a GEMM operand.
+  void linear_backward_gemms(const cuda::Operand& x, const float* w, const cuda::Operand& g,
+                             float* dx, float* dw, std::int64_t n, std::int64_t in,
+                             std::int64_t out, bool accumulate_dx) {
+    cuda::gemm_rm(*be_, false, false, n, in, out, 1.f, g, cuda::Operand(w, in),
+                  accumulate_dx ? 1.f : 0.f, dx, in, cuda::WeightOperand::B);
+    cuda::gemm_rm(*be_, true, false, out, in, n, 1.f, g, x, 1.f, dw, in);
   }
 
   /// Bias-free linear layer (GatedMlp): y (N, out) = x (N, in) · Wᵀ, W (out, in).
@@ -621,10 +639,8 @@ class Model<Cfg, cuda::Backend> {
                               float* dw, std::int64_t n, std::int64_t in, std::int64_t out,
                               bool accumulate_dx) {
     cuda::DeviceBuffer<__nv_bfloat16> dy16;
-    const cuda::Operand g = cuda::gemm_operand(*be_, dy, n, out, dy16);
-    cuda::gemm_rm(*be_, false, false, n, in, out, 1.f, g, cuda::Operand(w, in),
-                  accumulate_dx ? 1.f : 0.f, dx, in, cuda::WeightOperand::B);
-    cuda::gemm_rm(*be_, true, false, out, in, n, 1.f, g, x, 1.f, dw, in);
+    linear_backward_gemms(x, w, cuda::gemm_operand(*be_, dy, n, out, dy16), dx, dw, n, in, out,
+                          accumulate_dx);
   }
 
   /// tmp_ (N, D) = ffn(norm2 output) for block l (`blk`), saving what ffn_backward needs in c
@@ -903,12 +919,12 @@ class Model<Cfg, cuda::Backend> {
       }
       {
         const cuda::ProfileScope prof(*be_, "norms (bwd)");
-        norm_backward(blk.norm2, c.x_mid.data(), c.stats2.data(), tmp, dbranch, M, D);
+        // dx += the norm's input gradient: dx is now d x_mid.
+        norm_backward(blk.norm2, c.x_mid.data(), c.stats2.data(), tmp, dx, M, D, true);
       }
       // x_mid = x_in + drop(Wo · attn(rope(Wqkv · norm1(x_in))))
       {
         const cuda::ProfileScope prof(*be_, "dropout + residual (bwd)");
-        cuda::add_into(*be_, dx, dbranch, M * D);  // dx is now d x_mid
         cuda::dropout_backward(*be_, dx, dbranch, M * D, p, key, rmap, D);
       }
       {
@@ -932,11 +948,8 @@ class Model<Cfg, cuda::Backend> {
       }
       {
         const cuda::ProfileScope prof(*be_, "norms (bwd)");
-        norm_backward(blk.norm1, resid_[li].data(), c.stats1.data(), tmp, dbranch, M, D);
-      }
-      {
-        const cuda::ProfileScope prof(*be_, "dropout + residual (bwd)");
-        cuda::add_into(*be_, dx, dbranch, M * D);  // dx is now d x_in
+        // dx += the norm's input gradient: dx is now d x_in.
+        norm_backward(blk.norm1, resid_[li].data(), c.stats1.data(), tmp, dx, M, D, true);
       }
     }
     // Back to the full layout for the embedding dropout, positions and the table.

@@ -1,6 +1,7 @@
 // Small element-wise and reduction kernels of the CUDA model, fp32, all on the backend's stream:
 //
 //   column_sum_add          db (C) += Σ_rows dy (N, C)               (linear layers' bias gradient)
+//   column_sum_add_cast     the same, and bf16(dy) in the same pass   (bf16 mode's GEMM operand)
 //   add_into                y (n) += x (n)                           (residual gradients)
 //   position_add            x (B, L, D) += P (L, D)                  (learned positions)
 //   position_add_backward   dP (L, D) += Σ_b dx (B, L, D)
@@ -50,16 +51,24 @@ __device__ inline float act_df(float x) {
 }
 }  // namespace detail
 
-/// partial (gridDim.y, C): chunk blockIdx.y's column sums, rows in ascending order.
+/// partial (gridDim.y, C): chunk blockIdx.y's column sums, rows in ascending order. Cast: also
+/// x16 (rows, ld16) = bf16(x), in the same pass (the rows each thread reads, it rounds).
+template <bool Cast>
 static __global__ void column_sum_partial_kernel(const float* __restrict__ x,
                                                  float* __restrict__ partial, std::int64_t rows,
-                                                 std::int64_t cols, std::int64_t chunk) {
+                                                 std::int64_t cols, std::int64_t chunk,
+                                                 __nv_bfloat16* __restrict__ x16,
+                                                 std::int64_t ld16) {
   const std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (j >= cols) return;
   const std::int64_t r0 = static_cast<std::int64_t>(blockIdx.y) * chunk;
   const std::int64_t r1 = r0 + chunk < rows ? r0 + chunk : rows;
   float s = 0.f;
-  for (std::int64_t r = r0; r < r1; ++r) s += x[r * cols + j];
+  for (std::int64_t r = r0; r < r1; ++r) {
+    const float v = x[r * cols + j];
+    s += v;
+    if constexpr (Cast) x16[r * ld16 + j] = __float2bfloat16_rn(v);
+  }
   partial[static_cast<std::int64_t>(blockIdx.y) * cols + j] = s;
 }
 
@@ -128,20 +137,40 @@ static __global__ void activation_backward_kernel(const float* __restrict__ x,
     d[i] = __fmul_rn(d[i], detail::act_df<A>(x[i]));
 }
 
-/// out (cols) += Σ_rows x (rows, cols), deterministic.
-inline void column_sum_add(Backend& be, const float* x, float* out, std::int64_t rows,
-                           std::int64_t cols) {
+namespace detail {
+inline void column_sum_add_impl(Backend& be, const float* x, float* out, std::int64_t rows,
+                                std::int64_t cols, __nv_bfloat16* x16, std::int64_t ld16) {
   if (rows == 0 || cols == 0) return;
-  const std::int64_t want = rows < detail::kColSumChunks ? rows : detail::kColSumChunks;
+  const std::int64_t want = rows < kColSumChunks ? rows : kColSumChunks;
   const std::int64_t chunk = (rows + want - 1) / want;
   const int chunks = static_cast<int>((rows + chunk - 1) / chunk);
   auto partial = be.buffer<float>(static_cast<std::size_t>(chunks) * cols);
   const dim3 grid(static_cast<unsigned>((cols + 255) / 256), static_cast<unsigned>(chunks));
-  column_sum_partial_kernel<<<grid, 256, 0, be.stream()>>>(x, partial.data(), rows, cols, chunk);
+  if (x16 != nullptr)
+    column_sum_partial_kernel<true>
+        <<<grid, 256, 0, be.stream()>>>(x, partial.data(), rows, cols, chunk, x16, ld16);
+  else
+    column_sum_partial_kernel<false>
+        <<<grid, 256, 0, be.stream()>>>(x, partial.data(), rows, cols, chunk, nullptr, 0);
   SEQREC_CUDA_CHECK_LAUNCH();
   column_sum_reduce_kernel<<<static_cast<unsigned>((cols + 255) / 256), 256, 0, be.stream()>>>(
       partial.data(), out, chunks, cols);
   SEQREC_CUDA_CHECK_LAUNCH();
+}
+}  // namespace detail
+
+/// out (cols) += Σ_rows x (rows, cols), deterministic.
+inline void column_sum_add(Backend& be, const float* x, float* out, std::int64_t rows,
+                           std::int64_t cols) {
+  detail::column_sum_add_impl(be, x, out, rows, cols, nullptr, 0);
+}
+
+/// column_sum_add, and x16 (rows, ld16) = bf16(x) in the same pass over x (a linear's output
+/// gradient: its bias gradient, and the operand of both backward GEMMs in bf16 mode). The sums
+/// have column_sum_add's bits, the copy cast_to_bf16's.
+inline void column_sum_add_cast(Backend& be, const float* x, float* out, std::int64_t rows,
+                                std::int64_t cols, __nv_bfloat16* x16, std::int64_t ld16) {
+  detail::column_sum_add_impl(be, x, out, rows, cols, x16, ld16);
 }
 
 /// y (n) += x (n).

@@ -68,8 +68,10 @@ static __global__ void layernorm_forward_kernel(const float* __restrict__ x,
 }
 
 /// dx (N, D) overwritten (dx may be the same buffer as dy: each element is read before it is
-/// written, by the same lane); partial (2, gridDim.x, D) receives this block's Σ dy·x̂ (first
-/// half) and Σ dy (second half) per column. Dynamic shared memory: 2·4·D floats.
+/// written, by the same lane), or added to when Accumulate (then dx must not be dy); partial
+/// (2, gridDim.x, D) receives this block's Σ dy·x̂ (first half) and Σ dy (second half) per column.
+/// Dynamic shared memory: 2·4·D floats.
+template <bool Accumulate>
 static __global__ void layernorm_backward_kernel(const float* __restrict__ x,
                                                  const float* __restrict__ g,
                                                  const float* __restrict__ stats, const float* dy,
@@ -105,7 +107,7 @@ static __global__ void layernorm_backward_kernel(const float* __restrict__ x,
     mux = detail::ln_warp_sum(mux) / static_cast<float>(d);
     for (std::int64_t j = lane; j < d; j += 32) {
       const float xh = (xr[j] - mean) * rstd;
-      dxr[j] = rstd * (g[j] * dyr[j] - mu - xh * mux);
+      write_or_add<Accumulate>(dxr + j, rstd * (g[j] * dyr[j] - mu - xh * mux));
     }
   }
   __syncthreads();
@@ -167,12 +169,15 @@ void layernorm_forward(Backend& be, const float* x, const float* g, const float*
   SEQREC_CUDA_CHECK_LAUNCH();
 }
 
-/// dx (N, D) overwritten (may be the same buffer as dy); dg, db (D) accumulated (+=),
-/// deterministically. stats as written by layernorm_forward (or the CPU op). 1 ≤ D ≤ 1536: the
-/// backward keeps 2·4·D floats in shared memory, within the default 48 KiB.
+/// dx (N, D) overwritten (may be the same buffer as dy), or added to when `accumulate` (dx += the
+/// input gradient, with the bits of add_into after an overwrite; dx must not be dy then); dg, db
+/// (D) accumulated (+=), deterministically. stats as written by layernorm_forward (or the CPU
+/// op). 1 ≤ D ≤ 1536: the backward keeps 2·4·D floats in shared memory, within the default
+/// 48 KiB.
 inline void layernorm_backward(Backend& be, const float* x, const float* g, const float* stats,
                                const float* dy, float* dx, float* dg, float* db, std::int64_t n,
-                               std::int64_t d) {
+                               std::int64_t d, bool accumulate = false) {
+  SEQREC_CHECK(!accumulate || dx != dy, "layernorm_backward: accumulating into dy itself");
   SEQREC_CHECK(d >= 1 && d <= detail::kLnMaxDim,
                "layernorm_backward (CUDA) supports 1 <= D <= " + std::to_string(detail::kLnMaxDim) +
                    ", got D = " + std::to_string(d));
@@ -183,8 +188,12 @@ inline void layernorm_backward(Backend& be, const float* x, const float* g, cons
   auto partial = be.buffer<float>(2 * static_cast<std::size_t>(blocks) * d);
   const std::size_t smem =
       sizeof(float) * 2 * detail::kLnBackwardWarps * static_cast<std::size_t>(d);
-  layernorm_backward_kernel<<<blocks, 32 * detail::kLnBackwardWarps, smem, be.stream()>>>(
-      x, g, stats, dy, dx, partial.data(), n, d);
+  if (accumulate)
+    layernorm_backward_kernel<true><<<blocks, 32 * detail::kLnBackwardWarps, smem, be.stream()>>>(
+        x, g, stats, dy, dx, partial.data(), n, d);
+  else
+    layernorm_backward_kernel<false><<<blocks, 32 * detail::kLnBackwardWarps, smem, be.stream()>>>(
+        x, g, stats, dy, dx, partial.data(), n, d);
   SEQREC_CUDA_CHECK_LAUNCH();
   const dim3 rblock(32, detail::kLnReduceRows);
   const auto rgrid = static_cast<unsigned>((2 * d + 31) / 32);

@@ -45,8 +45,9 @@ static __global__ void rmsnorm_forward_kernel(const float* __restrict__ x,
   for (std::int64_t j = lane; j < d; j += 32) store_as(yr + j, xr[j] * inv * g[j]);
 }
 
-/// dx (N, D) overwritten; partial (gridDim.x, D) receives this block's Σ dy·x·rstd per column.
-/// Dynamic shared memory: 8·D floats.
+/// dx (N, D) overwritten (Accumulate: added to); partial (gridDim.x, D) receives this block's
+/// Σ dy·x·rstd per column. Dynamic shared memory: 8·D floats.
+template <bool Accumulate>
 static __global__ void rmsnorm_backward_kernel(const float* __restrict__ x,
                                                const float* __restrict__ g,
                                                const float* __restrict__ rstd,
@@ -71,7 +72,8 @@ static __global__ void rmsnorm_backward_kernel(const float* __restrict__ x,
     }
     dot = detail::warp_sum(dot);
     const float c = dot * inv * inv * inv / static_cast<float>(d);
-    for (std::int64_t j = lane; j < d; j += 32) dxr[j] = g[j] * dyr[j] * inv - xr[j] * c;
+    for (std::int64_t j = lane; j < d; j += 32)
+      write_or_add<Accumulate>(dxr + j, g[j] * dyr[j] * inv - xr[j] * c);
   }
   __syncthreads();
   for (std::int64_t j = threadIdx.x; j < d; j += blockDim.x) {
@@ -105,11 +107,13 @@ void rmsnorm_forward(Backend& be, const float* x, const float* g, OutT* y, float
   SEQREC_CUDA_CHECK_LAUNCH();
 }
 
-/// dx (N, D) overwritten; dg (D) accumulated (+=), deterministically. D ≤ 1536 (the backward
-/// keeps 8·D floats in shared memory, within the default 48 KiB).
+/// dx (N, D) overwritten, or added to when `accumulate` (dx += the input gradient: the residual
+/// stream's sum, with the bits of add_into after an overwrite); dg (D) accumulated (+=),
+/// deterministically. D ≤ 1536 (the backward keeps 8·D floats in shared memory, within the
+/// default 48 KiB).
 inline void rmsnorm_backward(Backend& be, const float* x, const float* g, const float* rstd,
-                             const float* dy, float* dx, float* dg, std::int64_t n,
-                             std::int64_t d) {
+                             const float* dy, float* dx, float* dg, std::int64_t n, std::int64_t d,
+                             bool accumulate = false) {
   SEQREC_CHECK(d >= 1 && d <= 1536,
                "rmsnorm_backward (CUDA) supports 1 <= D <= 1536, got D = " + std::to_string(d));
   if (n == 0) return;
@@ -118,8 +122,12 @@ inline void rmsnorm_backward(Backend& be, const float* x, const float* g, const 
       static_cast<int>(needed < detail::kRmsPartialBlocks ? needed : detail::kRmsPartialBlocks);
   auto partial = be.buffer<float>(static_cast<std::size_t>(blocks) * d);
   const std::size_t smem = sizeof(float) * detail::kRmsWarps * static_cast<std::size_t>(d);
-  rmsnorm_backward_kernel<<<blocks, 32 * detail::kRmsWarps, smem, be.stream()>>>(
-      x, g, rstd, dy, dx, partial.data(), n, d);
+  if (accumulate)
+    rmsnorm_backward_kernel<true><<<blocks, 32 * detail::kRmsWarps, smem, be.stream()>>>(
+        x, g, rstd, dy, dx, partial.data(), n, d);
+  else
+    rmsnorm_backward_kernel<false><<<blocks, 32 * detail::kRmsWarps, smem, be.stream()>>>(
+        x, g, rstd, dy, dx, partial.data(), n, d);
   SEQREC_CUDA_CHECK_LAUNCH();
   rmsnorm_dgain_reduce_kernel<<<static_cast<unsigned>((d + 255) / 256), 256, 0, be.stream()>>>(
       partial.data(), dg, blocks, d);

@@ -1,4 +1,5 @@
-// The bf16-activation forms of the kernels, and the backend's GEMM plan cache and profiler.
+// The fused and bf16-activation forms of the kernels against their plain forms, and the backend's
+// GEMM plan cache and profiler.
 //
 // In bf16 mode the model keeps the tensors only GEMMs read (norm outputs, attention context, MLP
 // activations) in bf16, written so by the kernels that make them. Each such kernel must write
@@ -10,7 +11,12 @@
 //   gemm_rm with a bf16 operand  == gemm_rm with the fp32 operand it rounds (bf16 mode), both
 //                                   operand positions, transposed or not, padded leading dimension
 //   gemm plan cache              a repeated GEMM (plan from the cache) == the first (heuristic)
-//   profiler                     ranges are timed (> 0 ms, one total per name, in order), a nested
+// Fusions that must keep the bits of the unfused ops they replace:
+//   rmsnorm / layernorm backward with accumulate == overwrite into scratch, then add_into (dx),
+//                                   and the same parameter gradients
+//   column_sum_add_cast          sums == column_sum_add's; copy == cast_to_bf16's, padding
+//   untouched profiler                     ranges are timed (> 0 ms, one total per name, in order),
+//   a nested
 //                                range is refused, and profiling off records nothing
 // Shapes: odd widths (37, 172: bf16 rows padded to 40 and 176) and the study's (D 1024, F 4096).
 // Prints PASS/FAIL lines and a summary; exits 0 iff all pass, 77 (ctest: skipped) without a GPU.
@@ -128,6 +134,54 @@ void test_activations(Backend& be, Rng& rng, std::int64_t rows, std::int64_t f) 
   seqrec::cuda::swiglu_forward(be, x.data(), u.data(), y.data(), rows * f);
   seqrec::cuda::swiglu_forward(be, x.data(), u.data(), y16.data(), rows, f, ld);
   check_rounding(be, "swiglu_forward.bf16", shape, y.data(), y16.data(), rows, f, ld);
+}
+
+/// Norm backward accumulating into dx against overwrite-then-add_into; the bias-gradient column
+/// sum with its fused bf16 copy against column_sum_add and cast_to_bf16.
+void test_fused_backward(Backend& be, Rng& rng, std::int64_t n, std::int64_t d) {
+  const std::string shape = shape_str({{"N", n}, {"D", d}});
+  auto x = upload(be, normal(rng, n * d, 2.0, 0.5)), g = upload(be, normal(rng, d, 0.1, 1.0)),
+       b = upload(be, normal(rng, d, 0.1)), dy = upload(be, normal(rng, n * d));
+  const auto dx0 = normal(rng, n * d), p0 = normal(rng, d);
+  auto y = be.buffer<float>(n * d), stats = be.buffer<float>(2 * n),
+       scratch = be.buffer<float>(n * d);
+  for (const bool layer : {false, true}) {
+    const std::string op = layer ? "layernorm_backward" : "rmsnorm_backward";
+    auto dx_ref = upload(be, dx0), dx_got = upload(be, dx0);
+    auto dg_ref = upload(be, p0), dg_got = upload(be, p0), db_ref = upload(be, p0),
+         db_got = upload(be, p0);
+    if (layer) {
+      seqrec::cuda::layernorm_forward(be, x.data(), g.data(), b.data(), y.data(), stats.data(), n,
+                                      d, 1e-5f);
+      seqrec::cuda::layernorm_backward(be, x.data(), g.data(), stats.data(), dy.data(),
+                                       scratch.data(), dg_ref.data(), db_ref.data(), n, d);
+      seqrec::cuda::add_into(be, dx_ref.data(), scratch.data(), n * d);
+      seqrec::cuda::layernorm_backward(be, x.data(), g.data(), stats.data(), dy.data(),
+                                       dx_got.data(), dg_got.data(), db_got.data(), n, d, true);
+      check_identical(op + ".accumulate.db", shape, download(be, db_got), download(be, db_ref),
+                      "the same parameter gradient");
+    } else {
+      seqrec::cuda::rmsnorm_forward(be, x.data(), g.data(), y.data(), stats.data(), n, d, 1e-6f);
+      seqrec::cuda::rmsnorm_backward(be, x.data(), g.data(), stats.data(), dy.data(),
+                                     scratch.data(), dg_ref.data(), n, d);
+      seqrec::cuda::add_into(be, dx_ref.data(), scratch.data(), n * d);
+      seqrec::cuda::rmsnorm_backward(be, x.data(), g.data(), stats.data(), dy.data(), dx_got.data(),
+                                     dg_got.data(), n, d, true);
+    }
+    check_identical(op + ".accumulate.dx", shape, download(be, dx_got), download(be, dx_ref),
+                    "accumulate vs overwrite then add_into");
+    check_identical(op + ".accumulate.dg", shape, download(be, dg_got), download(be, dg_ref),
+                    "the same parameter gradient");
+  }
+  // The bias gradient's column sum with the bf16 copy in the same pass.
+  const std::int64_t ld = bf16_ld(d);
+  auto s_ref = upload(be, p0), s_got = upload(be, p0);
+  auto y16 = sentinel_buffer(be, n, ld);
+  seqrec::cuda::column_sum_add(be, dy.data(), s_ref.data(), n, d);
+  seqrec::cuda::column_sum_add_cast(be, dy.data(), s_got.data(), n, d, y16.data(), ld);
+  check_identical("column_sum_add_cast.sums", shape, download(be, s_got), download(be, s_ref),
+                  "the same chunks in the same order");
+  check_rounding(be, "column_sum_add_cast.bf16", shape, dy.data(), y16.data(), n, d, ld);
 }
 
 void test_attention_and_gather(Backend& be, Rng& rng, std::int64_t B, std::int64_t L,
@@ -267,6 +321,9 @@ int main() {
          {std::tuple<std::int64_t, std::int64_t, std::int64_t>{37, 29, 172}, {4096, 3072, 1024}})
       guarded("gemm_rm.bf16_operand", shape_str({{"M", m}, {"N", n}, {"K", k}}),
               [&] { test_gemm_operands(be, rng, m, n, k); });
+    for (auto [n, d] : {std::pair<std::int64_t, std::int64_t>{301, 37}, {8192, 1024}})
+      guarded("fused_backward", shape_str({{"N", n}, {"D", d}}),
+              [&] { test_fused_backward(be, rng, n, d); });
     guarded("profiler", "-", [&] { test_profiler(be, rng); });
   } catch (const std::exception& e) {
     record(false, "setup", "-", std::string("exception: ") + e.what());

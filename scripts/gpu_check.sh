@@ -5,8 +5,9 @@
 #   bash scripts/gpu_check.sh [build-dir]        (default build-cuda)
 # Steps: print the card (nvidia-smi -L); run every CUDA test executable (tests/test_cuda*: the
 # .cu op and model tests and the host-compiled trainer test); the op benchmark table; the
-# training benchmark at the study's config in fp32 and in bf16 (SEQREC_DATA: a folder with
-# interactions.tsv, e.g. amazon18_games carried next to the build, adds a timed real epoch); and
+# training benchmark at the study's config in fp32 and in bf16, each with a per-phase step profile
+# (SEQREC_DATA: a folder with interactions.tsv, e.g. amazon18_games carried next to the build,
+# adds a timed real epoch), and bf16 once more with fp32 activations (an A/B of the storage); and
 # the trainer binaries end to end with --device cuda on the embedded dataset (train_ours in bf16,
 # then dpo_finetune on its checkpoint). A failing step
 # is reported and the next one still runs; a summary table closes the output.
@@ -87,6 +88,9 @@ data_args=()
 [[ -n "${SEQREC_DATA:-}" ]] && data_args=(--data "$SEQREC_DATA")
 run_step bench "gpu_train_bench fp32" "$build/bench/gpu_train_bench" "${data_args[@]}"
 run_step bench "gpu_train_bench bf16" "$build/bench/gpu_train_bench" --bf16 "${data_args[@]}"
+# A/B of the bf16 activation storage (same bits, different memory traffic): synthetic part only.
+run_step bench "gpu_train_bench bf16, fp32 acts" "$build/bench/gpu_train_bench" --bf16 \
+  --fp32-activations --steps 20 --profile 0
 
 section "trainer binaries on the GPU (embedded dataset): train_ours, then DPO on its checkpoint"
 # The test and bench executables report "skipped" themselves; the trainers would just fail.

@@ -9,6 +9,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 build="${1:-build-cuda}"
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
+# gpu_check.sh runs every tests/test_cuda* it finds: drop executables of tests that no longer
+# exist (renamed or removed sources) so that a stale binary cannot run there. The build relinks
+# the current ones.
+rm -f "$build"/tests/test_cuda*
 cmake --build "$build" --target gpu_check -j "$(nproc)"
 src=../shared/data/amazon18_games/interactions.tsv
 if [[ -f $src ]]; then

@@ -92,6 +92,9 @@ __host__ __device__ inline void store_as(__nv_bfloat16* p, float v) { *p = __flo
 /// Writes v to *p, or adds it (*p = *p + v, rounded to nearest, never contracted) when Accumulate:
 /// a backward kernel that adds its result into a gradient buffer gives the bits of writing it and
 /// then add_into.
+/// (nvcc only: __fadd_rn is a device intrinsic, and this header is also compiled by host
+/// compilers.)
+#if defined(__CUDACC__)
 template <bool Accumulate>
 __device__ inline void write_or_add(float* p, float v) {
   if constexpr (Accumulate)
@@ -99,6 +102,7 @@ __device__ inline void write_or_add(float* p, float v) {
   else
     *p = v;
 }
+#endif
 
 /// Number of CUDA devices, or 0 when none answers (cuda_probe::device_count, which host-only code
 /// uses directly); `why` receives the reason for a 0.
@@ -277,6 +281,8 @@ class Profiler {
   }
   /// (name, total ms) in order of first appearance.
   const std::vector<std::pair<std::string, double>>& totals() const noexcept { return totals_; }
+  /// Whether a range is open (begin() without its end()).
+  bool in_range() const noexcept { return open_ >= 0; }
   void reset_totals() { totals_.clear(); }
 
  private:
@@ -359,9 +365,15 @@ class Backend {
 
   /// Per-phase timing of the model's steps (see Profiler); off (null) by default, and then a
   /// ProfileScope costs one pointer test.
+  /// Turning it off drops the profiler and its totals; refused while a range is open (a live
+  /// ProfileScope holds the profiler).
   void enable_profiling(bool on) {
     if (on && !profiler_) profiler_ = std::make_unique<Profiler>(stream_);
-    if (!on) profiler_.reset();
+    if (!on && profiler_) {
+      SEQREC_CHECK(!profiler_->in_range(),
+                   "enable_profiling(false) inside an open profiling range");
+      profiler_.reset();
+    }
   }
   Profiler* profiler() noexcept { return profiler_.get(); }
 
@@ -507,14 +519,32 @@ inline bool gemm_lt(Backend& be, cudaDataType_t ab_type, bool trans_a, bool tran
     SEQREC_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
                                                        &bias_type, sizeof(bias_type)));
   };
-  // The heuristic query costs far more host time than the GEMM launch: its answer is kept per
-  // problem (types, transposes, sizes, leading dimensions, alignments, bias epilogue wanted).
+  // The heuristic query costs far more host time than the GEMM launch, so its answer is kept per
+  // problem class: types, transposes, leading dimensions, alignments, bias epilogue wanted, and the
+  // sizes rounded up to a multiple of 256 above 1024 (packed training steps change the row count
+  // every batch). The class's algorithm is what the heuristic picks for the rounded sizes — a
+  // function of the class alone, so a step's algorithms do not depend on which batches came first
+  // — and each exact problem is checked with cublasLtMatmulAlgoCheck before it is used; one that
+  // fails the check gets the heuristic's answer for its exact sizes (not cached).
+  auto bucket = [](std::int64_t v) { return v <= 1024 ? v : (v + 255) / 256 * 256; };
+  std::int64_t Mq = bucket(M), Nq = bucket(N), Kq = bucket(K);
+  {
+    // Column-major query layouts (rows ≤ ld): the rounded sizes must still fit the leading
+    // dimensions; otherwise the class is the exact problem.
+    const std::int64_t qa_rows = trans_b ? Kq : Nq, qb_rows = trans_a ? Mq : Kq;
+    if (qa_rows > ldb || qb_rows > lda || Nq > ldc) {
+      Mq = M;
+      Nq = N;
+      Kq = K;
+    }
+  }
+  const bool exact = Mq == M && Nq == N && Kq == K;
   const Backend::GemmKey key{static_cast<std::int64_t>(ab_type),
                              trans_a,
                              trans_b,
-                             M,
-                             N,
-                             K,
+                             Mq,
+                             Nq,
+                             Kq,
                              lda,
                              ldb,
                              ldc,
@@ -522,36 +552,69 @@ inline bool gemm_lt(Backend& be, cudaDataType_t ab_type, bool trans_a, bool tran
                              al_second,
                              al_c,
                              fused};
-  Backend::GemmPlan plan{};
-  if (const Backend::GemmPlan* known = be.find_gemm_plan(key)) {
-    plan = *known;
-    fused = plan.fused_bias;
-    if (fused) set_bias_epilogue(true);
-  } else {
+  // The heuristic for layouts (a, b, c) with the bias epilogue when wanted and available.
+  auto ask = [&](cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t c,
+                 std::int64_t m, std::int64_t n, std::int64_t k) {
     cublasLtMatmulHeuristicResult_t heur{};
     int found = 0;
-    if (fused) {
+    bool with_bias = bias != nullptr && reinterpret_cast<std::uintptr_t>(bias) % 16 == 0;
+    if (with_bias) {
       set_bias_epilogue(true);
       const cublasStatus_t st =
-          cublasLtMatmulAlgoGetHeuristic(be.lt(), op, la, lb, lc, lc, pref, 1, &heur, &found);
+          cublasLtMatmulAlgoGetHeuristic(be.lt(), op, a, b, c, c, pref, 1, &heur, &found);
       if (st != CUBLAS_STATUS_SUCCESS || found == 0) {  // no algorithm with it: plain GEMM
-        fused = false;
+        with_bias = false;
         found = 0;
-        set_bias_epilogue(false);
       }
     }
-    if (!fused)
+    if (!with_bias) {
+      set_bias_epilogue(false);
       SEQREC_CUBLAS_CHECK(
-          cublasLtMatmulAlgoGetHeuristic(be.lt(), op, la, lb, lc, lc, pref, 1, &heur, &found));
+          cublasLtMatmulAlgoGetHeuristic(be.lt(), op, a, b, c, c, pref, 1, &heur, &found));
+    }
     if (found == 0) {
       throw ::seqrec::Error(std::string("cuBLASLt found no ") +
                             (ab_type == CUDA_R_16BF ? "bf16" : "fp32") +
-                            " algorithm for M=" + std::to_string(M) + " N=" + std::to_string(N) +
-                            " K=" + std::to_string(K));
+                            " algorithm for M=" + std::to_string(m) + " N=" + std::to_string(n) +
+                            " K=" + std::to_string(k));
     }
-    plan = Backend::GemmPlan{heur.algo, fused};
+    return Backend::GemmPlan{heur.algo, with_bias};
+  };
+  Backend::GemmPlan plan{};
+  if (const Backend::GemmPlan* known = be.find_gemm_plan(key)) {
+    plan = *known;
+  } else if (exact) {
+    plan = ask(la, lb, lc, M, N, K);
+    be.add_gemm_plan(key, plan);
+  } else {
+    cublasLtMatrixLayout_t qa = nullptr, qb = nullptr, qc = nullptr;
+    struct QueryGuard {
+      cublasLtMatrixLayout_t &a, &b, &c;
+      ~QueryGuard() {
+        if (c) cublasLtMatrixLayoutDestroy(c);
+        if (b) cublasLtMatrixLayoutDestroy(b);
+        if (a) cublasLtMatrixLayoutDestroy(a);
+      }
+    } qguard{qa, qb, qc};
+    SEQREC_CUBLAS_CHECK(
+        cublasLtMatrixLayoutCreate(&qa, ab_type, trans_b ? Kq : Nq, trans_b ? Nq : Kq, ldb));
+    SEQREC_CUBLAS_CHECK(
+        cublasLtMatrixLayoutCreate(&qb, ab_type, trans_a ? Mq : Kq, trans_a ? Kq : Mq, lda));
+    SEQREC_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&qc, CUDA_R_32F, Nq, Mq, ldc));
+    plan = ask(qa, qb, qc, Mq, Nq, Kq);
     be.add_gemm_plan(key, plan);
   }
+  set_bias_epilogue(plan.fused_bias);
+  if (!exact) {
+    cublasLtMatmulHeuristicResult_t check{};
+    const cublasStatus_t st =
+        cublasLtMatmulAlgoCheck(be.lt(), op, la, lb, lc, lc, &plan.algo, &check);
+    if (st != CUBLAS_STATUS_SUCCESS || check.workspaceSize > ws) {
+      plan = ask(la, lb, lc, M, N, K);
+      set_bias_epilogue(plan.fused_bias);
+    }
+  }
+  fused = plan.fused_bias;
   SEQREC_CUBLAS_CHECK(cublasLtMatmul(be.lt(), op, &alpha, B, la, A, lb, &beta, C, lc, C, lc,
                                      &plan.algo, be.workspace(), ws, be.stream()));
   return fused;

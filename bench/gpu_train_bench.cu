@@ -33,8 +33,10 @@
 // projection over all I items (logits, dH, dW). MFU counts only scored tokens. "Executed" FLOPs
 // (HFU) count the rows the dense layers actually compute: the model packs a training step to
 // the rows whose input is not padding (or whose target is scored), which for rows made by
-// make_train_row are exactly the scored positions — so HFU now equals MFU up to the attention
-// term, where the H100 table (before packing) had HFU 61% against MFU 31%.
+// make_train_row are exactly the scored positions — and attention over each sequence's computed
+// positions only (12·layers·n²·D per sequence of n computed positions, same convention). So HFU
+// is now below MFU by the attention term MFU credits for the full window (the H100 table, before
+// packing, had HFU 61% against MFU 31%).
 //
 // Part 2 (--data DIR): reads DIR/interactions.tsv, builds the dataset and the study's holdout
 // split (20 % of users held out, seed 42), and times one real epoch over split.train with the
@@ -92,6 +94,7 @@ struct Batch {
   std::vector<std::int32_t> inputs, targets;
   std::int64_t scored = 0;
   std::int64_t computed = 0;  // rows the packed step computes: input or target not padding
+  double attn_sq = 0;         // Σ over rows of (computed positions of the row)²: packed attention
 };
 
 Batch synthetic_batch(seqrec::Rng& rng, std::int32_t B, std::int32_t L, std::int32_t vocab) {
@@ -114,6 +117,14 @@ Batch synthetic_batch(seqrec::Rng& rng, std::int32_t B, std::int32_t L, std::int
   for (std::int32_t t : b.targets) b.scored += t >= seqrec::kNumSpecialTokens;
   for (std::size_t i = 0; i < b.inputs.size(); ++i)
     b.computed += b.inputs[i] != seqrec::kPadToken || b.targets[i] >= seqrec::kNumSpecialTokens;
+  for (std::int32_t r = 0; r < B; ++r) {
+    double n = 0;
+    for (std::int32_t i = 0; i < L; ++i) {
+      const std::size_t k = std::size_t(r) * L + i;
+      n += b.inputs[k] != seqrec::kPadToken || b.targets[k] >= seqrec::kNumSpecialTokens;
+    }
+    b.attn_sq += n * n;
+  }
   return b;
 }
 
@@ -229,7 +240,10 @@ void synthetic_part(seqrec::cuda::Backend& be, int steps, int warmup, int profil
     ms.push_back(dt);
     tokens += double(nt);
     flops_model += double(nt) * per_token;
-    flops_exec += double(b.computed) * per_token_dense + double(nt) * per_token_logits;
+    // Executed: the dense layers on the computed rows, attention over each row's computed
+    // positions (n² score/value products per layer and sequence, same convention), the loss.
+    flops_exec += double(b.computed) * 6.0 * P + 12.0 * layers * D * b.attn_sq +
+                  double(nt) * per_token_logits;
   }
   double total_ms = 0;
   for (double x : ms) total_ms += x;

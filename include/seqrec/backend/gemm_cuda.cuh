@@ -96,7 +96,7 @@ inline void gemm_rm(Backend& be, bool trans_a, bool trans_b, std::int64_t M, std
                     const float* bias = nullptr) {
   if (M == 0 || N == 0) return;
   if (!be.bf16()) {
-    SEQREC_CHECK(A.f32 != nullptr && B.f32 != nullptr,
+    SEQREC_CHECK(A.b16 == nullptr && B.b16 == nullptr,
                  "gemm_rm: a bf16 operand needs the backend's bf16 mode");
     const bool fused = gemm_lt(be, CUDA_R_32F, trans_a, trans_b, M, N, K, alpha, A.f32, A.ld, B.f32,
                                B.ld, beta, C, ldc, bias);

@@ -8,8 +8,11 @@
 // Packed layout (the model's training steps): qkv, tokens and out hold only the packed rows (every
 // non-padding position, and maybe some padding ones), sequence b owning rows seg[b] … seg[b+1]−1
 // in window order. Since every key a query may see is among its sequence's packed rows and they
-// keep the window order, a block attends over those n ≤ L rows exactly as over the full window,
-// without the padding rows' loads, scores and writes (at the study's padding n averages ~8 of 20).
+// keep the window order, a block attends over those n ≤ L rows as over the full window, without
+// the padding rows' loads, scores and writes (at the study's padding n averages ~8 of 20). For
+// left-padded windows whose packed rows are the real tokens, the rows are a shift of the window
+// and the lanes' reduction grouping is unchanged: the same bits. Where padding rows sit among
+// packed ones, the warp sums group differently and results agree to rounding.
 //
 // One thread block (8 warps) per (b, h); one warp per query row (forward, and the first half of
 // the backward) or per key row (second half of the backward), rows dealt round-robin to warps.

@@ -190,6 +190,23 @@ inline int summary() {
   return g_fail == 0 && g_pass > 0 ? 0 : 1;
 }
 
+/// The main of a CUDA test executable: exit 77 (ctest: skipped) when no device answers; else
+/// prints the device, runs body(backend, rng) with an Rng seeded by `seed` (an exception escaping
+/// it becomes a FAIL "setup" line) and returns the summary's exit status.
+template <typename Body>
+int run_checks(std::uint64_t seed, Body&& body) {
+  if (!device_answers()) return 77;
+  try {
+    Backend be(0);
+    print_device();
+    Rng rng(seed);
+    body(be, rng);
+  } catch (const std::exception& e) {
+    record(false, "setup", "-", std::string("exception: ") + e.what());
+  }
+  return summary();
+}
+
 /// Runs f; an exception becomes a FAIL line naming op and shape.
 template <typename F>
 void guarded(const std::string& op, const std::string& shape, F&& f) {

@@ -351,11 +351,7 @@ void test_profiler(Backend& be, Rng& rng) {
 }  // namespace
 
 int main() {
-  if (!device_answers()) return 77;
-  try {
-    Backend be(0);
-    print_device();
-    Rng rng(20261127);
+  return run_checks(20261127, [](Backend& be, Rng& rng) {
     for (auto [n, d] : {std::pair<std::int64_t, std::int64_t>{301, 37}, {8192, 1024}})
       guarded("norms.bf16", shape_str({{"N", n}, {"D", d}}), [&] { test_norms(be, rng, n, d); });
     for (auto [n, f] : {std::pair<std::int64_t, std::int64_t>{129, 172}, {8192, 4096}})
@@ -376,8 +372,5 @@ int main() {
     for (const bool bf16 : {false, true})
       guarded("gemm_rm.plan_cache", bf16 ? "bf16" : "fp32", [&] { test_plan_cache(rng, bf16); });
     guarded("profiler", "-", [&] { test_profiler(be, rng); });
-  } catch (const std::exception& e) {
-    record(false, "setup", "-", std::string("exception: ") + e.what());
-  }
-  return summary();
+  });
 }

@@ -338,12 +338,7 @@ void test_case(Backend& be, Rng& rng, const Case& c) {
 }  // namespace
 
 int main() {
-  if (!device_answers()) return 77;
-  try {
-    Backend be(0);
-    print_device();
-    Rng rng(20240917);
-
+  return run_checks(20240917, [](Backend& be, Rng& rng) {
     std::vector<Case> cases;
     cases.push_back({"small", 300, 40, 56});
     {
@@ -377,8 +372,5 @@ int main() {
       cases.push_back(c);
     }
     for (const auto& c : cases) guarded("moe", case_name(c), [&] { test_case(be, rng, c); });
-  } catch (const std::exception& e) {
-    record(false, "setup", "-", std::string("exception: ") + e.what());
-  }
-  return summary();
+  });
 }

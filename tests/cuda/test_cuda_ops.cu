@@ -420,12 +420,7 @@ void test_adamw(Backend& be, Rng& rng) {
 }  // namespace
 
 int main() {
-  if (!device_answers()) return 77;
-  try {
-    Backend be(0);
-    print_device();
-    Rng rng(20240611);
-
+  return run_checks(20240611, [](Backend& be, Rng& rng) {
     for (auto [n, d] :
          {std::pair<std::int64_t, std::int64_t>{1000, 50}, {25600, 64}, {25600, 1024}})
       guarded("rmsnorm", shape_str({{"N", n}, {"D", d}}), [&] { test_rmsnorm(be, rng, n, d); });
@@ -469,8 +464,5 @@ int main() {
               [&] { test_attention_packed(be, rng, b, l, d, h); });
 
     guarded("adamw", "store", [&] { test_adamw(be, rng); });
-  } catch (const std::exception& e) {
-    record(false, "setup", "-", std::string("exception: ") + e.what());
-  }
-  return summary();
+  });
 }

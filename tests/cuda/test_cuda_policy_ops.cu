@@ -223,12 +223,7 @@ void test_swiglu(Backend& be, Rng& rng, std::int64_t rows, std::int64_t f, std::
 }  // namespace
 
 int main() {
-  if (!device_answers()) return 77;
-  try {
-    Backend be(0);
-    print_device();
-    Rng rng(20240612);
-
+  return run_checks(20240612, [](Backend& be, Rng& rng) {
     // Small odd widths (not multiples of 32; fewer rows than the backward's 512-block grid), D = 1
     // (x̂ = 0), the largest supported D (48 KiB of shared memory), and the study's shape.
     for (auto [n, d] : {std::pair<std::int64_t, std::int64_t>{1000, 50},
@@ -249,8 +244,5 @@ int main() {
                              {20480, gated, 0}})
       guarded("swiglu", shape_str({{"N", n}, {"F", f}, {"offset", off}}),
               [&] { test_swiglu(be, rng, n, f, off); });
-  } catch (const std::exception& e) {
-    record(false, "setup", "-", std::string("exception: ") + e.what());
-  }
-  return summary();
+  });
 }

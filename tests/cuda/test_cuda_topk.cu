@@ -393,12 +393,7 @@ void time_ranking(Backend& be, Rng& rng, std::int64_t B, std::int64_t I) {
 }  // namespace
 
 int main() {
-  if (!device_answers()) return 77;
-  try {
-    Backend be(0);
-    print_device();
-    Rng rng(20240917);
-
+  return run_checks(20240917, [](Backend& be, Rng& rng) {
     // topk_rows: k <= 256 takes the block radix select, k > 256 the segmented sort.
     for (auto [b, i, k, sp] : {std::tuple<std::int64_t, std::int64_t, int, bool>{7, 1001, 10, true},
                                {7, 1001, 1, true},
@@ -447,8 +442,5 @@ int main() {
       time_ranking(be, rng, 1024, 17000);
       time_ranking(be, rng, 256, 100000);
     });
-  } catch (const std::exception& e) {
-    record(false, "setup", "-", std::string("exception: ") + e.what());
-  }
-  return summary();
+  });
 }

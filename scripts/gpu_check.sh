@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The GPU check, run on a machine with a GPU from the repository root, with a build folder that
-# was configured and built elsewhere (it rebuilds nothing: the GPU machine has cmake but none of
-# the Debian packages the build needs):
-#   bash scripts/gpu_check.sh [build-dir]        (default build-cuda)
+# The GPU check, run on a machine with a GPU from the repository root, with a kit folder that
+# scripts/prepare_gpu_check.sh built and assembled elsewhere (it rebuilds nothing: the GPU machine
+# has cmake but none of the Debian packages the build needs; the kit's lib/ holds the shared
+# libraries it lacks, put on LD_LIBRARY_PATH here). A full build folder works too.
+#   bash scripts/gpu_check.sh [kit-dir]        (default build-gpu-kit)
 # Steps: print the card (nvidia-smi -L); run every CUDA test executable (tests/test_cuda*: the
 # .cu op and model tests and the host-compiled trainer test); the op benchmark table; the
 # training benchmark at the study's config in fp32 and in bf16, each with a per-phase step profile
@@ -15,7 +16,7 @@
 # Environment: SEQREC_GPU_STEP_TIMEOUT (seconds per step, default 240).
 set -u
 cd "$(dirname "$0")/.."
-build="${1:-build-cuda}"
+build="${1:-build-gpu-kit}"
 step_timeout="${SEQREC_GPU_STEP_TIMEOUT:-240}"
 tests_failed=0
 bench_failed=0
@@ -57,6 +58,10 @@ run_step() {
 if [[ ! -d "$build" ]]; then
   echo "gpu_check: build folder '$build' not found (build it first; see the README's GPU section)"
   exit 1
+fi
+# The kit's shared libraries (prepare_gpu_check.sh copies those the GPU machine lacks).
+if [[ -d "$build/lib" ]]; then
+  export LD_LIBRARY_PATH="$(cd "$build/lib" && pwd)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
 
 section "device"

@@ -29,4 +29,17 @@ using VecMap = Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, 1>>;
 template <typename T>
 using CVecMap = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>>;
 
+/// dst = lhs · rhs for a row-major dst (a map over a buffer): Eigen's `dst.noalias() = lhs * rhs`
+/// zeroes dst in the calling thread before its multi-threaded GEMM adds into it, a serial pass
+/// over what is often a step's largest buffer (the logits). This zeroes the rows in parallel and
+/// then adds: the same GEMM on a zero destination, hence the same bits. Not for use inside a
+/// parallel region (the zeroing would then run on one thread, which is only slower).
+template <typename Dst, typename Lhs, typename Rhs>
+void assign_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs) {
+  const Eigen::Index rows = dst.rows();
+#pragma omp parallel for schedule(static)
+  for (Eigen::Index i = 0; i < rows; ++i) dst.row(i).setZero();
+  dst.noalias() += lhs * rhs;
+}
+
 }  // namespace seqrec

@@ -189,7 +189,7 @@ class Model {
       std::copy_n(h_.data() + (b * len + len - 1) * D, D, last_.data() + b * D);
     CMapRM<T> H(last_.data(), batch, D);
     CMapRM<T> W(store_.value(item_emb_) + kNumSpecialTokens * D, num_items(), D);
-    MapRM<T>(scores, batch, num_items()).noalias() = H * W.transpose();
+    assign_product(MapRM<T>(scores, batch, num_items()), H, W.transpose());
   }
 
  private:

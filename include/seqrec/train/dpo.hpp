@@ -337,7 +337,7 @@ PairStats pair_head(const T* H, const T* W, std::int64_t P, std::int64_t I, std:
     const std::int64_t R = std::min(chunk, P - r0);
     MapRM<T> Z(workspace.data(), R, I);
     CMapRM<T> Hc(H + r0 * D, R, D);
-    Z.noalias() = Hc * Wm.transpose();
+    assign_product(Z, Hc, Wm.transpose());
     double s_loss = 0, s_margin = 0, s_accuracy = 0, s_delta = 0;
 #pragma omp parallel for schedule(static) reduction(+ : s_loss, s_margin, s_accuracy, s_delta)
     for (std::int64_t r = 0; r < R; ++r) {

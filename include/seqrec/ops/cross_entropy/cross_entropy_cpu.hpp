@@ -62,7 +62,7 @@ double cross_entropy_forward_backward(const CrossEntropyShape& s, const T* h,
     for (std::int64_t i = 0; i < c; ++i) std::copy_n(h + rows[c0 + i] * D, D, hc + i * D);
     MapRM<T> Z(logits, c, I);
     CMapRM<T> Hc(hc, c, D);
-    Z.noalias() = Hc * W.transpose();
+    assign_product(Z, Hc, W.transpose());  // the step's largest buffer: zeroed in parallel
     // Per-row losses summed serially afterwards: an OpenMP reduction's order is unspecified, and
     // a resumed run must print bit-identical losses.
     row_loss.resize(static_cast<std::size_t>(c));

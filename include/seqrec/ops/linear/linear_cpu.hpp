@@ -16,8 +16,11 @@ void linear_forward(const T* x, const T* w, const T* b, T* y, std::int64_t n, st
   CMapRM<T> X(x, n, in);
   CMapRM<T> W(w, out, in);
   MapRM<T> Y(y, n, out);
-  Y.noalias() = X * W.transpose();
-  if (b != nullptr) Y.rowwise() += CVecMap<T>(b, out).transpose();
+  assign_product(Y, X, W.transpose());
+  if (b == nullptr) return;
+  const CVecMap<T> B(b, out);
+#pragma omp parallel for schedule(static)
+  for (std::int64_t i = 0; i < n; ++i) Y.row(i) += B.transpose();
 }
 
 /// dx (N, In) = dy · W (overwritten; skipped when dx is null); dW += dyᵀ · x; db += Σ_rows dy.
@@ -27,7 +30,7 @@ void linear_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, s
   CMapRM<T> X(x, n, in);
   CMapRM<T> W(w, out, in);
   CMapRM<T> dY(dy, n, out);
-  if (dx != nullptr) MapRM<T>(dx, n, in).noalias() = dY * W;
+  if (dx != nullptr) assign_product(MapRM<T>(dx, n, in), dY, W);
   if (dw != nullptr) MapRM<T>(dw, out, in).noalias() += dY.transpose() * X;
   if (db != nullptr) VecMap<T>(db, out) += dY.colwise().sum().transpose();
 }

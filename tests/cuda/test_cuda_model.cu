@@ -87,6 +87,13 @@ std::string strf(const char* f, double a, double b = 0, double c = 0, double d =
   return buf;
 }
 
+/// Counts the elements of two float arrays that differ bitwise.
+std::size_t bit_diffs(const float* a, const float* b, std::size_t n) {
+  std::size_t d = 0;
+  for (std::size_t i = 0; i < n; ++i) d += std::memcmp(a + i, b + i, sizeof(float)) != 0;
+  return d;
+}
+
 /// Element-wise |got − ref| ≤ atol_frac·max|ref| + rtol·|ref|; names the worst element on failure.
 void check_close(const std::string& what, const float* got, const float* ref, std::size_t n,
                  double rtol, double atol_frac) {
@@ -200,11 +207,9 @@ void test_dropout_mask(seqrec::cuda::Backend& be) {
   SEQREC_CUDA_CHECK(
       cudaMemcpyAsync(gpu.data(), d.data(), d.bytes(), cudaMemcpyDeviceToHost, be.stream()));
   be.synchronize();
-  std::size_t diff = 0, kept = 0;
-  for (std::int64_t i = 0; i < n; ++i) {
-    diff += std::memcmp(&cpu[i], &gpu[i], sizeof(float)) != 0;
-    kept += mask[i];
-  }
+  const std::size_t diff = bit_diffs(cpu.data(), gpu.data(), static_cast<std::size_t>(n));
+  std::size_t kept = 0;
+  for (std::int64_t i = 0; i < n; ++i) kept += mask[i];
   // Exact: same hash, same threshold, same float product.
   record(diff == 0, "dropout.mask n=100003 p=0.2",
          strf("%.0f of %.0f outputs differ bitwise (must be 0); kept share %.4f", double(diff),
@@ -302,9 +307,7 @@ void test_model(seqrec::cuda::Backend& gbe, const std::string& name) {
     gpu.zero_grads();
     const double lg2 = gpu.forward_backward(b.inputs.data(), b.targets.data(), b.B, b.L, key, &ng);
     gpu.download_grads();
-    std::size_t diff = 0;
-    for (std::size_t i = 0; i < first.size(); ++i)
-      diff += std::memcmp(&first[i], &gs.grads()[i], sizeof(float)) != 0;
+    const std::size_t diff = bit_diffs(first.data(), gs.grads().data(), first.size());
     std::printf(
         "INFO %sdeterminism: second identical step: loss %s, %zu of %zu gradient elements "
         "differ bitwise\n",
@@ -490,9 +493,7 @@ void test_model_bf16(seqrec::cuda::Backend& gbe, const std::string& name) {
     gpu.zero_grads();
     const double lg2 = gpu.forward_backward(b.inputs.data(), b.targets.data(), b.B, b.L, key, &ng);
     gpu.download_grads();
-    std::size_t diff = 0;
-    for (std::size_t i = 0; i < first.size(); ++i)
-      diff += std::memcmp(&first[i], &gs.grads()[i], sizeof(float)) != 0;
+    const std::size_t diff = bit_diffs(first.data(), gs.grads().data(), first.size());
     std::printf(
         "INFO %sdeterminism: second identical step: loss %s, %zu of %zu gradient elements "
         "differ bitwise\n",
@@ -511,13 +512,6 @@ void test_model_bf16(seqrec::cuda::Backend& gbe, const std::string& name) {
     gpu.score_last(b.inputs.data(), b.B, b.L, sg.data());
     check_rel_l2(tag + "score_last (B=32, I=500)", sg.data(), sc.data(), sc.size(), 5e-2);
   }
-}
-
-/// Counts the elements of two float arrays that differ bitwise.
-std::size_t bit_diffs(const float* a, const float* b, std::size_t n) {
-  std::size_t d = 0;
-  for (std::size_t i = 0; i < n; ++i) d += std::memcmp(a + i, b + i, sizeof(float)) != 0;
-  return d;
 }
 
 /// bf16 activations (the default in bf16 mode: norm outputs, attention context and MLP

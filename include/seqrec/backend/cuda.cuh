@@ -92,8 +92,8 @@ __host__ __device__ inline void store_as(__nv_bfloat16* p, float v) { *p = __flo
 /// Writes v to *p, or adds it (*p = *p + v, rounded to nearest, never contracted) when Accumulate:
 /// a backward kernel that adds its result into a gradient buffer gives the bits of writing it and
 /// then add_into.
-/// (nvcc only: __fadd_rn is a device intrinsic, and this header is also compiled by host
-/// compilers.)
+/// (This and the warp reductions below are nvcc only: device intrinsics, and this header is also
+/// compiled by host compilers.)
 #if defined(__CUDACC__)
 template <bool Accumulate>
 __device__ inline void write_or_add(float* p, float v) {
@@ -101,6 +101,19 @@ __device__ inline void write_or_add(float* p, float v) {
     *p = __fadd_rn(*p, v);
   else
     *p = v;
+}
+
+/// Sum over the 32 lanes of a full warp by xor butterfly: a fixed order, and every lane ends with
+/// the same bits. T is float or double.
+template <typename T>
+__device__ inline T warp_sum(T v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+/// Maximum over the 32 lanes of a full warp (xor butterfly; every lane gets it).
+__device__ inline float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
 }
 #endif
 

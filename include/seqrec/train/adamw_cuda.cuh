@@ -50,7 +50,7 @@ struct AdamWTile {
 
 /// Sum over the block in a fixed order (warp shuffles, then warp 0 over the warps' sums).
 __device__ inline double adamw_block_sum(double v, double* scratch) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  v = warp_sum(v);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (lane == 0) scratch[warp] = v;
   __syncthreads();

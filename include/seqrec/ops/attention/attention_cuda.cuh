@@ -38,15 +38,6 @@ namespace seqrec::cuda {
 namespace detail {
 constexpr int kAttnWarps = 8;
 
-__device__ inline float attn_warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-__device__ inline float attn_warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
 /// Dynamic shared memory (bytes) of both kernels for sequence length L and head size dh.
 inline std::size_t attention_smem_bytes(std::int64_t L, std::int64_t dh) {
   return sizeof(float) * static_cast<std::size_t>(2 * L * (dh + 1) + kAttnWarps * (dh + L));
@@ -119,7 +110,7 @@ static __global__ void attention_forward_kernel(const float* __restrict__ qkv,
       sw[j] = s;
       if (ok) mx = fmaxf(mx, s);
     }
-    mx = detail::attn_warp_max(mx);
+    mx = warp_max(mx);
     float sum = 0.f;
     for (int j = lane; j <= i; j += 32) {
       const bool ok = pad_query ? (j == i) : (tok[j] != pad_token);
@@ -127,7 +118,7 @@ static __global__ void attention_forward_kernel(const float* __restrict__ qkv,
       sw[j] = e;
       sum += e;
     }
-    sum = detail::attn_warp_sum(sum);
+    sum = warp_sum(sum);
     const float inv = 1.f / sum;
     float* Pi = P + static_cast<std::int64_t>(i) * L;
     for (int j = lane; j < L; j += 32) {
@@ -187,7 +178,7 @@ static __global__ void attention_backward_kernel(const float* __restrict__ qkv,
       sw[j] = dp;
       dot += Pi[j] * dp;
     }
-    dot = detail::attn_warp_sum(dot);
+    dot = warp_sum(dot);
     float* Si = S + static_cast<std::int64_t>(i) * L;
     for (int j = lane; j <= i; j += 32) {
       const float v = Pi[j] * (sw[j] - dot) * scale;

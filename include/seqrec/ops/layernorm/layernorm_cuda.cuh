@@ -29,11 +29,6 @@ constexpr int kLnBackwardWarps = 4;    // backward: warps per block (shared memo
 constexpr int kLnPartialBlocks = 512;  // fixed grid of the backward: fixes the summation order
 constexpr std::int64_t kLnMaxDim = 1536;  // 2·4·1536 floats = 48 KiB, the default dynamic limit
 constexpr int kLnReduceRows = 8;          // reduce kernel: block = 32 columns × 8 partial strides
-
-__device__ inline float ln_warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 }  // namespace detail
 
 /// x (N, D); y (N, D) with leading dimension ldy, float or bf16 (store_as); g, b (D); stats
@@ -51,13 +46,13 @@ static __global__ void layernorm_forward_kernel(const float* __restrict__ x,
   const float* xr = x + r * d;
   float s = 0.f;
   for (std::int64_t j = lane; j < d; j += 32) s += xr[j];
-  const float mean = detail::ln_warp_sum(s) / static_cast<float>(d);
+  const float mean = warp_sum(s) / static_cast<float>(d);
   float v = 0.f;
   for (std::int64_t j = lane; j < d; j += 32) {
     const float c = xr[j] - mean;
     v += c * c;
   }
-  const float var = detail::ln_warp_sum(v) / static_cast<float>(d);
+  const float var = warp_sum(v) / static_cast<float>(d);
   const float rstd = 1.f / sqrtf(var + eps);
   if (lane == 0) {
     stats[2 * r] = mean;
@@ -103,8 +98,8 @@ static __global__ void layernorm_backward_kernel(const float* __restrict__ x,
       acc_b[j] += dyj;
     }
     // The CPU divides the sums by D (mu /= d); a division here too, not a multiply by 1/D.
-    mu = detail::ln_warp_sum(mu) / static_cast<float>(d);
-    mux = detail::ln_warp_sum(mux) / static_cast<float>(d);
+    mu = warp_sum(mu) / static_cast<float>(d);
+    mux = warp_sum(mux) / static_cast<float>(d);
     for (std::int64_t j = lane; j < d; j += 32) {
       const float xh = (xr[j] - mean) * rstd;
       write_or_add<Accumulate>(dxr + j, rstd * (g[j] * dyr[j] - mu - xh * mux));

@@ -311,7 +311,7 @@ static __global__ void moe_scale_dy_kernel(const float* __restrict__ dy,
     o[j] = __fmul_rn(w, gj);
     acc = __dadd_rn(acc, __dmul_rn(static_cast<double>(gj), static_cast<double>(yo[j])));
   }
-  for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+  acc = warp_sum(acc);
   if (lane == 0) dw[q] = acc;
 }
 

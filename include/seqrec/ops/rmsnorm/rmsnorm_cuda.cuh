@@ -17,11 +17,6 @@ namespace seqrec::cuda {
 namespace detail {
 constexpr int kRmsWarps = 8;            // warps (rows in flight) per block
 constexpr int kRmsPartialBlocks = 256;  // fixed grid of the backward: fixes the summation order
-
-__device__ inline float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 }  // namespace detail
 
 /// x (N, D); y (N, D) with leading dimension ldy, float or bf16 (store_as); g (D); rstd (N).
@@ -38,7 +33,7 @@ static __global__ void rmsnorm_forward_kernel(const float* __restrict__ x,
   const float* xr = x + r * d;
   float ss = 0.f;
   for (std::int64_t j = lane; j < d; j += 32) ss += xr[j] * xr[j];
-  ss = detail::warp_sum(ss);
+  ss = warp_sum(ss);
   const float inv = 1.f / sqrtf(ss / static_cast<float>(d) + eps);
   if (lane == 0) rstd[r] = inv;
   OutT* yr = y + r * ldy;
@@ -70,7 +65,7 @@ static __global__ void rmsnorm_backward_kernel(const float* __restrict__ x,
       dot += g[j] * dyr[j] * xr[j];
       acc[j] += dyr[j] * xr[j] * inv;
     }
-    dot = detail::warp_sum(dot);
+    dot = warp_sum(dot);
     const float c = dot * inv * inv * inv / static_cast<float>(d);
     for (std::int64_t j = lane; j < d; j += 32)
       write_or_add<Accumulate>(dxr + j, g[j] * dyr[j] * inv - xr[j] * c);

@@ -1,7 +1,8 @@
 // Google Benchmark microbenchmarks of the CPU backend: the forward and the backward of every op in
 // include/seqrec/ops/*/*_cpu.hpp, the element-wise loops the policies run inline (activations,
 // SwiGLU, residual add, learned positions), the feed-forward policies (ReluMlp, GatedMlp,
-// MoE<4, 2, SiluMlp>) and one whole training step (Model<SasRecConfig, cpu::Backend>).
+// MoE<4, 2, SiluMlp>), one whole training step (Model<SasRecConfig, cpu::Backend>) and one DPO step
+// (BM_dpo_step: its own shapes and counting, see there).
 //
 // Shapes. Rows N = B·L with (B, L) in {(64, 200) ML-1M-like, (256, 20) and (128, 50)}, widths
 // D in {64, 256}. GEMM-bound ops (linear, attention) run all six (B, L, D); the memory-bound row
@@ -102,6 +103,7 @@
 #include "seqrec/ops/rope/rope_cpu.hpp"
 #include "seqrec/policy/feed_forward.hpp"
 #include "seqrec/policy/position.hpp"
+#include "seqrec/train/dpo.hpp"
 
 namespace {
 
@@ -786,6 +788,55 @@ void BM_model_step(benchmark::State& st) {
   report(st, per_token * double(N), kF32 * 3.0 * all + 2.0 * kI32 * double(N), N);
 }
 BENCHMARK(BM_model_step)->Apply(model_shapes);
+
+// ---- DPO step: the policy's forward, the pair head and the backward
+// ------------------------------
+
+/// One DPO training step (train::preference_step with the gradient) on B sequences of lengths
+/// 3 … 2L drawn uniformly, left-padded to L (about a third of the Games-like window is padding),
+/// one pair per sequence at its last position with K = 1 rejected item, catalogue I, D = 64. The
+/// figures count the pair head's GEMMs only (forward, backward and the table gradient:
+/// 6·P·D·I), so FLOP/s is a floor; items_per_second is pairs per second.
+void BM_dpo_step(benchmark::State& st) {
+  const std::int64_t B = st.range(0), L = st.range(1), I = st.range(2);
+  seqrec::ModelShape s;
+  s.vocab_size = static_cast<std::int32_t>(I + kFirstItem);
+  s.max_len = static_cast<std::int32_t>(L);
+  s.dim = 64;
+  s.layers = 2;
+  s.heads = 2;
+  s.ffn_dim = 4 * s.dim;
+  s.dropout = kDropout;
+  seqrec::Model<seqrec::SasRecConfig, seqrec::cpu::Backend> model(s, backend(), 42);
+  seqrec::Rng rng(43);
+  std::vector<std::vector<std::int32_t>> seqs(static_cast<std::size_t>(B));
+  for (auto& q : seqs) {
+    q.resize(3 + rng.below(static_cast<std::uint64_t>(2 * L - 2)));
+    for (auto& t : q) t = static_cast<std::int32_t>(kFirstItem + rng.below(std::uint64_t(I)));
+  }
+  seqrec::train::PairOptions po;
+  const auto pairs = seqrec::train::build_preference_pairs(
+      seqs, model.parameters().value(model.item_embedding()), s.vocab_size, s.dim, s.max_len, po);
+  const auto reference = seqrec::train::reference_log_probs(model, pairs);
+  seqrec::train::DpoOptions o;
+  o.ce_weight = 1.0;
+  model.parameters().zero_grads();
+  for (auto _ : st) {
+    const auto r =
+        seqrec::train::preference_step(model, pairs, 0, pairs.examples(), reference, o, 0, true);
+    benchmark::DoNotOptimize(r.loss);
+    benchmark::ClobberMemory();
+  }
+  const double P = static_cast<double>(pairs.pairs());
+  report(st, 6.0 * P * double(s.dim) * double(I), 0.0, static_cast<std::int64_t>(P));
+}
+void dpo_shapes(Bench* b) {
+  timing(b, benchmark::kMillisecond);
+  b->ArgNames({"B", "L", "I"});
+  b->Args({256, 20, 16859});
+  b->Args({64, 200, 3706});
+}
+BENCHMARK(BM_dpo_step)->Apply(dpo_shapes);
 
 }  // namespace
 

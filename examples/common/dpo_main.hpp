@@ -138,7 +138,7 @@ DpoRunResult run_dpo(const RunOptions& ro, const LoadedData& d, const std::strin
 }
 
 /// run_dpo's body on built models (CPU, or DeviceModel<Cfg> on a GPU: the pair head then runs on
-/// the host between the device's forward and backward, see train::preference_step).
+/// the device too, see train::preference_step).
 template <typename Cfg, typename ModelT>
 DpoRunResult run_dpo_with(ModelT& policy, ModelT& reference, const RunOptions& ro,
                           const LoadedData& d, const io::CheckpointInfo& info,

@@ -190,6 +190,102 @@ void test_cross_entropy(Backend& be, Rng& rng, std::int64_t n, std::int64_t d, s
              " (must be identical)");
 }
 
+// ---- Selected log-softmax (DPO's head) ----------------------------------------------------------
+/// P of N rows of h, J distinct item columns per row: the device forward (log-probabilities) and
+/// backward (from host weights [scale·Σg, scale·g_j], as the model forms them) against the CPU op
+/// on the same rows, fp32 and bf16; then the cross-entropy's bits through the shared pass.
+void test_selected(Backend& be, Rng& rng, std::int64_t n, std::int64_t p, std::int64_t d,
+                   std::int64_t items, std::int64_t J, std::int64_t chunk, bool bf16) {
+  const std::string shape =
+      shape_str({{"N", n}, {"P", p}, {"D", d}, {"I", items}, {"J", J}, {"chunk", chunk}}) +
+      (bf16 ? " bf16" : "");
+  const std::int32_t first = 4;
+  // P increasing rows of N, each with J distinct item columns.
+  std::vector<std::int32_t> rows;
+  for (std::int64_t r = 0; r < n && std::int64_t(rows.size()) < p; ++r)
+    if (std::int64_t(rng.below(std::uint64_t(n))) < p) rows.push_back(std::int32_t(r));
+  p = std::int64_t(rows.size());
+  std::vector<std::int32_t> cols(static_cast<std::size_t>(p * J));
+  for (std::int64_t r = 0; r < p; ++r)
+    for (std::int64_t j = 0; j < J; ++j) {
+      std::int32_t c;
+      bool fresh;
+      do {
+        c = std::int32_t(rng.below(std::uint64_t(items)));
+        fresh = std::find(cols.begin() + r * J, cols.begin() + r * J + j, c) ==
+                cols.begin() + r * J + j;
+      } while (!fresh);
+      cols[r * J + j] = c;
+    }
+  auto h = normal(rng, n * d), w = normal(rng, items * d, 1.0 / std::sqrt(double(d)));
+  std::vector<float> hp(static_cast<std::size_t>(p * d));
+  for (std::int64_t r = 0; r < p; ++r) std::copy_n(h.begin() + rows[r] * d, d, hp.begin() + r * d);
+  std::vector<double> g(static_cast<std::size_t>(p * J));
+  for (auto& v : g) v = rng.uniform() - 0.5;
+  const double scale = 1.0 / double(p);
+  // CPU reference.
+  const seqrec::ops::SelectedShape s{p, d, items, J, chunk};
+  std::vector<double> logp(g.size()), lse(static_cast<std::size_t>(p));
+  std::vector<float> dhp(hp.size()), dw(static_cast<std::size_t>(items * d), 0.f);
+  seqrec::AlignedVector<float> ws;
+  seqrec::ops::selected_log_softmax<float>(s, hp.data(), cols.data(), w.data(), logp.data(),
+                                           lse.data(), ws);
+  seqrec::ops::selected_log_softmax_backward<float>(s, hp.data(), cols.data(), w.data(), lse.data(),
+                                                    g.data(), scale, dhp.data(), dw.data(), ws);
+  std::vector<float> dh_cpu(h.size(), 0.f);
+  for (std::int64_t r = 0; r < p; ++r)
+    std::copy_n(dhp.begin() + r * d, d, dh_cpu.begin() + rows[r] * d);
+  // Device: the table with its special-token rows, as in the model.
+  std::vector<float> table(static_cast<std::size_t>(first * d), 0.5f);
+  table.insert(table.end(), w.begin(), w.end());
+  std::vector<float> weights(static_cast<std::size_t>(p * (J + 1)));
+  for (std::int64_t r = 0; r < p; ++r) {
+    double total = 0;
+    for (std::int64_t j = 0; j < J; ++j) {
+      total += g[r * J + j];
+      weights[r * (J + 1) + 1 + j] = float(scale * g[r * J + j]);
+    }
+    weights[r * (J + 1)] = float(scale * total);
+  }
+  auto d_rows = upload(be, rows), d_cols = upload(be, cols);
+  auto d_h = upload(be, h), d_table = upload(be, table),
+       d_dtable = upload(be, std::vector<float>(table.size(), 0.f)),
+       d_weights = upload(be, weights);
+  auto d_logp = be.buffer<float>(static_cast<std::size_t>(p * J));
+  auto d_dh = upload(be, std::vector<float>(h.size(), 7.f));  // overwritten, zero off the rows
+  be.set_bf16(bf16);
+  struct Restore {
+    Backend& be;
+    ~Restore() { be.set_bf16(false); }
+  } restore{be};
+  const float* items_ptr = d_table.data() + first * d;
+  seqrec::cuda::selected_log_softmax(be, n, d, items, chunk, d_h.data(), d_rows.data(), p,
+                                     d_cols.data(), int(J), items_ptr, d_logp.data());
+  seqrec::cuda::selected_log_softmax_backward(be, n, d, items, chunk, d_h.data(), d_rows.data(), p,
+                                              d_cols.data(), int(J), items_ptr, d_weights.data(),
+                                              d_dh.data(), d_dtable.data() + first * d);
+  // log p: a logsumexp over I in fp32 (expf, another summation order) against the CPU's double
+  // sum: ~1e-6 of |log p| ≈ log I. bf16: logits off by ~2^-8 absolute (see cross_entropy), which
+  // log p inherits: rtol 5e-3 of values ≈ 8–10.
+  std::vector<float> logp_ref(logp.begin(), logp.end());
+  check("selected.logp", shape, download(be, d_logp), logp_ref, bf16 ? 5e-3 : 1e-5,
+        bf16 ? 1e-3 : 1e-6);
+  // Gradients: the cross-entropy's GEMMs and tolerances (G has the same structure and scale).
+  const double g_rtol = bf16 ? 3e-2 : 1e-4, g_atol = bf16 ? 1e-2 : 1e-5;
+  check("selected.dh", shape, download(be, d_dh), dh_cpu, g_rtol, g_atol);
+  const auto dtable = download(be, d_dtable);
+  check("selected.ditems", shape, std::vector<float>(dtable.begin() + first * d, dtable.end()), dw,
+        g_rtol, g_atol);
+  check("selected.dspecials_untouched", shape,
+        std::vector<float>(dtable.begin(), dtable.begin() + first * d),
+        std::vector<float>(static_cast<std::size_t>(first * d), 0.f), 0.0, 0.0);
+  // The forward repeats bit for bit (the backward recomputes the logits with the same GEMM).
+  auto d_logp2 = be.buffer<float>(static_cast<std::size_t>(p * J));
+  seqrec::cuda::selected_log_softmax(be, n, d, items, chunk, d_h.data(), d_rows.data(), p,
+                                     d_cols.data(), int(J), items_ptr, d_logp2.data());
+  check_identical("selected.logp", shape, download(be, d_logp2), download(be, d_logp));
+}
+
 // ---- Packed rows --------------------------------------------------------------------------------
 /// gather_rows / scatter_rows against the obvious loops, and dropout_add / dropout_backward on
 /// packed rows against the full-layout ops restricted to those rows: all exact (copies, and the
@@ -439,6 +535,18 @@ int main() {
         guarded("cross_entropy",
                 shape_str({{"N", n}, {"D", d}, {"I", i}, {"chunk", c}}) + (bf16 ? " bf16" : ""),
                 [&] { test_cross_entropy(be, rng, n, d, i, c, bf16); });
+
+    // (N, P, D, I, J, chunk): odd sizes with chunk edges, then the study's width and catalogue
+    // (D 1024, Games' items, 4 negatives; 256 pairs, so that the CPU reference stays quick).
+    for (auto [n, p, d, i, j, c] :
+         {std::tuple<std::int64_t, std::int64_t, std::int64_t, std::int64_t, std::int64_t,
+                     std::int64_t>{300, 77, 40, 1001, 3, 16},
+          {5120, 256, 1024, 16859, 5, 248}})
+      for (bool bf16 : {false, true})
+        guarded(
+            "selected",
+            shape_str({{"N", n}, {"P", p}, {"D", d}, {"I", i}, {"J", j}}) + (bf16 ? " bf16" : ""),
+            [&] { test_selected(be, rng, n, p, d, i, j, c, bf16); });
 
     for (auto [m, n, k] :
          {std::tuple<std::int64_t, std::int64_t, std::int64_t>{37, 29, 19}, {512, 3072, 1024}})

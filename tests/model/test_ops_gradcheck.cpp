@@ -182,6 +182,78 @@ TEST_CASE("cross-entropy: chunking does not change loss or gradients", "[cpu][gr
   CHECK(fresh.size() == static_cast<std::size_t>(2 * items + 2 * 2 * d));
 }
 
+TEST_CASE("selected log-softmax: values, gradients, chunking, and cross-entropy as its J = 1 case",
+          "[cpu][gradcheck]") {
+  const std::int64_t P = 5, d = 4, items = 11, J = 3;
+  auto h = random_vector(P * d, 31), w = random_vector(items * d, 32);
+  const std::vector<std::int32_t> cols = {0, 5, 10, 3, 2, 1, 7, 8, 9, 10, 4, 6, 1, 0, 2};
+  const auto g = random_vector(P * J, 33);  // d loss / d logp: the loss is Σ g ⊙ logp · scale
+  const double scale = 0.7;
+  AlignedVector<double> ws;
+  std::vector<double> ref_logp, ref_dh, ref_dw;
+  for (std::int64_t chunk : {100, 1, 2}) {
+    INFO("chunk " << chunk);
+    const ops::SelectedShape s{P, d, items, J, chunk};
+    std::vector<double> logp(P * J), lse(P), dh(P * d), dw(items * d, 0.0);
+    ops::selected_log_softmax<double>(s, h.data(), cols.data(), w.data(), logp.data(), lse.data(),
+                                      ws);
+    ops::selected_log_softmax_backward<double>(s, h.data(), cols.data(), w.data(), lse.data(),
+                                               g.data(), scale, dh.data(), dw.data(), ws);
+    if (chunk == 100) {
+      // Naive log-softmax.
+      for (std::int64_t r = 0; r < P; ++r) {
+        std::vector<double> z(items);
+        double mx = -1e300, se = 0;
+        for (std::int64_t i = 0; i < items; ++i) {
+          z[i] = 0;
+          for (std::int64_t j = 0; j < d; ++j) z[i] += h[r * d + j] * w[i * d + j];
+          mx = std::max(mx, z[i]);
+        }
+        for (double zi : z) se += std::exp(zi - mx);
+        for (std::int64_t j = 0; j < J; ++j)
+          CHECK(std::abs(logp[r * J + j] - (z[cols[r * J + j]] - mx - std::log(se))) < 1e-12);
+      }
+      auto f = [&] {
+        std::vector<double> lp(P * J), l(P);
+        ops::selected_log_softmax<double>(s, h.data(), cols.data(), w.data(), lp.data(), l.data(),
+                                          ws);
+        return scale * dot(g, lp);
+      };
+      CHECK(check_gradient(f, h.data(), dh.data(), h.size()).max_rel_error < kGradRelTol);
+      CHECK(check_gradient(f, w.data(), dw.data(), w.size()).max_rel_error < kGradRelTol);
+      ref_logp = logp;
+      ref_dh = dh;
+      ref_dw = dw;
+    } else {
+      for (std::size_t i = 0; i < logp.size(); ++i) CHECK(std::abs(logp[i] - ref_logp[i]) < 1e-12);
+      for (std::size_t i = 0; i < dh.size(); ++i) CHECK(std::abs(dh[i] - ref_dh[i]) < 1e-12);
+      for (std::size_t i = 0; i < dw.size(); ++i) CHECK(std::abs(dw[i] - ref_dw[i]) < 1e-12);
+    }
+  }
+  // J = 1 with g = −1 is the cross-entropy of the first column: same loss and gradients.
+  const std::int32_t first = 4;
+  std::vector<std::int32_t> one(P), targets(P);
+  for (std::int64_t r = 0; r < P; ++r) {
+    one[r] = cols[r * J];
+    targets[r] = one[r] + first;
+  }
+  const ops::SelectedShape s1{P, d, items, 1, 2};
+  std::vector<double> lp(P), lse(P), dh(P * d), dw(items * d, 0.0), minus(P, -1.0);
+  ops::selected_log_softmax<double>(s1, h.data(), one.data(), w.data(), lp.data(), lse.data(), ws);
+  ops::selected_log_softmax_backward<double>(s1, h.data(), one.data(), w.data(), lse.data(),
+                                             minus.data(), 0.5, dh.data(), dw.data(), ws);
+  std::vector<double> ce_dh(P * d), ce_dw(items * d, 0.0);
+  std::int64_t count = 0;
+  const double ce = ops::cross_entropy_forward_backward<double>(
+      {P, d, items, first, 2}, h.data(), targets.data(), w.data(), ce_dh.data(), ce_dw.data(), 0.5,
+      &count, ws);
+  double sum = 0;
+  for (double v : lp) sum -= v;
+  CHECK(std::abs(sum - ce) < 1e-12);
+  for (std::size_t i = 0; i < dh.size(); ++i) CHECK(std::abs(dh[i] - ce_dh[i]) < 1e-12);
+  for (std::size_t i = 0; i < dw.size(); ++i) CHECK(std::abs(dw[i] - ce_dw[i]) < 1e-12);
+}
+
 TEST_CASE("activations: derivatives match central differences", "[cpu][gradcheck]") {
   for (double x : {-3.0, -0.7, 0.3, 2.5}) {
     const double h = 1e-6;

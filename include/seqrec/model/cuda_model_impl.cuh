@@ -69,16 +69,13 @@ class DeviceModelImpl final : public DeviceModelBase {
     return model_.take_expert_shares();
   }
   double aux_loss() const override { return model_.aux_loss(); }
-  const float* forward_hidden(const std::int32_t* inputs, std::int32_t batch, std::int32_t len,
-                              std::uint64_t dropout_key) override {
-    return model_.forward_hidden(inputs, batch, len, dropout_key);
+  void selected_log_probs(const std::int32_t* inputs, std::int32_t batch, std::int32_t len,
+                          std::uint64_t dropout_key, const std::int64_t* rows, std::int64_t count,
+                          const std::int32_t* tokens, std::int32_t per_row, double* logp) override {
+    model_.selected_log_probs(inputs, batch, len, dropout_key, rows, count, tokens, per_row, logp);
   }
-  void backward_hidden(const float* dh, std::int32_t batch, std::int32_t len) override {
-    model_.backward_hidden(dh, batch, len);
-  }
-  void download_tensor(ParamId id) override { model_.download_tensor(id); }
-  void add_to_grad(ParamId id, std::int64_t offset, const float* g, std::int64_t count) override {
-    model_.add_to_grad(id, offset, g, count);
+  void selected_backward(const double* g, double scale) override {
+    model_.selected_backward(g, scale);
   }
 
  private:

@@ -104,11 +104,11 @@ class DeviceModelBase {
                           std::int32_t* items, float* scores) = 0;
   virtual std::vector<std::vector<double>> take_expert_shares() = 0;
   virtual double aux_loss() const = 0;
-  virtual const float* forward_hidden(const std::int32_t* inputs, std::int32_t batch,
-                                      std::int32_t len, std::uint64_t dropout_key) = 0;
-  virtual void backward_hidden(const float* dh, std::int32_t batch, std::int32_t len) = 0;
-  virtual void download_tensor(ParamId id) = 0;
-  virtual void add_to_grad(ParamId id, std::int64_t offset, const float* g, std::int64_t count) = 0;
+  virtual void selected_log_probs(const std::int32_t* inputs, std::int32_t batch, std::int32_t len,
+                                  std::uint64_t dropout_key, const std::int64_t* rows,
+                                  std::int64_t count, const std::int32_t* tokens,
+                                  std::int32_t per_row, double* logp) = 0;
+  virtual void selected_backward(const double* g, double scale) = 0;
 };
 
 /// Where a device model runs and how it computes.
@@ -185,20 +185,14 @@ class DeviceModel {
   std::vector<std::vector<double>> take_expert_shares() { return impl_->take_expert_shares(); }
   double aux_loss() const { return impl_->aux_loss(); }
 
-  /// For losses computed on the host (DPO): hidden states (HOST, valid until the next call),
-  /// their backward from a HOST gradient, one tensor's values to the host, and a HOST gradient
-  /// added into a range of one tensor's device gradient.
-  const T* forward_hidden(const std::int32_t* inputs, std::int32_t batch, std::int32_t len,
-                          std::uint64_t dropout_key) {
-    return impl_->forward_hidden(inputs, batch, len, dropout_key);
+  /// DPO's head on the device (see Model::selected_log_probs): HOST positions, tokens and
+  /// log-probabilities; only (count × per_row) values cross to the host.
+  void selected_log_probs(const std::int32_t* inputs, std::int32_t batch, std::int32_t len,
+                          std::uint64_t dropout_key, const std::int64_t* rows, std::int64_t count,
+                          const std::int32_t* tokens, std::int32_t per_row, double* logp) {
+    impl_->selected_log_probs(inputs, batch, len, dropout_key, rows, count, tokens, per_row, logp);
   }
-  void backward_hidden(const T* dh, std::int32_t batch, std::int32_t len) {
-    impl_->backward_hidden(dh, batch, len);
-  }
-  void download_tensor(ParamId id) { impl_->download_tensor(id); }
-  void add_to_grad(ParamId id, std::int64_t offset, const T* g, std::int64_t count) {
-    impl_->add_to_grad(id, offset, g, count);
-  }
+  void selected_backward(const double* g, double scale) { impl_->selected_backward(g, scale); }
 
  private:
   std::unique_ptr<DeviceModelBase> impl_;

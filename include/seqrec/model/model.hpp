@@ -11,6 +11,7 @@
 // implemented here; the CUDA backend provides the same member functions over device buffers.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -60,6 +61,59 @@ inline void check_model_input(const ModelShape& s, bool extrapolates, const std:
                            std::to_string(s.vocab_size) + ")",
                        std::to_string(tokens[i]));
   }
+}
+
+/// Validates the selection of selected_log_probs() and lays it out: targets (n) holds each
+/// selected position's first token and kPadToken elsewhere (so that a packed forward computes
+/// exactly the rows it needs), cols (count, per_row) the item columns of the tokens.
+inline void prepare_selection(const ModelShape& s, std::int64_t n, const std::int64_t* rows,
+                              std::int64_t count, const std::int32_t* tokens, std::int32_t per_row,
+                              std::vector<std::int32_t>& targets, std::vector<std::int32_t>& cols) {
+  SEQREC_CHECK(per_row >= 1, "selected_log_probs: need at least one token per row, got " +
+                                 std::to_string(per_row));
+  targets.assign(static_cast<std::size_t>(n), kPadToken);
+  cols.resize(static_cast<std::size_t>(count * per_row));
+  for (std::int64_t p = 0; p < count; ++p) {
+    SEQREC_CHECK(rows[p] >= 0 && rows[p] < n && (p == 0 || rows[p] > rows[p - 1]),
+                 "selected_log_probs: selected positions must increase within [0, " +
+                     std::to_string(n) + "); entry " + std::to_string(p) + " is " +
+                     std::to_string(rows[p]));
+    for (std::int64_t j = 0; j < per_row; ++j) {
+      const std::int32_t t = tokens[p * per_row + j];
+      SEQREC_CHECK(t >= kNumSpecialTokens && t < s.vocab_size,
+                   "selected_log_probs: token " + std::to_string(t) + " (entry " +
+                       std::to_string(p) + ", column " + std::to_string(j) +
+                       ") is not an item token");
+      cols[static_cast<std::size_t>(p * per_row + j)] = t - kNumSpecialTokens;
+    }
+    targets[static_cast<std::size_t>(rows[p])] = tokens[p * per_row];
+  }
+}
+
+/// For each selected position rows[p], its index among the rows a forward computed: `computed`
+/// (m, increasing) when packed, null when every row was computed in order.
+inline void computed_index(const std::int64_t* rows, std::int64_t count,
+                           const std::int32_t* computed, std::int64_t m,
+                           std::vector<std::int32_t>& out) {
+  out.resize(static_cast<std::size_t>(count));
+  std::int64_t k = 0;
+  for (std::int64_t p = 0; p < count; ++p) {
+    if (computed == nullptr) {
+      out[static_cast<std::size_t>(p)] = static_cast<std::int32_t>(rows[p]);
+      continue;
+    }
+    while (k < m && computed[k] < rows[p]) ++k;
+    SEQREC_CHECK(k < m && computed[k] == rows[p], "selected position " + std::to_string(rows[p]) +
+                                                      " was not computed by the forward");
+    out[static_cast<std::size_t>(p)] = static_cast<std::int32_t>(k);
+  }
+}
+
+/// The selected head's chunking: the loss's limit on logits alive at once.
+inline ops::SelectedShape selected_shape(const ModelShape& s, std::int64_t rows,
+                                         std::int32_t per_row) {
+  const auto ce = loss_shape(s, rows);
+  return {rows, s.dim, ce.num_items, per_row, ce.chunk_rows};
 }
 
 }  // namespace detail
@@ -164,6 +218,50 @@ class Model {
     backward(batch, len);
   }
 
+  /// DPO's head: the forward pass over inputs (B, L) (dropout_key 0: none), computing the rows
+  /// it needs, then the log-softmax over all items of `per_row` item tokens (count, per_row) at
+  /// each of `count` positions rows (increasing indices into the B·L positions), written to logp
+  /// (count, per_row). Pair with selected_backward().
+  void selected_log_probs(const std::int32_t* inputs, std::int32_t batch, std::int32_t len,
+                          std::uint64_t dropout_key, const std::int64_t* rows, std::int64_t count,
+                          const std::int32_t* tokens, std::int32_t per_row, double* logp) {
+    const std::int64_t D = shape_.dim;
+    detail::prepare_selection(shape_, std::int64_t{batch} * len, rows, count, tokens, per_row,
+                              sel_targets_, sel_cols_);
+    forward(inputs, batch, len, dropout_key, sel_targets_.data());
+    detail::computed_index(rows, count, packed_ ? rows_.data() : nullptr, rows_n_, sel_rows_);
+    sel_h_.resize(static_cast<std::size_t>(count * D));
+    for (std::int64_t p = 0; p < count; ++p)
+      std::copy_n(h_.data() + std::int64_t{sel_rows_[p]} * D, D, sel_h_.data() + p * D);
+    sel_lse_.resize(static_cast<std::size_t>(count));
+    ops::selected_log_softmax<T>(detail::selected_shape(shape_, count, per_row), sel_h_.data(),
+                                 sel_cols_.data(), store_.value(item_emb_) + kNumSpecialTokens * D,
+                                 logp, sel_lse_.data(), ce_workspace_);
+    sel_ = {batch, len, per_row};
+  }
+
+  /// Backward of the last selected_log_probs() from g (count, per_row) = d loss / d logp, times
+  /// scale: gradients are added into the store (the table's unless frozen; the MoE auxiliary
+  /// losses' included, as in forward_backward).
+  void selected_backward(const double* g, double scale) {
+    SEQREC_CHECK(sel_.batch > 0, "selected_backward: no selected_log_probs() before it");
+    const std::int64_t D = shape_.dim, M = rows_n_;
+    const std::int64_t count = static_cast<std::int64_t>(sel_rows_.size());
+    sel_dh_.resize(static_cast<std::size_t>(count * D));
+    ops::selected_log_softmax_backward<T>(
+        detail::selected_shape(shape_, count, sel_.per_row), sel_h_.data(), sel_cols_.data(),
+        store_.value(item_emb_) + kNumSpecialTokens * D, sel_lse_.data(), g, scale, sel_dh_.data(),
+        store_.entry(item_emb_).frozen ? nullptr : store_.grad(item_emb_) + kNumSpecialTokens * D,
+        ce_workspace_);
+    dx_.resize(static_cast<std::size_t>(M * D));
+    dh_.assign(static_cast<std::size_t>(M * D), T(0));
+    for (std::int64_t p = 0; p < count; ++p)
+      std::copy_n(sel_dh_.data() + p * D, D, dh_.data() + std::int64_t{sel_rows_[p]} * D);
+    const auto s = sel_;
+    sel_ = {};
+    backward(s.batch, s.len);
+  }
+
   /// Sum of the feed-forward blocks' auxiliary losses in the last forward (MoE; 0 otherwise).
   double aux_loss() const {
     double a = 0;
@@ -257,6 +355,7 @@ class Model {
     check_tokens(tokens, batch, len);
     const std::int64_t B = batch, L = len, N = B * L, D = shape_.dim;
     const double p = dropout_key ? shape_.dropout : 0.0;
+    sel_ = {};  // a selected_backward() must follow its own forward
     tokens_.assign(tokens, tokens + N);
     choose_rows(tokens, targets, N);
     const std::int64_t M = rows_n_;
@@ -400,6 +499,14 @@ class Model {
   std::vector<std::uint8_t> drop_emb_, valid_;
   std::vector<BlockCache> caches_;
   double last_p_ = 0.0;
+  // The last selected_log_probs(): its shape (batch 0: none pending), targets, item columns,
+  // computed-row index of each selected position, their hidden states, logsumexps and gradients.
+  struct Selection {
+    std::int32_t batch = 0, len = 0, per_row = 0;
+  } sel_;
+  std::vector<std::int32_t> sel_targets_, sel_cols_, sel_rows_;
+  AlignedVector<T> sel_h_, sel_dh_;
+  std::vector<double> sel_lse_;
 };
 
 }  // namespace seqrec

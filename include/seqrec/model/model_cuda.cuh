@@ -17,13 +17,13 @@
 // forward_backward / loss / score_last take HOST token arrays (score_last writes HOST scores), so
 // the trainer and the evaluator call this model exactly like the CPU one; rank_last and
 // top_k_last rank and select on the device (eval::rank_cases, eval::recommend), and
-// forward_hidden / backward_hidden serve host-side heads (DPO). Training steps (forward_backward,
-// loss) compute only the non-padding rows, as the CPU model does (choose_rows) — attention and
-// RoPE included: attention reads each sequence's packed rows through segment offsets, so no
-// (B·L)-row tensor exists in a training step beyond the embeddings. The step mirrors
-// the CPU model op for op (read model.hpp's forward() and backward() beside this file), with the
-// same dropout sites and keys: embeddings mix64(key ^ 1), attention output mix64(key ^ (l·16 + 2)),
-// FFN output mix64(that ^ 0x5bd1e995). Dropout masks are recomputed from the counter hash in the
+// selected_log_probs / selected_backward run DPO's head on the device. Training steps
+// (forward_backward, loss) compute only the non-padding rows, as the CPU model does (choose_rows) —
+// attention and RoPE included: attention reads each sequence's packed rows through segment offsets,
+// so no (B·L)-row tensor exists in a training step beyond the embeddings. The step mirrors the CPU
+// model op for op (read model.hpp's forward() and backward() beside this file), with the same
+// dropout sites and keys: embeddings mix64(key ^ 1), attention output mix64(key ^ (l·16 + 2)), FFN
+// output mix64(that ^ 0x5bd1e995). Dropout masks are recomputed from the counter hash in the
 // backward instead of being stored; they are bit-identical to the CPU's.
 //
 // Supported policies in this version: positions Learned, RoPE, None; norm RMSNorm, LayerNorm;
@@ -260,28 +260,6 @@ class Model<Cfg, cuda::Backend> {
     copy_to_host(store_.grads().data(), grads_.data());
     be_->synchronize();
   }
-  /// Device values of one tensor → host store (e.g. the item table a host-side head reads).
-  void download_tensor(ParamId id) {
-    const auto& e = store_.entry(id);
-    SEQREC_CUDA_CHECK(cudaMemcpyAsync(store_.values().data() + e.offset, values_.data() + e.offset,
-                                      sizeof(float) * e.numel, cudaMemcpyDeviceToHost,
-                                      be_->stream()));
-    be_->synchronize();
-  }
-  /// Device gradient of tensor `id`, elements [offset, offset + count), += the HOST array g.
-  void add_to_grad(ParamId id, std::int64_t offset, const float* g, std::int64_t count) {
-    const auto& e = store_.entry(id);
-    SEQREC_CHECK(offset >= 0 && count >= 0 && offset + count <= e.numel,
-                 "add_to_grad: range [" + std::to_string(offset) + ", " +
-                     std::to_string(offset + count) + ") outside " + e.name);
-    if (count == 0) return;
-    auto tmp = be_->buffer<float>(static_cast<std::size_t>(count));
-    SEQREC_CUDA_CHECK(cudaMemcpyAsync(tmp.data(), g, sizeof(float) * count, cudaMemcpyHostToDevice,
-                                      be_->stream()));
-    cuda::add_into(*be_, grads_.data() + e.offset + offset, tmp.data(), count);
-    be_->synchronize();  // g is the caller's; tmp returns to the cache at scope end
-  }
-
   /// Device gradients = 0.
   void zero_grads() {
     SEQREC_CUDA_CHECK(cudaMemsetAsync(grads_.data(), 0, grads_.bytes(), be_->stream()));
@@ -349,32 +327,79 @@ class Model<Cfg, cuda::Backend> {
     return (count ? loss / double(count) : 0.0) + aux_loss();
   }
 
-  /// Hidden states after the last norm (B·L, D) for HOST inputs, as a HOST array valid until the
-  /// next call: for losses computed on the host (DPO's pair head). Full layout, no packing.
-  const T* forward_hidden(const std::int32_t* inputs, std::int32_t batch, std::int32_t len,
-                          std::uint64_t dropout_key) {
-    forward(inputs, batch, len, dropout_key);
-    const std::int64_t n = std::int64_t{batch} * len * shape_.dim;
-    hidden_host_.resize(static_cast<std::size_t>(n));
-    if (n > 0)
-      SEQREC_CUDA_CHECK(cudaMemcpyAsync(hidden_host_.data(), h_.data(), sizeof(float) * n,
-                                        cudaMemcpyDeviceToHost, be_->stream()));
-    be_->synchronize();
-    return hidden_host_.data();
-  }
-  /// Backward of the last forward_hidden() from the HOST dL/dh (B·L, D); gradients are added
-  /// into the device gradients (MoE auxiliary losses included, as in forward_backward).
-  void backward_hidden(const T* dh, std::int32_t batch, std::int32_t len) {
-    const std::int64_t n = std::int64_t{batch} * len * shape_.dim;
-    SEQREC_CHECK(!packed_ && rows_n_ * shape_.dim == n,
-                 "backward_hidden: shape differs from the last forward_hidden");
-    ensure(dh_, n);
-    ensure(dx_, n);
-    if (n > 0)
-      SEQREC_CUDA_CHECK(cudaMemcpyAsync(dh_.data(), dh, sizeof(float) * n, cudaMemcpyHostToDevice,
+  /// DPO's head on the device (Model<Cfg, cpu::Backend>::selected_log_probs is the reference):
+  /// the forward over HOST inputs (B, L), computing the rows it needs (packed), then the
+  /// log-softmax over all items of `per_row` HOST item tokens (count, per_row) at each of `count`
+  /// HOST positions rows (increasing indices into the B·L positions), written to the HOST logp
+  /// (count, per_row). Only the log-probabilities cross to the host.
+  void selected_log_probs(const std::int32_t* inputs, std::int32_t batch, std::int32_t len,
+                          std::uint64_t dropout_key, const std::int64_t* rows, std::int64_t count,
+                          const std::int32_t* tokens, std::int32_t per_row, double* logp) {
+    const std::int64_t D = shape_.dim;
+    detail::prepare_selection(shape_, std::int64_t{batch} * len, rows, count, tokens, per_row,
+                              sel_targets_, sel_host_);
+    forward(inputs, batch, len, dropout_key, sel_targets_.data());
+    // sel_host_ = [item columns (count·per_row) | computed-row index of each position (count)]
+    detail::computed_index(rows, count, packed_ ? rows_host_.data() : nullptr, rows_n_, sel_rows_);
+    sel_host_.insert(sel_host_.end(), sel_rows_.begin(), sel_rows_.end());
+    ensure(sel_i32_, std::max<std::int64_t>(1, count * (per_row + 1)));
+    ensure(sel_f32_, std::max<std::int64_t>(1, count * (per_row + 1)));
+    if (count > 0)
+      SEQREC_CUDA_CHECK(cudaMemcpyAsync(sel_i32_.data(), sel_host_.data(),
+                                        sizeof(std::int32_t) * sel_host_.size(),
+                                        cudaMemcpyHostToDevice, be_->stream()));
+    {
+      const cuda::ProfileScope prof(*be_, "selected head (fwd)");
+      cuda::selected_log_softmax(*be_, rows_n_, D, num_items(), ce_shape(count).chunk_rows,
+                                 h_.data(), sel_i32_.data() + count * per_row, count,
+                                 sel_i32_.data(), per_row, value(item_emb_) + kNumSpecialTokens * D,
+                                 sel_f32_.data());
+    }
+    sel_logp_.resize(static_cast<std::size_t>(count * per_row));
+    if (count > 0)
+      SEQREC_CUDA_CHECK(cudaMemcpyAsync(sel_logp_.data(), sel_f32_.data(),
+                                        sizeof(float) * sel_logp_.size(), cudaMemcpyDeviceToHost,
                                         be_->stream()));
-    backward(batch, len);
-    be_->synchronize();  // dh is the caller's
+    be_->synchronize();  // sel_host_ and sel_logp_ are read / reused by the host
+    for (std::size_t i = 0; i < sel_logp_.size(); ++i) logp[i] = sel_logp_[i];
+    sel_ = {batch, len, per_row, count};
+  }
+
+  /// Backward of the last selected_log_probs() from the HOST g (count, per_row) = d loss / d logp,
+  /// times scale: gradients are added into the device gradients (the table's unless frozen; MoE
+  /// auxiliary losses included, as in forward_backward).
+  void selected_backward(const double* g, double scale) {
+    SEQREC_CHECK(sel_.batch > 0, "selected_backward: no selected_log_probs() before it");
+    const std::int64_t D = shape_.dim, M = rows_n_, P = sel_.count, J = sel_.per_row;
+    // Per row [scale · Σ_j g_j, scale · g_1 … scale · g_J], summed in double as on the CPU.
+    sel_weights_.resize(static_cast<std::size_t>(P * (J + 1)));
+    for (std::int64_t r = 0; r < P; ++r) {
+      double total = 0;
+      for (std::int64_t j = 0; j < J; ++j) {
+        total += g[r * J + j];
+        sel_weights_[static_cast<std::size_t>(r * (J + 1) + 1 + j)] =
+            static_cast<float>(scale * g[r * J + j]);
+      }
+      sel_weights_[static_cast<std::size_t>(r * (J + 1))] = static_cast<float>(scale * total);
+    }
+    ensure(dh_, M * D);
+    ensure(dx_, M * D);
+    if (P > 0)
+      SEQREC_CUDA_CHECK(cudaMemcpyAsync(sel_f32_.data(), sel_weights_.data(),
+                                        sizeof(float) * sel_weights_.size(), cudaMemcpyHostToDevice,
+                                        be_->stream()));
+    {
+      const cuda::ProfileScope prof(*be_, "selected head (bwd)");
+      cuda::selected_log_softmax_backward(
+          *be_, M, D, num_items(), ce_shape(P).chunk_rows, h_.data(), sel_i32_.data() + P * J, P,
+          sel_i32_.data(), static_cast<int>(J), value(item_emb_) + kNumSpecialTokens * D,
+          sel_f32_.data(), dh_.data(),
+          store_.entry(item_emb_).frozen ? nullptr : grad(item_emb_) + kNumSpecialTokens * D);
+    }
+    const auto s = sel_;
+    sel_ = {};
+    backward(s.batch, s.len);
+    be_->synchronize();  // sel_weights_ is reused by the next call
   }
 
   /// The MoE blocks' auxiliary losses (balance + router z-loss) of the last forward; 0 for the
@@ -771,6 +796,7 @@ class Model<Cfg, cuda::Backend> {
     const std::int64_t B = batch, L = len, N = B * L, D = shape_.dim, H = shape_.heads;
     const double p = dropout_key ? shape_.dropout : 0.0;
     const float eps = static_cast<float>(shape_.norm_eps);
+    sel_ = {};  // a selected_backward() must follow its own forward
     act16_ = be_->bf16() && be_->bf16_activations();  // the backward reads the same buffers
     ensure(tokens_, N);
     SEQREC_CUDA_CHECK(cudaMemcpyAsync(tokens_.data(), tokens, sizeof(std::int32_t) * N,
@@ -1001,11 +1027,19 @@ class Model<Cfg, cuda::Backend> {
   cuda::DeviceBuffer<std::int32_t> rank_i32_, excl_, topk_idx_;
   cuda::DeviceBuffer<float> topk_val_;
   std::vector<std::uint8_t> valid_host_;
-  std::vector<float> hidden_host_;  // forward_hidden's result
   cuda::DeviceBuffer<std::uint8_t> valid_;
   double last_p_ = 0.0;
   std::uint64_t last_key_ = 0;
   bool act16_ = false;  // the last forward kept its GEMM-only activations in bf16
+  // The last selected_log_probs() (batch 0: none pending) and its host and device arrays.
+  struct Selection {
+    std::int32_t batch = 0, len = 0, per_row = 0;
+    std::int64_t count = 0;
+  } sel_;
+  std::vector<std::int32_t> sel_targets_, sel_host_, sel_rows_;
+  std::vector<float> sel_logp_, sel_weights_;
+  cuda::DeviceBuffer<std::int32_t> sel_i32_;  // item columns (P, J), then computed rows (P)
+  cuda::DeviceBuffer<float> sel_f32_;         // log-probabilities (P, J) / weights (P, J + 1)
 };
 
 }  // namespace seqrec

@@ -14,8 +14,10 @@
 // likelihood from falling (plain DPO lowers it while widening the margin).
 //
 // The reference's log-probabilities depend only on the fixed pairs, so they are computed once
-// before training (reference_log_probs); the policy's head is evaluated chunk by chunk so that
-// the (pairs, items) logits never exist at once.
+// before training (reference_log_probs). The full-catalogue head runs inside the model
+// (Model::selected_log_probs / selected_backward: chunked, so the (pairs, items) logits never
+// exist at once, and on a device model on the device); only the per-pair log-probabilities and
+// their gradients come back here, where the preference loss is scored.
 #pragma once
 
 #include <algorithm>
@@ -318,131 +320,78 @@ struct PairStats {
   }
 };
 
-/// The head over P pair rows: H (P, D) hidden states, W (I, D) item table (items only), tokens
-/// (P, 1+K) [chosen, rejected…]. Writes the policy log-probabilities (P, 1+K) when logp is set.
-/// With reference log-probabilities and dH set, also scores the preference loss, adds
-/// scale · d loss / d W into dW (unless null) and writes scale · d loss / d H into dH.
-template <typename T>
-PairStats pair_head(const T* H, const T* W, std::int64_t P, std::int64_t I, std::int64_t D,
-                    const std::int32_t* tokens, std::int32_t K, const double* reference,
-                    const DpoOptions& o, double scale, double* logp, T* dH, T* dW,
-                    AlignedVector<T>& workspace) {
+/// Scores P pairs from their policy log-probabilities logp (P, 1+K) [chosen, rejected…] and the
+/// reference's: returns the summed statistics and writes g (P, 1+K) = d loss / d logp per pair.
+/// Summed serially in pair order, so the statistics do not depend on the thread count.
+inline PairStats score_pairs(const DpoOptions& o, std::int32_t K, std::int64_t P,
+                             const double* logp, const double* reference, double* g) {
   const std::int64_t J = 1 + K;
-  const std::int64_t chunk = std::max<std::int64_t>(1, std::min<std::int64_t>(P, (1 << 22) / I));
-  workspace.resize(static_cast<std::size_t>(chunk * I));
-  CMapRM<T> Wm(W, I, D);
-  PairStats total;
-  std::vector<double> lp(static_cast<std::size_t>(chunk * J)), g(lp.size());
-  for (std::int64_t r0 = 0; r0 < P; r0 += chunk) {
-    const std::int64_t R = std::min(chunk, P - r0);
-    MapRM<T> Z(workspace.data(), R, I);
-    CMapRM<T> Hc(H + r0 * D, R, D);
-    assign_product(Z, Hc, Wm.transpose());
-    double s_loss = 0, s_margin = 0, s_accuracy = 0, s_delta = 0;
-#pragma omp parallel for schedule(static) reduction(+ : s_loss, s_margin, s_accuracy, s_delta)
-    for (std::int64_t r = 0; r < R; ++r) {
-      T* z = Z.data() + r * I;
-      const T mx = *std::max_element(z, z + I);
-      double sum = 0;
-      for (std::int64_t i = 0; i < I; ++i) sum += std::exp(double(z[i] - mx));
-      const double lse = double(mx) + std::log(sum);
-      const std::int32_t* tok = tokens + (r0 + r) * J;
-      double* lpr = lp.data() + r * J;
-      for (std::int64_t j = 0; j < J; ++j) lpr[j] = double(z[tok[j] - kNumSpecialTokens]) - lse;
-      if (logp) std::copy_n(lpr, J, logp + (r0 + r) * J);
-      if (!reference) continue;
-      const double* ref = reference + (r0 + r) * J;
-      double* gr = g.data() + r * J;
-      s_loss += preference_loss(o, K, lpr, ref, gr);
-      const double uc = o.beta * (lpr[0] - ref[0]);
-      double mean_u = 0;
-      bool wins = true;
-      for (std::int64_t j = 1; j < J; ++j) {
-        const double uj = o.beta * (lpr[j] - ref[j]);
-        mean_u += uj / K;
-        wins = wins && uc > uj;
-      }
-      s_margin += uc - mean_u;
-      s_accuracy += wins ? 1.0 : 0.0;
-      s_delta += lpr[0] - ref[0];
-      if (!dH) continue;
-      // d loss / d z_i = Σ_j g_j (δ_{i,tok_j} − softmax_i)
-      double gsum = 0;
-      for (std::int64_t j = 0; j < J; ++j) gsum += gr[j];
-      for (std::int64_t i = 0; i < I; ++i) z[i] = T(-scale * gsum * std::exp(double(z[i]) - lse));
-      for (std::int64_t j = 0; j < J; ++j) z[tok[j] - kNumSpecialTokens] += T(scale * gr[j]);
+  PairStats s;
+  for (std::int64_t r = 0; r < P; ++r) {
+    const double* lp = logp + r * J;
+    const double* ref = reference + r * J;
+    s.loss += preference_loss(o, K, lp, ref, g + r * J);
+    const double uc = o.beta * (lp[0] - ref[0]);
+    double mean_u = 0;
+    bool wins = true;
+    for (std::int64_t j = 1; j < J; ++j) {
+      const double uj = o.beta * (lp[j] - ref[j]);
+      mean_u += uj / K;
+      wins = wins && uc > uj;
     }
-    if (reference) {
-      total.loss += s_loss;
-      total.margin += s_margin;
-      total.accuracy += s_accuracy;
-      total.chosen_delta += s_delta;
-      total.pairs += R;
-    }
-    if (!dH || !reference) continue;
-    MapRM<T>(dH + r0 * D, R, D).noalias() = Z * Wm;
-    if (dW) MapRM<T>(dW, I, D).noalias() += Z.transpose() * Hc;
+    s.margin += uc - mean_u;
+    s.accuracy += wins ? 1.0 : 0.0;
+    s.chosen_delta += lp[0] - ref[0];
   }
-  return total;
+  s.pairs = P;
+  return s;
 }
+
+namespace detail {
+/// The pairs of examples [begin, end): their positions in the batch's (B·L) layout and their
+/// tokens (P, 1+K) [chosen, rejected…], in pair order.
+inline void batch_pairs(const PreferenceData& data, std::size_t begin, std::size_t end,
+                        std::vector<std::int64_t>& rows, std::vector<std::int32_t>& tokens) {
+  const std::size_t L = static_cast<std::size_t>(data.len), K = std::size_t(data.negatives);
+  const std::int64_t P = data.pair_offset[end] - data.pair_offset[begin];
+  rows.resize(static_cast<std::size_t>(P));
+  tokens.resize(static_cast<std::size_t>(P) * (1 + K));
+  std::size_t k = 0;
+  for (std::size_t slot = begin * L; slot < end * L; ++slot) {
+    if (data.chosen[slot] == data::Vocabulary::kPad) continue;
+    SEQREC_CHECK(k < rows.size(), "preference data: pair offsets disagree with the chosen tokens");
+    rows[k] = static_cast<std::int64_t>(slot - begin * L);
+    tokens[k * (1 + K)] = data.chosen[slot];
+    std::copy_n(data.rejected.data() + slot * K, K, tokens.data() + k * (1 + K) + 1);
+    ++k;
+  }
+  SEQREC_CHECK(k == rows.size(), "preference data: pair offsets disagree with the chosen tokens");
+}
+}  // namespace detail
 
 /// One preference batch through `model`: examples [begin, end) of `data`, with the reference
 /// log-probabilities of all pairs (pairs × (1+K), in pair order). Returns the summed statistics;
-/// with `grad`, also adds d(mean loss)/dθ into the store (mean over the batch's pairs, MoE
-/// auxiliary losses included). Stats.loss includes the auxiliary loss times the pair count.
+/// with `grad`, also adds d(mean loss)/dθ into the model's gradients (mean over the batch's
+/// pairs, MoE auxiliary losses included). Stats.loss includes the auxiliary loss times the pair
+/// count. The head runs where the model lives (Model::selected_log_probs): on a device model
+/// only the (pairs × (1+K)) log-probabilities and their gradients cross to the host.
 template <typename Model>
 PairStats preference_step(Model& model, const PreferenceData& data, std::size_t begin,
                           std::size_t end, const std::vector<double>& reference,
                           const DpoOptions& o, std::uint64_t dropout_key, bool grad) {
-  using T = typename Model::T;
-  const std::int32_t L = data.len, K = data.negatives;
-  const std::int64_t D = model.shape().dim, I = model.num_items(), J = 1 + K;
-  const std::int32_t B = static_cast<std::int32_t>(end - begin);
+  const std::int32_t L = data.len, K = data.negatives, J = 1 + K;
   const std::int64_t first_pair = data.pair_offset[begin];
   const std::int64_t P = data.pair_offset[end] - first_pair;
-  const T* h = model.forward_hidden(data.inputs.data() + begin * L, B, L, dropout_key);
-  AlignedVector<T> hp(static_cast<std::size_t>(P * D)), dhp, dh, ws;
-  std::vector<std::int32_t> tokens(static_cast<std::size_t>(P * J));
-  std::vector<std::int64_t> rows(static_cast<std::size_t>(P));
-  std::int64_t k = 0;
-  for (std::int64_t r = 0; r < std::int64_t{B} * L; ++r) {
-    const std::size_t slot = begin * std::size_t(L) + std::size_t(r);
-    if (data.chosen[slot] == data::Vocabulary::kPad) continue;
-    rows[k] = r;
-    std::copy_n(h + r * D, D, hp.data() + k * D);
-    tokens[k * J] = data.chosen[slot];
-    std::copy_n(data.rejected.data() + slot * K, K, tokens.data() + k * J + 1);
-    ++k;
-  }
-  SEQREC_CHECK(k == P, "preference data: pair offsets disagree with the chosen tokens");
   if (P == 0) return {};
-  auto& store = model.parameters();
-  const auto item = model.item_embedding();
-  const bool table_grad = grad && !store.entry(item).frozen;
-  if (grad) dhp.resize(hp.size());
-  // A device model: the head runs here on the host, so it needs the current table on the host and
-  // its table gradient goes back into the device gradient afterwards.
-  AlignedVector<T> dtable;
-  T* dtable_ptr = table_grad ? store.grad(item) + kNumSpecialTokens * D : nullptr;
-  if constexpr (DeviceResident<Model>) {
-    model.download_tensor(item);
-    if (table_grad) {
-      dtable.assign(static_cast<std::size_t>(I * D), T(0));
-      dtable_ptr = dtable.data();
-    }
-  }
-  PairStats s = pair_head<T>(hp.data(), store.value(item) + kNumSpecialTokens * D, P, I, D,
-                             tokens.data(), K, reference.data() + first_pair * J, o,
-                             1.0 / double(P), nullptr, grad ? dhp.data() : nullptr, dtable_ptr, ws);
-  if constexpr (DeviceResident<Model>)
-    if (table_grad) model.add_to_grad(item, kNumSpecialTokens * D, dtable.data(), I * D);
+  std::vector<std::int64_t> rows;
+  std::vector<std::int32_t> tokens;
+  detail::batch_pairs(data, begin, end, rows, tokens);
+  std::vector<double> logp(static_cast<std::size_t>(P * J)), g(logp.size());
+  model.selected_log_probs(data.inputs.data() + begin * L, static_cast<std::int32_t>(end - begin),
+                           L, dropout_key, rows.data(), P, tokens.data(), J, logp.data());
+  PairStats s = score_pairs(o, K, P, logp.data(), reference.data() + first_pair * J, g.data());
   s.loss += model.aux_loss() * double(P);
-  if (grad) {
-    dh.assign(static_cast<std::size_t>(std::int64_t{B} * L * D), T(0));
-    for (std::int64_t q = 0; q < P; ++q)
-      std::copy_n(dhp.data() + q * D, D, dh.data() + rows[q] * D);
-    model.backward_hidden(dh.data(), B, L);
-  }
+  if (grad) model.selected_backward(g.data(), 1.0 / double(P));
   return s;
 }
 
@@ -451,32 +400,17 @@ PairStats preference_step(Model& model, const PreferenceData& data, std::size_t 
 template <typename Model>
 std::vector<double> reference_log_probs(Model& model, const PreferenceData& data,
                                         std::int32_t batch = 256) {
-  using T = typename Model::T;
-  const std::int32_t L = data.len, K = data.negatives;
-  const std::int64_t D = model.shape().dim, I = model.num_items(), J = 1 + K;
+  const std::int32_t L = data.len, J = 1 + data.negatives;
   std::vector<double> out(data.pairs() * static_cast<std::size_t>(J));
-  AlignedVector<T> hp, ws;
+  std::vector<std::int64_t> rows;
   std::vector<std::int32_t> tokens;
-  if constexpr (DeviceResident<Model>) model.download_tensor(model.item_embedding());
-  const auto& store = model.parameters();
-  const T* W = store.value(model.item_embedding()) + kNumSpecialTokens * D;
   for (std::size_t b0 = 0; b0 < data.examples(); b0 += std::size_t(batch)) {
     const std::size_t b1 = std::min(data.examples(), b0 + std::size_t(batch));
     const std::int64_t first = data.pair_offset[b0], P = data.pair_offset[b1] - first;
     if (P == 0) continue;
-    const T* h = model.forward_hidden(data.inputs.data() + b0 * L, std::int32_t(b1 - b0), L, 0);
-    hp.resize(static_cast<std::size_t>(P * D));
-    tokens.resize(static_cast<std::size_t>(P * J));
-    std::int64_t k = 0;
-    for (std::size_t slot = b0 * L; slot < b1 * L; ++slot) {
-      if (data.chosen[slot] == data::Vocabulary::kPad) continue;
-      std::copy_n(h + std::int64_t(slot - b0 * L) * D, D, hp.data() + k * D);
-      tokens[k * J] = data.chosen[slot];
-      std::copy_n(data.rejected.data() + slot * K, K, tokens.data() + k * J + 1);
-      ++k;
-    }
-    pair_head<T>(hp.data(), W, P, I, D, tokens.data(), K, nullptr, {}, 0.0, out.data() + first * J,
-                 nullptr, nullptr, ws);
+    detail::batch_pairs(data, b0, b1, rows, tokens);
+    model.selected_log_probs(data.inputs.data() + b0 * L, static_cast<std::int32_t>(b1 - b0), L, 0,
+                             rows.data(), P, tokens.data(), J, out.data() + first * J);
   }
   return out;
 }

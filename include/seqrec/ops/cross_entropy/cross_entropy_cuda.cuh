@@ -1,16 +1,23 @@
-// Softmax cross-entropy over the item catalogue on the GPU, fp32, fused with the tied output
-// projection and chunked over rows, matching ops/cross_entropy/cross_entropy_cpu.hpp.
+// Softmax over the item catalogue on the GPU, fused with the tied output projection and chunked
+// over rows, matching ops/cross_entropy/cross_entropy_cpu.hpp: the cross-entropy of training, and
+// the selected log-probabilities of DPO's head (cross-entropy is its case of one column per row
+// with gradient −1).
 //
-// The scored rows (targets ≥ first_item) are listed on the host (one small copy of the targets,
-// which also validates them as the CPU op does). Then for each chunk of at most C rows:
+// One routine (detail::softmax_head) serves both. For each chunk of at most C listed rows:
 //   Hc (C, D)      = gather of the chunk's rows of h                      (kernel)
 //   Z  (C, I)      = Hc · Wᵀ                                           (cuBLASLt, fp32 compute)
-//   per row (one block): max, logsumexp, loss = lse − z_t, and in place
-//   Z ← G = (softmax(z) − onehot(t)) · grad_scale                       (kernel, fixed order)
+//   per row (one block): max, logsumexp, out(r, j) = z[col(r, j)] − lse for the row's J columns,
+//   and, with gradient weights w (d loss / d out), in place
+//   Z ← G = Σ_j w_j · onehot(col_j) − (Σ_j w_j) · softmax(z)              (kernel, fixed order)
 //   dHc (C, D)     = G · W, scattered back to dh's rows                   (cuBLASLt + kernel)
 //   dW  (I, D)    += Gᵀ · Hc                                              (cuBLASLt, beta = 1)
+// Cross-entropy knows its weights before the pass (w = −grad_scale) and runs forward and
+// backward in one pass. DPO's weights depend on the log-probabilities of the whole pair, so it
+// runs a forward (selected_log_softmax), scores the pairs on the host, and a backward
+// (selected_log_softmax_backward) that recomputes each chunk's Z with the same GEMM — the same
+// bits — before forming G.
 // In the backend's bf16 mode, Hc, G and W enter the three GEMMs as bf16 (fp32 accumulation, fp32
-// Z and dHc); the softmax and the loss are computed in fp32 from the fp32 Z.
+// Z and dHc); the softmax and the log-probabilities are computed in fp32 from the fp32 Z.
 // Per-row losses stay on the device and are summed on the host in double in row order, exactly as
 // the CPU op sums them. Every reduction has a fixed order, so results repeat bit for bit.
 #pragma once
@@ -70,34 +77,45 @@ static __global__ void cross_entropy_scatter_kernel(const float* __restrict__ dh
   dh[static_cast<std::int64_t>(rows[r]) * d + j] = dhc[i];
 }
 
-/// One block per row of z (c, I), row stride ldz: loss[i] = logsumexp(z_i) − z_i[t_i]; when
-/// with_grad, G_i = (softmax(z_i) − onehot(t_i)) · grad_scale is written over z_i, or, when g16 is
-/// not null, into g16 rounded to bf16 instead (same stride). target_items (c) in [0, I).
-static __global__ void cross_entropy_forward_backward_kernel(
-    float* __restrict__ z, const std::int32_t* __restrict__ target_items, float* __restrict__ loss,
-    std::int64_t items, std::int64_t ldz, float grad_scale, int with_grad,
-    __nv_bfloat16* __restrict__ g16) {
+/// One block per row of z (c, I), row stride ldz; the row's J item columns are cols (c, J) in
+/// [0, I). out (c, J) (unless null) = z[col] − logsumexp(z). When with_grad, with the row's
+/// weights w_j = weights[r·(J+1) + 1 + j] and their sum weights[r·(J+1)] (or, when weights is
+/// null, every w_j = weight and the sum J·weight), G = Σ_j w_j onehot(col_j) − (Σ_j w_j)·softmax(z)
+/// is written over z, or, when g16 is not null, into g16 rounded to bf16 instead (same stride).
+/// Dynamic shared memory: J ints (the row's columns).
+static __global__ void softmax_head_kernel(float* __restrict__ z, std::int64_t items,
+                                           std::int64_t ldz, const std::int32_t* __restrict__ cols,
+                                           int per_row, float* __restrict__ out,
+                                           const float* __restrict__ weights, float weight,
+                                           int with_grad, __nv_bfloat16* __restrict__ g16) {
   __shared__ float scratch[32];
-  float* zr = z + static_cast<std::int64_t>(blockIdx.x) * ldz;
-  const std::int64_t t = target_items[blockIdx.x];
+  extern __shared__ std::int32_t row_cols[];
+  const std::int64_t r = blockIdx.x;
+  float* zr = z + r * ldz;
+  for (int j = threadIdx.x; j < per_row; j += blockDim.x) row_cols[j] = cols[r * per_row + j];
   float mx = -INFINITY;
-  for (std::int64_t j = threadIdx.x; j < items; j += blockDim.x) mx = fmaxf(mx, zr[j]);
-  mx = detail::block_reduce(mx, scratch, detail::MaxOp{});
+  for (std::int64_t i = threadIdx.x; i < items; i += blockDim.x) mx = fmaxf(mx, zr[i]);
+  mx = detail::block_reduce(mx, scratch, detail::MaxOp{});  // its __syncthreads publish row_cols
   float sum = 0.f;
-  for (std::int64_t j = threadIdx.x; j < items; j += blockDim.x) sum += expf(zr[j] - mx);
+  for (std::int64_t i = threadIdx.x; i < items; i += blockDim.x) sum += expf(zr[i] - mx);
   sum = detail::block_reduce(sum, scratch, detail::SumOp{});
   const float lse = mx + logf(sum);
-  const float zt = zr[t];  // every thread reads it before any thread overwrites z below
-  if (threadIdx.x == 0) loss[blockIdx.x] = lse - zt;
+  if (out != nullptr)
+    for (int j = threadIdx.x; j < per_row; j += blockDim.x)
+      out[r * per_row + j] = zr[row_cols[j]] - lse;
   if (!with_grad) return;
-  __syncthreads();
-  __nv_bfloat16* gr = g16 != nullptr ? g16 + static_cast<std::int64_t>(blockIdx.x) * ldz : nullptr;
-  for (std::int64_t j = threadIdx.x; j < items; j += blockDim.x) {
-    const float g = expf(zr[j] - lse) * grad_scale - (j == t ? grad_scale : 0.f);
+  __syncthreads();  // every z[col] above is read before any thread overwrites z below
+  const float* w = weights != nullptr ? weights + r * (per_row + 1) : nullptr;
+  const float neg_total = -(w != nullptr ? w[0] : weight * static_cast<float>(per_row));
+  __nv_bfloat16* gr = g16 != nullptr ? g16 + r * ldz : nullptr;
+  for (std::int64_t i = threadIdx.x; i < items; i += blockDim.x) {
+    float g = expf(zr[i] - lse) * neg_total;
+    for (int j = 0; j < per_row; ++j)
+      if (row_cols[j] == i) g += w != nullptr ? w[1 + j] : weight;
     if (gr != nullptr)
-      gr[j] = __float2bfloat16_rn(g);  // the GEMMs read only the bf16 copy
+      gr[i] = __float2bfloat16_rn(g);  // the GEMMs read only the bf16 copy
     else
-      zr[j] = g;
+      zr[i] = g;
   }
 }
 
@@ -113,6 +131,96 @@ static __global__ void cross_entropy_gather_bf16_kernel(const float* __restrict_
   hc[r * ldh + j] = __float2bfloat16_rn(h[static_cast<std::int64_t>(rows[r]) * d + j]);
 }
 
+namespace detail {
+
+/// The rows softmax_head works on and how their gradient is formed. Device pointers.
+struct HeadRows {
+  const std::int32_t* rows = nullptr;  // (P) rows of h
+  std::int64_t count = 0;              // P
+  const std::int32_t* cols = nullptr;  // (P, J) item columns
+  int per_row = 1;                     // J
+  const float* weights = nullptr;  // (P, J + 1) [Σ_j w_j, w_1 … w_J]; null: every w_j = weight
+  float weight = 0.f;
+};
+
+/// The chunked pass described at the top of this file over the listed rows of h (N, D) against
+/// items (I, D). out (P, J) (may be null) receives the log-probabilities; with_grad forms G from
+/// the weights, then dh (N, D) — overwritten, zero for unlisted rows, may be null — and ditems
+/// (I, D) (accumulated, may be null). C: rows whose logits exist at once.
+inline void softmax_head(Backend& be, std::int64_t N, std::int64_t D, std::int64_t I,
+                         std::int64_t C, const float* h, const HeadRows& r, const float* items,
+                         float* out, bool with_grad, float* dh, float* ditems) {
+  const std::int64_t P = r.count;
+  if (dh != nullptr && N > 0)
+    SEQREC_CUDA_CHECK(cudaMemsetAsync(dh, 0, sizeof(float) * N * D, be.stream()));
+  if (P == 0) return;
+  C = std::max<std::int64_t>(1, std::min<std::int64_t>(C, P));
+  const std::size_t smem = sizeof(std::int32_t) * static_cast<std::size_t>(r.per_row);
+  SEQREC_CHECK(smem <= 48 * 1024, "softmax head (CUDA): at most 12288 columns per row, got " +
+                                      std::to_string(r.per_row));
+  const bool bf16 = be.bf16();
+  // bf16: operands rounded to bf16 (fp32 accumulation); Hc and G are produced in bf16 by the
+  // gather and softmax kernels, the item table's bf16 copy is cached by the backend until the
+  // weights change. Rows of Z and G are padded to a multiple of 8 elements (16-byte aligned bf16
+  // rows, which the tensor-core GEMM kernels want); rows of the bf16 copies to bf16_ld(D).
+  const std::int64_t ldz = bf16 ? (I + 7) / 8 * 8 : I;
+  const std::int64_t ldd = bf16 ? bf16_ld(D) : D;
+  auto logits = be.buffer<float>(static_cast<std::size_t>(C * ldz));
+  auto hc = be.buffer<float>(bf16 ? 0 : static_cast<std::size_t>(C * D));
+  auto hc16 = be.buffer<__nv_bfloat16>(bf16 ? static_cast<std::size_t>(C * ldd) : 0);
+  auto g16 = be.buffer<__nv_bfloat16>(bf16 && with_grad ? static_cast<std::size_t>(C * ldz) : 0);
+  auto dhc = be.buffer<float>(with_grad && dh != nullptr ? static_cast<std::size_t>(C * D) : 0);
+  const __nv_bfloat16* items16 =
+      bf16 ? be.cached_bf16(items, I, D, D, ldd,
+                            [&](__nv_bfloat16* dst) { cast_to_bf16(be, items, I, D, D, dst, ldd); })
+           : nullptr;
+  for (std::int64_t c0 = 0; c0 < P; c0 += C) {
+    const std::int64_t c = std::min<std::int64_t>(C, P - c0);
+    const unsigned ew_blocks = static_cast<unsigned>((c * D + 255) / 256);
+    if (bf16) {
+      cross_entropy_gather_bf16_kernel<<<ew_blocks, 256, 0, be.stream()>>>(h, r.rows + c0,
+                                                                           hc16.data(), c, D, ldd);
+      SEQREC_CUDA_CHECK_LAUNCH();
+      // Z (c, I) = Hc (c, D) · Wᵀ, W (I, D).
+      gemm_lt(be, CUDA_R_16BF, false, true, c, I, D, 1.f, hc16.data(), ldd, items16, ldd, 0.f,
+              logits.data(), ldz);
+    } else {
+      cross_entropy_gather_kernel<<<ew_blocks, 256, 0, be.stream()>>>(h, r.rows + c0, hc.data(), c,
+                                                                      D);
+      SEQREC_CUDA_CHECK_LAUNCH();
+      gemm_rm(be, false, true, c, I, D, 1.f, hc.data(), D, items, D, 0.f, logits.data(), I);
+    }
+    softmax_head_kernel<<<static_cast<unsigned>(c), detail::kCeThreads, smem, be.stream()>>>(
+        logits.data(), I, ldz, r.cols + c0 * r.per_row, r.per_row,
+        out != nullptr ? out + c0 * r.per_row : nullptr,
+        r.weights != nullptr ? r.weights + c0 * (r.per_row + 1) : nullptr, r.weight,
+        with_grad ? 1 : 0, bf16 && with_grad ? g16.data() : nullptr);
+    SEQREC_CUDA_CHECK_LAUNCH();
+    if (!with_grad) continue;
+    if (dh != nullptr) {
+      // dHc (c, D) = G (c, I) · W (I, D), scattered to the rows of dh.
+      if (bf16)
+        gemm_lt(be, CUDA_R_16BF, false, false, c, D, I, 1.f, g16.data(), ldz, items16, ldd, 0.f,
+                dhc.data(), D);
+      else
+        gemm_rm(be, false, false, c, D, I, 1.f, logits.data(), I, items, D, 0.f, dhc.data(), D);
+      cross_entropy_scatter_kernel<<<ew_blocks, 256, 0, be.stream()>>>(dhc.data(), r.rows + c0, dh,
+                                                                       c, D);
+      SEQREC_CUDA_CHECK_LAUNCH();
+    }
+    // dW (I, D) += Gᵀ (I, c) · Hc (c, D).
+    if (ditems != nullptr) {
+      if (bf16)
+        gemm_lt(be, CUDA_R_16BF, true, false, I, D, c, 1.f, g16.data(), ldz, hc16.data(), ldd, 1.f,
+                ditems, D);
+      else
+        gemm_rm(be, true, false, I, D, c, 1.f, logits.data(), I, hc.data(), D, 1.f, ditems, D);
+    }
+  }
+}
+
+}  // namespace detail
+
 /// Returns the summed loss (double) and writes the number of scored rows to *count. Device
 /// pointers: h (N, D); targets (N), values < first_item mean "no target"; items (I, D), the item
 /// block of the tied table. dh (N, D) is overwritten (zero for unscored rows) and ditems (I, D)
@@ -124,7 +232,7 @@ template <typename Shape>
 double cross_entropy_forward_backward(Backend& be, const Shape& s, const float* h,
                                       const std::int32_t* targets, const float* items, float* dh,
                                       float* ditems, float grad_scale, std::int64_t* count) {
-  const std::int64_t D = s.dim, I = s.num_items;
+  const std::int64_t I = s.num_items;
   SEQREC_CHECK(s.rows < (std::int64_t{1} << 31), "cross_entropy (CUDA): N must be < 2^31");
   // List the scored rows on the host, validating targets exactly as the CPU op does.
   std::vector<std::int32_t> tgt(static_cast<std::size_t>(s.rows));
@@ -133,112 +241,77 @@ double cross_entropy_forward_backward(Backend& be, const Shape& s, const float* 
                                       cudaMemcpyDeviceToHost, be.stream()));
     be.synchronize();
   }
-  std::vector<std::int32_t> rows, tItems;
-  rows.reserve(tgt.size());
-  tItems.reserve(tgt.size());
+  std::vector<std::int32_t> list;  // the scored rows, then their item columns
+  list.reserve(2 * tgt.size());
   for (std::int64_t r = 0; r < s.rows; ++r) {
     const std::int32_t t = tgt[static_cast<std::size_t>(r)];
     if (t >= s.first_item) {
       SEQREC_CHECK(t - s.first_item < I, "target token out of the item range (row " +
                                              std::to_string(r) + ", token " + std::to_string(t) +
                                              ")");
-      rows.push_back(static_cast<std::int32_t>(r));
-      tItems.push_back(t - s.first_item);
+      list.push_back(static_cast<std::int32_t>(r));
     }
   }
-  const bool with_grad = dh != nullptr || ditems != nullptr;
-  if (dh != nullptr && s.rows > 0)
-    SEQREC_CUDA_CHECK(cudaMemsetAsync(dh, 0, sizeof(float) * s.rows * D, be.stream()));
-  const std::int64_t n_scored = static_cast<std::int64_t>(rows.size());
+  const std::int64_t n_scored = static_cast<std::int64_t>(list.size());
+  for (std::int64_t k = 0; k < n_scored; ++k)
+    list.push_back(tgt[static_cast<std::size_t>(list[static_cast<std::size_t>(k)])] - s.first_item);
   *count = n_scored;
-  if (n_scored == 0) return 0.0;
-  const std::int64_t C = std::max<std::int64_t>(1, std::min<std::int64_t>(s.chunk_rows, n_scored));
-
-  auto d_rows = be.buffer<std::int32_t>(rows.size());
-  auto d_titems = be.buffer<std::int32_t>(rows.size());
-  auto d_loss = be.buffer<float>(rows.size());
-  auto logits = be.buffer<float>(be.bf16() ? 0 : static_cast<std::size_t>(C * I));
-  auto hc = be.buffer<float>(be.bf16() ? 0 : static_cast<std::size_t>(C * D));
-  auto dhc = be.buffer<float>(dh != nullptr ? static_cast<std::size_t>(C * D) : 0);
-  SEQREC_CUDA_CHECK(cudaMemcpyAsync(d_rows.data(), rows.data(), d_rows.bytes(),
-                                    cudaMemcpyHostToDevice, be.stream()));
-  SEQREC_CUDA_CHECK(cudaMemcpyAsync(d_titems.data(), tItems.data(), d_titems.bytes(),
-                                    cudaMemcpyHostToDevice, be.stream()));
-
-  if (be.bf16()) {
-    // bf16 operands, fp32 accumulation: Hc and G are produced in bf16 by the gather and softmax
-    // kernels; the item table's bf16 copy is cached by the backend until the weights change.
-    // Rows of Z and G are padded to a multiple of 8 elements (16-byte aligned bf16 rows), which
-    // the tensor-core GEMM kernels want.
-    const std::int64_t ldz = (I + 7) / 8 * 8;
-    auto logits16 = be.buffer<float>(static_cast<std::size_t>(C * ldz));
-    auto hc16 = be.buffer<__nv_bfloat16>(static_cast<std::size_t>(C * bf16_ld(D)));
-    auto g16 = be.buffer<__nv_bfloat16>(with_grad ? static_cast<std::size_t>(C * ldz) : 0);
-    // Rows of the bf16 copies are padded to 16 bytes (bf16_ld; D = 64 or 1024 needs none).
-    const std::int64_t ldd = bf16_ld(D);
-    const __nv_bfloat16* items16 = be.cached_bf16(items, I, D, D, ldd, [&](__nv_bfloat16* dst) {
-      cast_to_bf16(be, items, I, D, D, dst, ldd);
-    });
-    for (std::int64_t c0 = 0; c0 < n_scored; c0 += C) {
-      const std::int64_t c = std::min<std::int64_t>(C, n_scored - c0);
-      const unsigned ew_blocks = static_cast<unsigned>((c * D + 255) / 256);
-      cross_entropy_gather_bf16_kernel<<<ew_blocks, 256, 0, be.stream()>>>(h, d_rows.data() + c0,
-                                                                           hc16.data(), c, D, ldd);
-      SEQREC_CUDA_CHECK_LAUNCH();
-      // Z (c, I) = Hc (c, D) · Wᵀ, W (I, D).
-      gemm_lt(be, CUDA_R_16BF, false, true, c, I, D, 1.f, hc16.data(), ldd, items16, ldd, 0.f,
-              logits16.data(), ldz);
-      cross_entropy_forward_backward_kernel<<<static_cast<unsigned>(c), detail::kCeThreads, 0,
-                                              be.stream()>>>(
-          logits16.data(), d_titems.data() + c0, d_loss.data() + c0, I, ldz, grad_scale,
-          with_grad ? 1 : 0, with_grad ? g16.data() : nullptr);
-      SEQREC_CUDA_CHECK_LAUNCH();
-      if (dh != nullptr) {
-        // dHc (c, D) = G (c, I) · W (I, D).
-        gemm_lt(be, CUDA_R_16BF, false, false, c, D, I, 1.f, g16.data(), ldz, items16, ldd, 0.f,
-                dhc.data(), D);
-        cross_entropy_scatter_kernel<<<ew_blocks, 256, 0, be.stream()>>>(
-            dhc.data(), d_rows.data() + c0, dh, c, D);
-        SEQREC_CUDA_CHECK_LAUNCH();
-      }
-      // dW (I, D) += Gᵀ (I, c) · Hc (c, D).
-      if (ditems != nullptr)
-        gemm_lt(be, CUDA_R_16BF, true, false, I, D, c, 1.f, g16.data(), ldz, hc16.data(), ldd, 1.f,
-                ditems, D);
-    }
-  } else {
-    for (std::int64_t c0 = 0; c0 < n_scored; c0 += C) {
-      const std::int64_t c = std::min<std::int64_t>(C, n_scored - c0);
-      const unsigned ew_blocks = static_cast<unsigned>((c * D + 255) / 256);
-      cross_entropy_gather_kernel<<<ew_blocks, 256, 0, be.stream()>>>(h, d_rows.data() + c0,
-                                                                      hc.data(), c, D);
-      SEQREC_CUDA_CHECK_LAUNCH();
-      // Z (c, I) = Hc (c, D) · Wᵀ, W (I, D).
-      gemm_rm(be, false, true, c, I, D, 1.f, hc.data(), D, items, D, 0.f, logits.data(), I);
-      cross_entropy_forward_backward_kernel<<<static_cast<unsigned>(c), detail::kCeThreads, 0,
-                                              be.stream()>>>(logits.data(), d_titems.data() + c0,
-                                                             d_loss.data() + c0, I, I, grad_scale,
-                                                             with_grad ? 1 : 0, nullptr);
-      SEQREC_CUDA_CHECK_LAUNCH();
-      if (dh != nullptr) {
-        // dHc (c, D) = G (c, I) · W (I, D).
-        gemm_rm(be, false, false, c, D, I, 1.f, logits.data(), I, items, D, 0.f, dhc.data(), D);
-        cross_entropy_scatter_kernel<<<ew_blocks, 256, 0, be.stream()>>>(
-            dhc.data(), d_rows.data() + c0, dh, c, D);
-        SEQREC_CUDA_CHECK_LAUNCH();
-      }
-      // dW (I, D) += Gᵀ (I, c) · Hc (c, D).
-      if (ditems != nullptr)
-        gemm_rm(be, true, false, I, D, c, 1.f, logits.data(), I, hc.data(), D, 1.f, ditems, D);
-    }
+  const bool with_grad = dh != nullptr || ditems != nullptr;
+  if (n_scored == 0) {
+    if (dh != nullptr && s.rows > 0)
+      SEQREC_CUDA_CHECK(cudaMemsetAsync(dh, 0, sizeof(float) * s.rows * s.dim, be.stream()));
+    return 0.0;
   }
-  std::vector<float> row_loss(rows.size());
-  SEQREC_CUDA_CHECK(cudaMemcpyAsync(row_loss.data(), d_loss.data(), d_loss.bytes(),
+  auto d_list = be.buffer<std::int32_t>(list.size());
+  auto d_logp = be.buffer<float>(static_cast<std::size_t>(n_scored));
+  SEQREC_CUDA_CHECK(cudaMemcpyAsync(d_list.data(), list.data(), d_list.bytes(),
+                                    cudaMemcpyHostToDevice, be.stream()));
+  detail::HeadRows rows;
+  rows.rows = d_list.data();
+  rows.count = n_scored;
+  rows.cols = d_list.data() + n_scored;
+  rows.weight = -grad_scale;  // loss = −log p: G = softmax·grad_scale − onehot·grad_scale
+  detail::softmax_head(be, s.rows, s.dim, I, s.chunk_rows, h, rows, items, d_logp.data(), with_grad,
+                       dh, ditems);
+  std::vector<float> logp(static_cast<std::size_t>(n_scored));
+  SEQREC_CUDA_CHECK(cudaMemcpyAsync(logp.data(), d_logp.data(), d_logp.bytes(),
                                     cudaMemcpyDeviceToHost, be.stream()));
   be.synchronize();
   double loss = 0;
-  for (float v : row_loss) loss += static_cast<double>(v);
+  for (float v : logp) loss -= static_cast<double>(v);
   return loss;
+}
+
+/// Selected log-probabilities (DPO's head; ops::selected_log_softmax on the CPU): for the P rows
+/// `rows` of h (N, D) and their J item columns cols (P, J), logp (P, J) = z[col] − logsumexp(z)
+/// with z = h_r · itemsᵀ. Device pointers; asynchronous. C: rows whose logits exist at once.
+inline void selected_log_softmax(Backend& be, std::int64_t N, std::int64_t D, std::int64_t I,
+                                 std::int64_t C, const float* h, const std::int32_t* rows,
+                                 std::int64_t P, const std::int32_t* cols, int J,
+                                 const float* items, float* logp) {
+  detail::HeadRows r;
+  r.rows = rows;
+  r.count = P;
+  r.cols = cols;
+  r.per_row = J;
+  detail::softmax_head(be, N, D, I, C, h, r, items, logp, false, nullptr, nullptr);
+}
+
+/// Its backward from weights (P, J + 1) = [Σ_j w_j, w_1 … w_J] per row, w = scale · d loss / d logp
+/// (the sum formed on the host in double): dh (N, D) overwritten (zero outside the rows), ditems
+/// (I, D) accumulated unless null. Recomputes each chunk's logits with the forward's GEMM.
+inline void selected_log_softmax_backward(Backend& be, std::int64_t N, std::int64_t D,
+                                          std::int64_t I, std::int64_t C, const float* h,
+                                          const std::int32_t* rows, std::int64_t P,
+                                          const std::int32_t* cols, int J, const float* items,
+                                          const float* weights, float* dh, float* ditems) {
+  detail::HeadRows r;
+  r.rows = rows;
+  r.count = P;
+  r.cols = cols;
+  r.per_row = J;
+  r.weights = weights;
+  detail::softmax_head(be, N, D, I, C, h, r, items, nullptr, true, dh, ditems);
 }
 
 }  // namespace seqrec::cuda

@@ -296,7 +296,6 @@ class Model<Cfg, cuda::Backend> {
     for (std::int64_t r = 0; r < N; ++r) count += targets[r] >= kNumSpecialTokens;
     if (num_targets) *num_targets = count;
     if (count == 0) return 0.0;
-    upload_targets(targets, N);
     ensure(dh_, M * D);
     ensure(dx_, M * D);
     std::int64_t seen = 0;
@@ -304,7 +303,8 @@ class Model<Cfg, cuda::Backend> {
     {
       const cuda::ProfileScope prof(*be_, "cross-entropy (fwd + bwd)");
       loss = cuda::cross_entropy_forward_backward(
-          *be_, ce_shape(M), h_.data(), targets_.data(), value(item_emb_) + kNumSpecialTokens * D,
+          *be_, ce_shape(M), h_.data(), row_targets(targets),
+          value(item_emb_) + kNumSpecialTokens * D,
           dh_.data(),
           // A frozen table's gradient would be discarded: skip its (I, D) GEMM.
           store_.entry(item_emb_).frozen ? nullptr : grad(item_emb_) + kNumSpecialTokens * D,
@@ -318,11 +318,9 @@ class Model<Cfg, cuda::Backend> {
   double loss(const std::int32_t* inputs, const std::int32_t* targets, std::int32_t batch,
               std::int32_t len, std::uint64_t dropout_key) {
     forward(inputs, batch, len, dropout_key, targets);
-    const std::int64_t N = std::int64_t{batch} * len;
-    upload_targets(targets, N);
     std::int64_t count = 0;
     const double loss = cuda::cross_entropy_forward_backward(
-        *be_, ce_shape(rows_n_), h_.data(), targets_.data(),
+        *be_, ce_shape(rows_n_), h_.data(), row_targets(targets),
         value(item_emb_) + kNumSpecialTokens * shape_.dim, nullptr, nullptr, T(1), &count);
     return (count ? loss / double(count) : 0.0) + aux_loss();
   }
@@ -531,21 +529,12 @@ class Model<Cfg, cuda::Backend> {
     SEQREC_CUDA_CHECK(cudaMemcpyAsync(dst, src, sizeof(float) * store_.size(),
                                       cudaMemcpyDeviceToHost, be_->stream()));
   }
-  /// The targets of the rows the last forward computed (all n, or the packed rows), to the device.
-  void upload_targets(const std::int32_t* targets, std::int64_t n) {
-    const std::int32_t* src = targets;
-    if (packed_) {
-      targets_host_.resize(rows_host_.size());
-      for (std::size_t i = 0; i < rows_host_.size(); ++i) targets_host_[i] = targets[rows_host_[i]];
-      src = targets_host_.data();
-      n = static_cast<std::int64_t>(rows_host_.size());
-    }
-    ensure(targets_, n);
-    if (n > 0)
-      SEQREC_CUDA_CHECK(cudaMemcpyAsync(targets_.data(), src, sizeof(std::int32_t) * n,
-                                        cudaMemcpyHostToDevice, be_->stream()));
-    // targets_host_ must outlive the asynchronous copy: the next use of it follows a sync (the
-    // cross-entropy synchronises to return its loss).
+  /// The HOST targets of the rows the last forward computed (all of them, or the packed rows).
+  const std::int32_t* row_targets(const std::int32_t* targets) {
+    if (!packed_) return targets;
+    targets_host_.resize(rows_host_.size());
+    for (std::size_t i = 0; i < rows_host_.size(); ++i) targets_host_[i] = targets[rows_host_[i]];
+    return targets_host_.data();
   }
 
   /// Rebuilds the optimiser's tile plan when the host store's frozen flags changed.
@@ -1006,7 +995,7 @@ class Model<Cfg, cuda::Backend> {
   std::vector<char> plan_frozen_;
   cuda::RopeTable rope_;
   // Activations of the last forward and backward scratch, reused across steps.
-  cuda::DeviceBuffer<std::int32_t> tokens_, targets_;
+  cuda::DeviceBuffer<std::int32_t> tokens_;
   std::vector<cuda::DeviceBuffer<float>> resid_;  // block inputs, then the last block's output
   std::vector<BlockCache> caches_;
   // dact_: d(act) (N, F or F'), for GatedMlp then d(gate) in place; dup_: d(up) (GatedMlp).

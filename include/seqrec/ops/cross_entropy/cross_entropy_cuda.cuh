@@ -221,11 +221,12 @@ inline void softmax_head(Backend& be, std::int64_t N, std::int64_t D, std::int64
 
 }  // namespace detail
 
-/// Returns the summed loss (double) and writes the number of scored rows to *count. Device
-/// pointers: h (N, D); targets (N), values < first_item mean "no target"; items (I, D), the item
-/// block of the tied table. dh (N, D) is overwritten (zero for unscored rows) and ditems (I, D)
-/// accumulated; both may be null for a forward-only pass. Synchronises the stream (the loss is
-/// returned to the host). Shape is ops::CrossEntropyShape (cross_entropy_cpu.hpp) or any struct
+/// Returns the summed loss (double) and writes the number of scored rows to *count. targets (N)
+/// is a HOST array (the scored rows are listed on the host; the model has its targets there),
+/// values < first_item mean "no target". Device pointers: h (N, D); items (I, D), the item block
+/// of the tied table. dh (N, D) is overwritten (zero for unscored rows) and ditems (I, D)
+/// accumulated; both may be null for a forward-only pass. Synchronises the stream once, at the end
+/// (the loss is returned to the host). Shape is ops::CrossEntropyShape (cross_entropy_cpu.hpp) or any struct
 /// with its fields (rows, dim, num_items, first_item, chunk_rows); a template so that this header
 /// does not pull Eigen into nvcc.
 template <typename Shape>
@@ -234,17 +235,11 @@ double cross_entropy_forward_backward(Backend& be, const Shape& s, const float* 
                                       float* ditems, float grad_scale, std::int64_t* count) {
   const std::int64_t I = s.num_items;
   SEQREC_CHECK(s.rows < (std::int64_t{1} << 31), "cross_entropy (CUDA): N must be < 2^31");
-  // List the scored rows on the host, validating targets exactly as the CPU op does.
-  std::vector<std::int32_t> tgt(static_cast<std::size_t>(s.rows));
-  if (s.rows > 0) {
-    SEQREC_CUDA_CHECK(cudaMemcpyAsync(tgt.data(), targets, sizeof(std::int32_t) * s.rows,
-                                      cudaMemcpyDeviceToHost, be.stream()));
-    be.synchronize();
-  }
+  // List the scored rows, validating targets exactly as the CPU op does.
   std::vector<std::int32_t> list;  // the scored rows, then their item columns
-  list.reserve(2 * tgt.size());
+  list.reserve(2 * static_cast<std::size_t>(s.rows));
   for (std::int64_t r = 0; r < s.rows; ++r) {
-    const std::int32_t t = tgt[static_cast<std::size_t>(r)];
+    const std::int32_t t = targets[r];
     if (t >= s.first_item) {
       SEQREC_CHECK(t - s.first_item < I, "target token out of the item range (row " +
                                              std::to_string(r) + ", token " + std::to_string(t) +
@@ -254,7 +249,7 @@ double cross_entropy_forward_backward(Backend& be, const Shape& s, const float* 
   }
   const std::int64_t n_scored = static_cast<std::int64_t>(list.size());
   for (std::int64_t k = 0; k < n_scored; ++k)
-    list.push_back(tgt[static_cast<std::size_t>(list[static_cast<std::size_t>(k)])] - s.first_item);
+    list.push_back(targets[list[static_cast<std::size_t>(k)]] - s.first_item);
   *count = n_scored;
   const bool with_grad = dh != nullptr || ditems != nullptr;
   if (n_scored == 0) {

@@ -747,13 +747,13 @@ BENCHMARK(BM_ffn_bwd<ffn::GatedMlp>)->Name("BM_ffn_swiglu_bwd")->Apply(row_shape
 BENCHMARK(BM_ffn_fwd<Moe>)->Name("BM_ffn_moe4x2_fwd")->Apply(row_shapes);
 BENCHMARK(BM_ffn_bwd<Moe>)->Name("BM_ffn_moe4x2_bwd")->Apply(row_shapes);
 
-// ---- one training step: Model<SasRecConfig, cpu::Backend>::forward_backward
-// ---------------------- D 64, 2 layers, 2 heads, FFN 256, dropout 0.2 (the trainer's defaults),
-// max_len = L, vocabulary I + 4. Every position is a real item with a target; gradients accumulate
-// across iterations (the optimiser and zero_grads are not part of the step timed here).
+// ---- one training step: Model<SasRecConfig, cpu::Backend>::forward_backward ---------------------
+// D 64, 2 layers, 2 heads, FFN 256, dropout 0.2 (the trainer's defaults), max_len = L, vocabulary
+// I + 4. Every position is a real item with a target; gradients accumulate across iterations (the
+// optimiser and zero_grads are not part of the step timed here).
 
-void BM_model_step(benchmark::State& st) {
-  const std::int64_t B = st.range(0), L = st.range(1), I = st.range(2), N = B * L;
+/// The trainer's default model at window L over a catalogue of I items.
+seqrec::ModelShape default_model(std::int64_t L, std::int64_t I) {
   seqrec::ModelShape s;
   s.vocab_size = static_cast<std::int32_t>(I + kFirstItem);
   s.max_len = static_cast<std::int32_t>(L);
@@ -762,6 +762,12 @@ void BM_model_step(benchmark::State& st) {
   s.heads = 2;
   s.ffn_dim = 4 * s.dim;
   s.dropout = kDropout;
+  return s;
+}
+
+void BM_model_step(benchmark::State& st) {
+  const std::int64_t B = st.range(0), L = st.range(1), I = st.range(2), N = B * L;
+  const seqrec::ModelShape s = default_model(L, I);
   seqrec::Model<seqrec::SasRecConfig, seqrec::cpu::Backend> model(s, backend(), 42);
   const Tokens inputs = uniform_tokens(N, kFirstItem, s.vocab_size, 37);
   const Tokens targets = uniform_tokens(N, kFirstItem, s.vocab_size, 38);
@@ -799,14 +805,7 @@ BENCHMARK(BM_model_step)->Apply(model_shapes);
 /// 6·P·D·I), so FLOP/s is a floor; items_per_second is pairs per second.
 void BM_dpo_step(benchmark::State& st) {
   const std::int64_t B = st.range(0), L = st.range(1), I = st.range(2);
-  seqrec::ModelShape s;
-  s.vocab_size = static_cast<std::int32_t>(I + kFirstItem);
-  s.max_len = static_cast<std::int32_t>(L);
-  s.dim = 64;
-  s.layers = 2;
-  s.heads = 2;
-  s.ffn_dim = 4 * s.dim;
-  s.dropout = kDropout;
+  const seqrec::ModelShape s = default_model(L, I);
   seqrec::Model<seqrec::SasRecConfig, seqrec::cpu::Backend> model(s, backend(), 42);
   seqrec::Rng rng(43);
   std::vector<std::vector<std::int32_t>> seqs(static_cast<std::size_t>(B));

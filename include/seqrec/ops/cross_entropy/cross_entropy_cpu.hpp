@@ -94,8 +94,7 @@ double cross_entropy_forward_backward(const CrossEntropyShape& s, const T* h,
   return loss;
 }
 
-// ---- selected log-probabilities (DPO's head)
-// -----------------------------------------------------
+// ---- selected log-probabilities (DPO's head) ---------------------------------------------------
 //
 // For P rows h (P, D), z_r = h_r · Wᵀ over all I items, and for each of the row's J item columns
 // cols (P, J) in [0, I): logp(r, j) = z_r[cols(r, j)] − logsumexp(z_r). The backward takes
@@ -113,39 +112,13 @@ struct SelectedShape {
   std::int64_t chunk_rows;  // rows whose logits exist at once
 };
 
-/// logp (P, J) and lse (P) (each row's logsumexp, for the backward). The logsumexp is computed in
-/// T (one vectorised pass), log p = z − lse in double. workspace is resized as needed.
-template <typename T>
-void selected_log_softmax(const SelectedShape& s, const T* h, const std::int32_t* cols,
-                          const T* items, double* logp, double* lse, AlignedVector<T>& workspace) {
-  const std::int64_t D = s.dim, I = s.num_items, J = s.per_row;
-  const std::int64_t C = std::max<std::int64_t>(1, std::min(s.chunk_rows, s.rows));
-  workspace.resize(static_cast<std::size_t>(C * I));
-  CMapRM<T> W(items, I, D);
-  for (std::int64_t r0 = 0; r0 < s.rows; r0 += C) {
-    const std::int64_t c = std::min(C, s.rows - r0);
-    MapRM<T> Z(workspace.data(), c, I);
-    assign_product(Z, CMapRM<T>(h + r0 * D, c, D), W.transpose());
-#pragma omp parallel for schedule(static)
-    for (std::int64_t i = 0; i < c; ++i) {
-      const T* z = workspace.data() + i * I;
-      // One vectorised exp pass over the row (Eigen's SIMD exp), as in the cross-entropy.
-      Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>> zr(z, I);
-      const T mx = zr.maxCoeff();
-      const double l = double(mx + std::log((zr - mx).exp().sum()));
-      lse[r0 + i] = l;
-      for (std::int64_t j = 0; j < J; ++j)
-        logp[(r0 + i) * J + j] = double(z[cols[(r0 + i) * J + j]]) - l;
-    }
-  }
-}
-
-/// dh (P, D) is overwritten; ditems (I, D) accumulated unless null. lse from the forward.
-template <typename T>
-void selected_log_softmax_backward(const SelectedShape& s, const T* h, const std::int32_t* cols,
-                                   const T* items, const double* lse, const double* g, double scale,
-                                   T* dh, T* ditems, AlignedVector<T>& workspace) {
-  const std::int64_t D = s.dim, I = s.num_items, J = s.per_row;
+namespace detail {
+/// Calls body(r0, Hc, Z) for each chunk of at most chunk_rows rows r0 … r0 + c − 1, with
+/// Hc (c, D) their rows of h and Z (c, I) = Hc · Wᵀ in the workspace (resized as needed).
+template <typename T, typename Body>
+void for_each_logit_chunk(const SelectedShape& s, const T* h, const T* items,
+                          AlignedVector<T>& workspace, Body&& body) {
+  const std::int64_t D = s.dim, I = s.num_items;
   const std::int64_t C = std::max<std::int64_t>(1, std::min(s.chunk_rows, s.rows));
   workspace.resize(static_cast<std::size_t>(C * I));
   CMapRM<T> W(items, I, D);
@@ -154,19 +127,55 @@ void selected_log_softmax_backward(const SelectedShape& s, const T* h, const std
     MapRM<T> Z(workspace.data(), c, I);
     CMapRM<T> Hc(h + r0 * D, c, D);
     assign_product(Z, Hc, W.transpose());
-#pragma omp parallel for schedule(static)
-    for (std::int64_t i = 0; i < c; ++i) {
-      T* z = workspace.data() + i * I;
-      const std::int64_t r = r0 + i;
-      double total = 0;
-      for (std::int64_t j = 0; j < J; ++j) total += g[r * J + j];
-      Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> zr(z, I);
-      zr = (zr - T(lse[r])).exp() * T(-scale * total);
-      for (std::int64_t j = 0; j < J; ++j) z[cols[r * J + j]] += T(scale * g[r * J + j]);
-    }
-    MapRM<T>(dh + r0 * D, c, D).noalias() = Z * W;
-    if (ditems != nullptr) MapRM<T>(ditems, I, D).noalias() += Z.transpose() * Hc;
+    body(r0, Hc, Z, W);
   }
+}
+}  // namespace detail
+
+/// logp (P, J) and lse (P) (each row's logsumexp, for the backward). The logsumexp is computed in
+/// T (one vectorised pass), log p = z − lse in double. workspace is resized as needed.
+template <typename T>
+void selected_log_softmax(const SelectedShape& s, const T* h, const std::int32_t* cols,
+                          const T* items, double* logp, double* lse, AlignedVector<T>& workspace) {
+  const std::int64_t I = s.num_items, J = s.per_row;
+  detail::for_each_logit_chunk(s, h, items, workspace,
+                               [&](std::int64_t r0, const auto&, auto& Z, const auto&) {
+#pragma omp parallel for schedule(static)
+                                 for (std::int64_t i = 0; i < Z.rows(); ++i) {
+                                   const T* z = Z.data() + i * I;
+                                   // One vectorised exp pass over the row (Eigen's SIMD exp), as in
+                                   // the cross-entropy.
+                                   Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>> zr(z, I);
+                                   const T mx = zr.maxCoeff();
+                                   const double l = double(mx + std::log((zr - mx).exp().sum()));
+                                   lse[r0 + i] = l;
+                                   for (std::int64_t j = 0; j < J; ++j)
+                                     logp[(r0 + i) * J + j] = double(z[cols[(r0 + i) * J + j]]) - l;
+                                 }
+                               });
+}
+
+/// dh (P, D) is overwritten; ditems (I, D) accumulated unless null. lse from the forward.
+template <typename T>
+void selected_log_softmax_backward(const SelectedShape& s, const T* h, const std::int32_t* cols,
+                                   const T* items, const double* lse, const double* g, double scale,
+                                   T* dh, T* ditems, AlignedVector<T>& workspace) {
+  const std::int64_t D = s.dim, I = s.num_items, J = s.per_row;
+  detail::for_each_logit_chunk(
+      s, h, items, workspace, [&](std::int64_t r0, const auto& Hc, auto& Z, const auto& W) {
+        const std::int64_t c = Z.rows();
+#pragma omp parallel for schedule(static)
+        for (std::int64_t i = 0; i < c; ++i) {
+          const std::int64_t r = r0 + i;
+          double total = 0;
+          for (std::int64_t j = 0; j < J; ++j) total += g[r * J + j];
+          Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> zr(Z.data() + i * I, I);
+          zr = (zr - T(lse[r])).exp() * T(-scale * total);
+          for (std::int64_t j = 0; j < J; ++j) zr[cols[r * J + j]] += T(scale * g[r * J + j]);
+        }
+        MapRM<T>(dh + r0 * D, c, D).noalias() = Z * W;
+        if (ditems != nullptr) MapRM<T>(ditems, I, D).noalias() += Z.transpose() * Hc;
+      });
 }
 
 }  // namespace seqrec::ops

@@ -38,6 +38,9 @@
 // is now below MFU by the attention term MFU credits for the full window (the H100 table, before
 // packing, had HFU 61% against MFU 31%).
 //
+// Then DPO steps on the same model and batches (dpo_part): the device pair head
+// (selected_log_probs / selected_backward), the pairs scored on the host by train::score_pairs.
+//
 // Part 2 (--data DIR): reads DIR/interactions.tsv, builds the dataset and the study's holdout
 // split (20 % of users held out, seed 42), and times one real epoch over split.train with the
 // project's TrainBatcher (batch assembly on the host included): seconds per epoch.
@@ -63,6 +66,7 @@
 #include "seqrec/model/model_cuda.cuh"
 #include "seqrec/ops/dropout/dropout_cpu.hpp"
 #include "seqrec/train/adamw.hpp"
+#include "seqrec/train/preference_loss.hpp"
 
 namespace {
 
@@ -180,6 +184,85 @@ void profile_part(seqrec::cuda::Backend& be, GpuModel& model, const std::vector<
               wall_ms > 0 ? 100.0 * (wall_ms - gpu_ms) / wall_ms : 0.0);
 }
 
+/// DPO steps on the same model and batches: one pair per row at its last position (the chosen
+/// item is the row's last target), K = 1 rejected item drawn uniformly among the others, the
+/// reference's log-probabilities taken once from the model as it is (so the first steps start at
+/// the reference, as fine-tuning does); then per step selected_log_probs (forward + pair head),
+/// train::score_pairs on the host, selected_backward and clip + AdamW, timed like the training
+/// steps. The pair head's FLOPs (logits, dH, dW and the backward's recomputed logits:
+/// 8·P·D·I) are printed beside the model's for scale.
+void dpo_part(seqrec::cuda::Backend& be, GpuModel& model, const std::vector<Batch>& batches,
+              int steps, int warmup) {
+  if (steps <= 0) return;
+  const std::int32_t K = 1, J = 1 + K;
+  const std::int32_t items = model.num_items();
+  struct Pairs {
+    std::vector<std::int64_t> rows;
+    std::vector<std::int32_t> tokens;
+    std::vector<double> reference;
+  };
+  seqrec::Rng rng(7);
+  std::vector<Pairs> pairs(batches.size());
+  for (std::size_t i = 0; i < batches.size(); ++i) {
+    const Batch& b = batches[i];
+    Pairs& p = pairs[i];
+    for (std::int32_t r = 0; r < b.B; ++r) {
+      const std::int64_t slot = std::int64_t{r} * b.L + b.L - 1;
+      const std::int32_t chosen = b.targets[static_cast<std::size_t>(slot)];
+      if (chosen < seqrec::kNumSpecialTokens) continue;
+      std::int32_t rejected = chosen;
+      while (rejected == chosen)
+        rejected = seqrec::kNumSpecialTokens +
+                   static_cast<std::int32_t>(rng.below(static_cast<std::uint64_t>(items)));
+      p.rows.push_back(slot);
+      p.tokens.push_back(chosen);
+      p.tokens.push_back(rejected);
+    }
+    p.reference.resize(p.tokens.size());
+    model.selected_log_probs(b.inputs.data(), b.B, b.L, 0, p.rows.data(),
+                             static_cast<std::int64_t>(p.rows.size()), p.tokens.data(), J,
+                             p.reference.data());
+  }
+  const seqrec::train::AdamWOptions opt;
+  seqrec::train::DpoOptions o;
+  std::vector<double> logp, g, ms;
+  double pairs_total = 0, last_loss = 0;
+  for (int s = 0; s < warmup + steps; ++s) {
+    const std::size_t i = static_cast<std::size_t>(s) % batches.size();
+    const Batch& b = batches[i];
+    const Pairs& p = pairs[i];
+    const auto P = static_cast<std::int64_t>(p.rows.size());
+    logp.resize(p.tokens.size());
+    g.resize(p.tokens.size());
+    be.synchronize();
+    const auto t0 = Clock::now();
+    model.zero_grads();
+    model.selected_log_probs(b.inputs.data(), b.B, b.L, 0, p.rows.data(), P, p.tokens.data(), J,
+                             logp.data());
+    const auto stats =
+        seqrec::train::score_pairs(o, K, P, logp.data(), p.reference.data(), g.data());
+    model.selected_backward(g.data(), 1.0 / double(P));
+    model.optimizer_step(opt, 1e-5, s + 1, 1.0);
+    be.synchronize();
+    const double dt = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+    last_loss = stats.loss / double(P);
+    if (!std::isfinite(last_loss))
+      throw seqrec::Error("non-finite DPO loss at step " + std::to_string(s));
+    if (s < warmup) continue;
+    ms.push_back(dt);
+    pairs_total += double(P);
+  }
+  double total_ms = 0;
+  for (double x : ms) total_ms += x;
+  const double D = model.shape().dim, I = items;
+  std::printf(
+      "\nDPO (one pair per row, K = 1, policy dropout off): %d timed steps after %d warm-up: "
+      "%.1f ms/step mean, %.0f pairs/s, pair-head GEMMs %.3f TFLOP per step (loss %.4f at the "
+      "last step)\n",
+      steps, warmup, total_ms / steps, pairs_total / (total_ms / 1e3),
+      8.0 * pairs_total / steps * D * I / 1e12, last_loss);
+}
+
 void synthetic_part(seqrec::cuda::Backend& be, int steps, int warmup, int profile_steps) {
   const std::int32_t B = 1024, L = 20, vocab = 4 + 16859;
   const seqrec::ModelShape shape = study_shape(vocab);
@@ -271,6 +354,7 @@ void synthetic_part(seqrec::cuda::Backend& be, int steps, int warmup, int profil
       mem0 / kGiB, mem_model / kGiB, mem_peak / kGiB, be.allocator().live_bytes() / kGiB,
       be.allocator().cached_bytes() / kGiB);
   profile_part(be, model, batches, profile_steps, warmup + steps + 1);
+  dpo_part(be, model, batches, std::min(steps, 10), std::min(warmup, 2));
 }
 
 void data_part(seqrec::cuda::Backend& be, const std::string& dir) {

@@ -78,6 +78,13 @@ constexpr double kPeakFp32 = 67e12;   // H100/H200 SXM fp32 non-tensor, flop/s
 constexpr double kPeakBf16 = 989e12;  // H100/H200 SXM dense bf16 tensor, flop/s
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
+/// The figures of one run, printed last as one row of scripts/gpu_check.sh's results table
+/// (the line starts with "RESULT ").
+struct Summary {
+  double ms_per_step = 0, tokens_per_s = 0, mfu = 0, hfu = 0, peak_gib = 0, dpo_ms = 0;
+  double epoch_s = -1;  // -1: no --data
+};
+
 seqrec::ModelShape study_shape(std::int32_t vocab) {
   seqrec::ModelShape s;
   s.vocab_size = vocab;
@@ -192,7 +199,7 @@ void profile_part(seqrec::cuda::Backend& be, GpuModel& model, const std::vector<
 /// steps. The pair head's FLOPs (logits, dH, dW and the backward's recomputed logits:
 /// 8·P·D·I) are printed beside the model's for scale.
 void dpo_part(seqrec::cuda::Backend& be, GpuModel& model, const std::vector<Batch>& batches,
-              int steps, int warmup) {
+              int steps, int warmup, Summary& out) {
   if (steps <= 0) return;
   const std::int32_t K = 1, J = 1 + K;
   const std::int32_t items = model.num_items();
@@ -261,9 +268,11 @@ void dpo_part(seqrec::cuda::Backend& be, GpuModel& model, const std::vector<Batc
       "last step)\n",
       steps, warmup, total_ms / steps, pairs_total / (total_ms / 1e3),
       8.0 * pairs_total / steps * D * I / 1e12, last_loss);
+  out.dpo_ms = total_ms / steps;
 }
 
-void synthetic_part(seqrec::cuda::Backend& be, int steps, int warmup, int profile_steps) {
+void synthetic_part(seqrec::cuda::Backend& be, int steps, int warmup, int profile_steps,
+                    Summary& out) {
   const std::int32_t B = 1024, L = 20, vocab = 4 + 16859;
   const seqrec::ModelShape shape = study_shape(vocab);
   const std::size_t mem0 = used_bytes();
@@ -353,11 +362,16 @@ void synthetic_part(seqrec::cuda::Backend& be, int steps, int warmup, int profil
       "live, %.2f GiB cached)\n",
       mem0 / kGiB, mem_model / kGiB, mem_peak / kGiB, be.allocator().live_bytes() / kGiB,
       be.allocator().cached_bytes() / kGiB);
+  out.ms_per_step = total_ms / steps;
+  out.tokens_per_s = tokens / secs;
+  out.mfu = 100.0 * tflops * 1e12 / peak;
+  out.hfu = 100.0 * tflops_exec * 1e12 / peak;
+  out.peak_gib = mem_peak / kGiB;
   profile_part(be, model, batches, profile_steps, warmup + steps + 1);
-  dpo_part(be, model, batches, std::min(steps, 10), std::min(warmup, 2));
+  dpo_part(be, model, batches, std::min(steps, 10), std::min(warmup, 2), out);
 }
 
-void data_part(seqrec::cuda::Backend& be, const std::string& dir) {
+void data_part(seqrec::cuda::Backend& be, const std::string& dir, Summary& out) {
   const auto t0 = Clock::now();
   const auto files = seqrec::data::load_dataset_dir(dir);
   const seqrec::data::Dataset d = seqrec::data::build_dataset(files.log);
@@ -403,6 +417,7 @@ void data_part(seqrec::cuda::Backend& be, const std::string& dir) {
       "mean loss %.4f; 12 epochs ~ %.1f s\n",
       nb, B, static_cast<long long>(tokens), secs, double(tokens) / secs, loss_sum / double(nb),
       12.0 * secs);
+  out.epoch_s = secs;
 }
 
 }  // namespace
@@ -446,8 +461,23 @@ int main(int argc, char** argv) {
     SEQREC_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     std::printf("device: %s (sm_%d%d, %d SMs, %.1f GiB)\n", prop.name, prop.major, prop.minor,
                 prop.multiProcessorCount, double(prop.totalGlobalMem) / kGiB);
-    synthetic_part(be, steps, warmup, profile);
-    if (!data_dir.empty()) data_part(be, data_dir);
+    Summary sum;
+    synthetic_part(be, steps, warmup, profile, sum);
+    if (!data_dir.empty()) data_part(be, data_dir, sum);
+    const std::string mode =
+        !bf16 ? "fp32" : (fp32_activations ? "bf16, fp32 activations" : "bf16");
+    std::string epoch = "-", twelve = "-";
+    if (sum.epoch_s >= 0) {
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "%.2f", sum.epoch_s);
+      epoch = buf;
+      std::snprintf(buf, sizeof buf, "%.1f", 12.0 * sum.epoch_s);
+      twelve = buf;
+    }
+    // One row of gpu_check.sh's results table (header there).
+    std::printf("RESULT | %s | %s | %.2f | %.0f | %.1f%% | %.1f%% | %.2f | %.1f | %s | %s |\n",
+                prop.name, mode.c_str(), sum.ms_per_step, sum.tokens_per_s, sum.mfu, sum.hfu,
+                sum.peak_gib, sum.dpo_ms, epoch.c_str(), twelve.c_str());
   } catch (const std::exception& e) {
     std::printf("gpu_train_bench failed: %s\n", e.what());
     return 1;

@@ -11,7 +11,8 @@
 # adds a timed real epoch), and bf16 once more with fp32 activations (an A/B of the storage); and
 # the trainer binaries end to end with --device cuda on the embedded dataset (train_ours in bf16,
 # then dpo_finetune on its checkpoint). A failing step
-# is reported and the next one still runs; a summary table closes the output.
+# is reported and the next one still runs; a summary of the steps and one results table (the op
+# benchmark's rows, then one row per training benchmark run) close the output.
 # Exit status: 0 all good (or skipped: no GPU), 1 a test failed, 2 only a benchmark failed.
 # Environment: SEQREC_GPU_STEP_TIMEOUT (seconds per step, default 240).
 set -u
@@ -21,6 +22,8 @@ step_timeout="${SEQREC_GPU_STEP_TIMEOUT:-240}"
 tests_failed=0
 bench_failed=0
 summary=()
+logs="$(mktemp -d)"  # each step's output, for the results table
+trap 'rm -rf "$logs"' EXIT
 
 section() { printf '\n== %s\n' "$*"; }
 
@@ -37,8 +40,8 @@ run_step() {
   fi
   echo "-- $exe $*"
   local t0=$SECONDS
-  timeout "$step_timeout" "$exe" "$@"
-  local rc=$? secs=$((SECONDS - t0)) verdict
+  timeout "$step_timeout" "$exe" "$@" 2>&1 | tee "$logs/$(printf '%s' "$label" | tr -c 'A-Za-z0-9' _).log"
+  local rc=${PIPESTATUS[0]} secs=$((SECONDS - t0)) verdict
   case $rc in
     0) verdict="passed" ;;
     77) verdict="skipped (no GPU answered)" ;;
@@ -113,6 +116,20 @@ rm -rf "$tmp_ck"
 
 section "summary"
 for line in "${summary[@]}"; do echo "   $line"; done
+
+section "results"
+echo "ops (gpu_bench, fp32; % of the card's fp32 peak or memory bandwidth):"
+grep -h '^|' "$logs"/gpu_bench.log 2>/dev/null || echo "   (none: gpu_bench did not run)"
+echo
+echo "training, study config (gpu_train_bench; MFU against the precision's peak; DPO: one pair"
+echo "per row, K = 1; epoch: Games holdout train split, batch 1024):"
+echo "| card | precision | ms/step | tokens/s | MFU | HFU | peak GiB | DPO ms/step | s/epoch | 12 epochs s |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
+if grep -qh '^RESULT ' "$logs"/gpu_train_bench*.log 2>/dev/null; then
+  grep -h '^RESULT ' "$logs"/gpu_train_bench*.log | sed 's/^RESULT //'
+else
+  echo "   (none: no training benchmark ran)"
+fi
 if [[ $tests_failed -ne 0 ]]; then exit 1; fi
 if [[ $bench_failed -ne 0 ]]; then exit 2; fi
 exit 0

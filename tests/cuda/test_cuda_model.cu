@@ -177,6 +177,24 @@ Batch make_batch(Rng& rng, std::int32_t B, std::int32_t L, std::int32_t vocab) {
   return b;
 }
 
+/// Determinism (INFO, not counted): the step that left its gradients in gpu's host store
+/// (download_grads) run again from zero gradients must give the same bits.
+template <typename GpuModel>
+void report_determinism(const std::string& tag, GpuModel& gpu, const Batch& b, std::uint64_t key,
+                        double loss) {
+  auto& gs = gpu.parameters();
+  const std::vector<float> first(gs.grads().begin(), gs.grads().end());
+  gpu.zero_grads();
+  std::int64_t n = 0;
+  const double again = gpu.forward_backward(b.inputs.data(), b.targets.data(), b.B, b.L, key, &n);
+  gpu.download_grads();
+  const std::size_t diff = bit_diffs(first.data(), gs.grads().data(), first.size());
+  std::printf(
+      "INFO %sdeterminism: second identical step: loss %s, %zu of %zu gradient elements "
+      "differ bitwise\n",
+      tag.c_str(), again == loss ? "identical" : "DIFFERS", diff, first.size());
+}
+
 ModelShape test_shape() {
   ModelShape s;
   s.vocab_size = 4 + 500;
@@ -301,18 +319,7 @@ void test_model(seqrec::cuda::Backend& gbe, const std::string& name) {
     check_close(tag + "grad " + e.name, gs.grads().data() + e.offset, cs.grads().data() + e.offset,
                 e.numel, 1e-3, 1e-5);
 
-  // Determinism (INFO, not counted): the same step again must give the same bits.
-  {
-    std::vector<float> first(gs.grads().begin(), gs.grads().end());
-    gpu.zero_grads();
-    const double lg2 = gpu.forward_backward(b.inputs.data(), b.targets.data(), b.B, b.L, key, &ng);
-    gpu.download_grads();
-    const std::size_t diff = bit_diffs(first.data(), gs.grads().data(), first.size());
-    std::printf(
-        "INFO %sdeterminism: second identical step: loss %s, %zu of %zu gradient elements "
-        "differ bitwise\n",
-        tag.c_str(), lg2 == lg ? "identical" : "DIFFERS", diff, first.size());
-  }
+  report_determinism(tag, gpu, b, key, lg);
 
   // loss() forward only, no dropout: same bound as (a).
   check_rel(tag + "loss.eval (loss(), no dropout)",
@@ -327,6 +334,41 @@ void test_model(seqrec::cuda::Backend& gbe, const std::string& name) {
     cpu.score_last(b.inputs.data(), b.B, b.L, sc.data());
     gpu.score_last(b.inputs.data(), b.B, b.L, sg.data());
     check_close(tag + "score_last (B=32, I=500)", sg.data(), sc.data(), sc.size(), 1e-3, 1e-4);
+  }
+
+  // (e) DPO's head (selected_log_probs / selected_backward), dropout on: one pair per row at its
+  // last position — the row's target and two other items — with random d loss / d log p. Log
+  // probabilities are the scores minus a logsumexp: the bound of (d); gradients: the bound of (b).
+  {
+    const std::int32_t J = 3;
+    std::vector<std::int64_t> rows;
+    std::vector<std::int32_t> tokens;
+    for (std::int32_t r = 0; r < b.B; ++r) {
+      const std::int64_t slot = std::int64_t{r} * b.L + b.L - 1;
+      const std::int32_t chosen = b.targets[static_cast<std::size_t>(slot)];
+      rows.push_back(slot);
+      tokens.push_back(chosen);
+      for (std::int32_t j = 1; j < J; ++j)
+        tokens.push_back(4 + (chosen - 4 + 97 * j) % (shape.vocab_size - 4));
+    }
+    const auto P = static_cast<std::int64_t>(rows.size());
+    std::vector<double> lpc(tokens.size()), lpg(tokens.size()), g(tokens.size());
+    for (auto& v : g) v = rng.uniform() - 0.5;
+    cs.zero_grads();
+    gpu.zero_grads();
+    cpu.selected_log_probs(b.inputs.data(), b.B, b.L, key, rows.data(), P, tokens.data(), J,
+                           lpc.data());
+    gpu.selected_log_probs(b.inputs.data(), b.B, b.L, key, rows.data(), P, tokens.data(), J,
+                           lpg.data());
+    const std::vector<float> fc(lpc.begin(), lpc.end()), fg(lpg.begin(), lpg.end());
+    check_close(tag + "selected_log_probs (P=32, J=3)", fg.data(), fc.data(), fc.size(), 1e-3,
+                1e-4);
+    cpu.selected_backward(g.data(), 1.0 / double(P));
+    gpu.selected_backward(g.data(), 1.0 / double(P));
+    gpu.download_grads();
+    for (const auto& e : cs.entries())
+      check_close(tag + "selected grad " + e.name, gs.grads().data() + e.offset,
+                  cs.grads().data() + e.offset, e.numel, 1e-3, 1e-5);
   }
 
   // (c) 20 steps of clip 1.0 + AdamW lr 1e-3 on fresh batches, both models from the same start.
@@ -486,19 +528,8 @@ void test_model_bf16(seqrec::cuda::Backend& gbe, const std::string& name) {
     check_rel_l2(tag + "grad " + e.name, gs.grads().data() + e.offset, cs.grads().data() + e.offset,
                  e.numel, 5e-2);
 
-  // Determinism (INFO, not counted): bf16 mode also repeats bit for bit (cached weight copies,
-  // fixed-order reductions).
-  {
-    std::vector<float> first(gs.grads().begin(), gs.grads().end());
-    gpu.zero_grads();
-    const double lg2 = gpu.forward_backward(b.inputs.data(), b.targets.data(), b.B, b.L, key, &ng);
-    gpu.download_grads();
-    const std::size_t diff = bit_diffs(first.data(), gs.grads().data(), first.size());
-    std::printf(
-        "INFO %sdeterminism: second identical step: loss %s, %zu of %zu gradient elements "
-        "differ bitwise\n",
-        tag.c_str(), lg2 == lg ? "identical" : "DIFFERS", diff, first.size());
-  }
+  // bf16 mode also repeats bit for bit (cached weight copies, fixed-order reductions).
+  report_determinism(tag, gpu, b, key, lg);
 
   check_rel(tag + "loss.eval (loss(), no dropout)",
             gpu.loss(b.inputs.data(), b.targets.data(), b.B, b.L, 0),

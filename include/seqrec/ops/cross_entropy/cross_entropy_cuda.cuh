@@ -226,9 +226,9 @@ inline void softmax_head(Backend& be, std::int64_t N, std::int64_t D, std::int64
 /// values < first_item mean "no target". Device pointers: h (N, D); items (I, D), the item block
 /// of the tied table. dh (N, D) is overwritten (zero for unscored rows) and ditems (I, D)
 /// accumulated; both may be null for a forward-only pass. Synchronises the stream once, at the end
-/// (the loss is returned to the host). Shape is ops::CrossEntropyShape (cross_entropy_cpu.hpp) or any struct
-/// with its fields (rows, dim, num_items, first_item, chunk_rows); a template so that this header
-/// does not pull Eigen into nvcc.
+/// (the loss is returned to the host). Shape is ops::CrossEntropyShape (cross_entropy_cpu.hpp) or
+/// any struct with its fields (rows, dim, num_items, first_item, chunk_rows); a template so that
+/// this header does not pull Eigen into nvcc.
 template <typename Shape>
 double cross_entropy_forward_backward(Backend& be, const Shape& s, const float* h,
                                       const std::int32_t* targets, const float* items, float* dh,

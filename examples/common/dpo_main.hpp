@@ -1,7 +1,7 @@
 // The shared body of dpo_finetune and of the ablation runner's "+ DPO" rows: load a trained
-// checkpoint twice (the policy and a frozen reference), build preference pairs from the training
-// sequences by similarity in the trained item table, fine-tune with DPO / S-DPO (+ CE anchor),
-// and evaluate before and after.
+// checkpoint (the policy, and before it moves the frozen reference), build preference pairs from
+// the training sequences by similarity in the trained item table, fine-tune with DPO / S-DPO (+ CE
+// anchor), and evaluate before and after.
 #pragma once
 
 #include <boost/hana.hpp>
@@ -100,10 +100,9 @@ struct DpoRunResult {
 };
 
 template <typename Cfg, typename ModelT>
-DpoRunResult run_dpo_with(ModelT& policy, ModelT& reference, const RunOptions& ro,
-                          const LoadedData& d, const io::CheckpointInfo& info,
-                          const std::string& checkpoint, const DpoRunOptions& o,
-                          std::uint64_t seed);
+DpoRunResult run_dpo_with(ModelT& policy, const RunOptions& ro, const LoadedData& d,
+                          const io::CheckpointInfo& info, const std::string& checkpoint,
+                          const DpoRunOptions& o, std::uint64_t seed);
 
 /// Fine-tunes the Cfg model stored in `checkpoint` on d's training sequences, on the device the
 /// options name.
@@ -123,9 +122,8 @@ DpoRunResult run_dpo(const RunOptions& ro, const LoadedData& d, const std::strin
     if constexpr (kCudaImplements<Cfg>) {
       const DeviceOptions dev{ro.device, ro.bf16};
       DeviceModel<Cfg> policy = load_device_model<Cfg>(shape, seed, dev);
-      DeviceModel<Cfg> reference = load_device_model<Cfg>(shape, seed, dev);
       std::fprintf(stderr, "dpo on %s\n", policy.device_name().c_str());
-      return run_dpo_with<Cfg>(policy, reference, ro, d, info, checkpoint, o, seed);
+      return run_dpo_with<Cfg>(policy, ro, d, info, checkpoint, o, seed);
     } else {
       throw InputError(
           "--device", 0,
@@ -133,21 +131,21 @@ DpoRunResult run_dpo(const RunOptions& ro, const LoadedData& d, const std::strin
     }
   }
   cpu::Backend backend(ro.threads);
-  Model<Cfg, cpu::Backend> policy(shape, backend, seed), reference(shape, backend, seed);
-  return run_dpo_with<Cfg>(policy, reference, ro, d, info, checkpoint, o, seed);
+  Model<Cfg, cpu::Backend> policy(shape, backend, seed);
+  return run_dpo_with<Cfg>(policy, ro, d, info, checkpoint, o, seed);
 }
 
-/// run_dpo's body on built models (CPU, or DeviceModel<Cfg> on a GPU: the pair head then runs on
-/// the device too, see train::preference_step).
+/// run_dpo's body on a built model (CPU, or DeviceModel<Cfg> on a GPU: the pair head then runs on
+/// the device too, see train::preference_step). The frozen reference is the checkpoint's model,
+/// which the policy is until fine-tuning starts: its log-probabilities are taken from the policy
+/// before the first step, so no second model is loaded or kept.
 template <typename Cfg, typename ModelT>
-DpoRunResult run_dpo_with(ModelT& policy, ModelT& reference, const RunOptions& ro,
-                          const LoadedData& d, const io::CheckpointInfo& info,
-                          const std::string& checkpoint, const DpoRunOptions& o,
-                          std::uint64_t seed) {
+DpoRunResult run_dpo_with(ModelT& policy, const RunOptions& ro, const LoadedData& d,
+                          const io::CheckpointInfo& info, const std::string& checkpoint,
+                          const DpoRunOptions& o, std::uint64_t seed) {
   using Clock = std::chrono::steady_clock;
   const ModelShape shape = policy.shape();
   io::load_checkpoint(checkpoint, policy, false);
-  io::load_checkpoint(checkpoint, reference, false);
   DpoRunResult res;
   res.variant = Cfg::describe();
   std::tie(res.params_total, res.params_active) = count_parameters(policy);
@@ -172,7 +170,7 @@ DpoRunResult run_dpo_with(ModelT& policy, ModelT& reference, const RunOptions& r
     }
   res.hard_share = drawn ? double(hard) / double(drawn) : 0.0;
   t0 = Clock::now();
-  const std::vector<double> ref = train::reference_log_probs(reference, pairs);
+  const std::vector<double> ref = train::reference_log_probs(policy, pairs);
   res.reference_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   std::fprintf(stderr,
                "dpo: %zu pairs x %d negatives (%.1f%% hard), built in %.1f s; reference "

@@ -263,8 +263,8 @@ void test_selected(Backend& be, Rng& rng, std::int64_t n, std::int64_t p, std::i
   seqrec::cuda::selected_log_softmax_backward(be, n, d, items, chunk, d_h.data(), d_rows.data(), p,
                                               d_cols.data(), int(J), items_ptr, d_weights.data(),
                                               d_dh.data(), d_dtable.data() + first * d);
-  // log p: a logsumexp over I in fp32 (expf, another summation order) against the CPU's double
-  // sum: ~1e-6 of |log p| ≈ log I. bf16: logits off by ~2^-8 absolute (see cross_entropy), which
+  // log p: a logsumexp over I in fp32 (expf, another summation order than Eigen's vectorised
+  // one): ~1e-6 of |log p| ≈ log I. bf16: logits off by ~2^-8 absolute (see cross_entropy), which
   // log p inherits: rtol 5e-3 of values ≈ 8–10.
   std::vector<float> logp_ref(logp.begin(), logp.end());
   check("selected.logp", shape, download(be, d_logp), logp_ref, bf16 ? 5e-3 : 1e-5,
@@ -283,6 +283,42 @@ void test_selected(Backend& be, Rng& rng, std::int64_t n, std::int64_t p, std::i
   seqrec::cuda::selected_log_softmax(be, n, d, items, chunk, d_h.data(), d_rows.data(), p,
                                      d_cols.data(), int(J), items_ptr, d_logp2.data());
   check_identical("selected.logp", shape, download(be, d_logp2), download(be, d_logp));
+
+  // Cross-entropy is the selected head with the first column and weight −1/P: through the shared
+  // pass the two must agree bit for bit (loss = −Σ log p in row order, dh, d items).
+  std::vector<std::int32_t> first_col(static_cast<std::size_t>(p)),
+      targets(static_cast<std::size_t>(n), 0);
+  for (std::int64_t r = 0; r < p; ++r) {
+    first_col[r] = cols[r * J];
+    targets[rows[r]] = first + first_col[r];
+  }
+  const float gs = 1.f / float(p);
+  std::vector<float> ce_weights(static_cast<std::size_t>(2 * p), -gs);
+  auto d_first = upload(be, first_col);
+  auto d_ce_weights = upload(be, ce_weights);
+  auto d_lp1 = be.buffer<float>(static_cast<std::size_t>(p));
+  auto d_dh_sel = be.buffer<float>(h.size()), d_dh_ce = be.buffer<float>(h.size());
+  auto d_dt_sel = upload(be, std::vector<float>(table.size(), 0.f));
+  auto d_dt_ce = upload(be, std::vector<float>(table.size(), 0.f));
+  const seqrec::ops::CrossEntropyShape ce{n, d, items, first, chunk};
+  std::int64_t count = 0;
+  const double ce_loss = seqrec::cuda::cross_entropy_forward_backward(
+      be, ce, d_h.data(), targets.data(), items_ptr, d_dh_ce.data(), d_dt_ce.data() + first * d, gs,
+      &count);
+  seqrec::cuda::selected_log_softmax(be, n, d, items, chunk, d_h.data(), d_rows.data(), p,
+                                     d_first.data(), 1, items_ptr, d_lp1.data());
+  seqrec::cuda::selected_log_softmax_backward(be, n, d, items, chunk, d_h.data(), d_rows.data(), p,
+                                              d_first.data(), 1, items_ptr, d_ce_weights.data(),
+                                              d_dh_sel.data(), d_dt_sel.data() + first * d);
+  double sel_loss = 0;
+  for (float v : download(be, d_lp1)) sel_loss -= static_cast<double>(v);
+  record(count == p && sel_loss == ce_loss, "selected.as_cross_entropy.loss", shape,
+         "selected " + std::to_string(sel_loss) + " vs cross-entropy " + std::to_string(ce_loss) +
+             " over " + std::to_string(count) + " rows (must be identical)");
+  check_identical("selected.as_cross_entropy.dh", shape, download(be, d_dh_sel),
+                  download(be, d_dh_ce), "the same pass");
+  check_identical("selected.as_cross_entropy.ditems", shape, download(be, d_dt_sel),
+                  download(be, d_dt_ce), "the same pass");
 }
 
 // ---- Packed rows --------------------------------------------------------------------------------

@@ -163,8 +163,9 @@ void check_dpo(const std::string& name, const Setup& s) {
       mx = std::max(mx, std::fabs(rc[i]));
       err = std::max(err, std::fabs(rc[i] - rg[i]));
     }
-    // fp32: logsumexp over the catalogue in float vs double (~1e-6 relative). bf16: logits off by
-    // ~2^-8 absolute through the whole model (test_cuda_ops' selected.logp and the model test).
+    // fp32: logsumexp over the catalogue in another summation order (~1e-6 relative). bf16: logits
+    // off by ~2^-8 absolute through the whole model (test_cuda_ops' selected.logp and the model
+    // test).
     const double tol = bf16 ? 2e-2 : 1e-4;
     record(rc.size() == rg.size() && err <= tol * mx, tag + " dpo.reference_log_probs",
            fmt::format("max_abs_err {:.3e} (tol {:.0e} x max|log p| {:.3e})", err, tol, mx));

@@ -304,8 +304,7 @@ class Model<Cfg, cuda::Backend> {
       const cuda::ProfileScope prof(*be_, "cross-entropy (fwd + bwd)");
       loss = cuda::cross_entropy_forward_backward(
           *be_, ce_shape(M), h_.data(), row_targets(targets),
-          value(item_emb_) + kNumSpecialTokens * D,
-          dh_.data(),
+          value(item_emb_) + kNumSpecialTokens * D, dh_.data(),
           // A frozen table's gradient would be discarded: skip its (I, D) GEMM.
           store_.entry(item_emb_).frozen ? nullptr : grad(item_emb_) + kNumSpecialTokens * D,
           T(1.0 / double(count)), &seen);
@@ -397,7 +396,7 @@ class Model<Cfg, cuda::Backend> {
     const auto s = sel_;
     sel_ = {};
     backward(s.batch, s.len);
-    be_->synchronize();  // sel_weights_ is reused by the next call
+    // No synchronisation: the weights' pageable copy was staged when it returned.
   }
 
   /// The MoE blocks' auxiliary losses (balance + router z-loss) of the last forward; 0 for the

@@ -3,6 +3,7 @@
 #include <catch2/catch_template_test_macros.hpp>
 #include <catch2/catch_test_macros.hpp>
 #include <catch2/matchers/catch_matchers_floating_point.hpp>
+#include <catch2/matchers/catch_matchers_string.hpp>
 #include <cmath>
 #include <set>
 
@@ -262,4 +263,40 @@ TEST_CASE("dpo: reference log-probabilities are the model's log-softmax", "[cpu]
     const std::int32_t r = d.rejected[(e * s.max_len + s.max_len - 1) * 3 + 1];
     CHECK_THAT(lp[e * 4 + 2], WithinAbs(scores[e * 16 + r - 4] - lse, 1e-12));
   }
+}
+
+TEST_CASE("dpo: the selected head rejects a bad selection, naming the entry", "[cpu][dpo]") {
+  const ModelShape s = tiny_shape();
+  cpu::BackendF64 be(1);
+  Model<SasRecConfig, cpu::BackendF64> m(s, be, 3);
+  const std::vector<std::int32_t> inputs = {0, 0, 5, 6, 7, 0, 8, 9, 10, 11};  // (B 2, L 5)
+  std::vector<double> logp(4);
+  auto select = [&](std::vector<std::int64_t> rows, std::vector<std::int32_t> tokens) {
+    m.selected_log_probs(inputs.data(), 2, 5, 0, rows.data(), std::int64_t(rows.size()),
+                         tokens.data(), 2, logp.data());
+  };
+  CHECK_NOTHROW(select({4, 9}, {8, 12, 12, 13}));
+  auto message = [&](std::vector<std::int64_t> rows, std::vector<std::int32_t> tokens) {
+    try {
+      select(std::move(rows), std::move(tokens));
+    } catch (const std::exception& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  // Positions must increase within the batch's B·L = 10 positions.
+  CHECK_THAT(message({9, 4}, {8, 12, 12, 13}), Catch::Matchers::ContainsSubstring("entry 1 is 4"));
+  CHECK_THAT(message({4, 10}, {8, 12, 12, 13}),
+             Catch::Matchers::ContainsSubstring("entry 1 is 10"));
+  // Every token must be an item (special tokens 0..3 are not; the vocabulary has 20 tokens).
+  CHECK_THAT(message({4, 9}, {8, 3, 12, 13}),
+             Catch::Matchers::ContainsSubstring("token 3 (entry 0, column 1)"));
+  CHECK_THAT(message({4, 9}, {8, 12, 20, 13}),
+             Catch::Matchers::ContainsSubstring("token 20 (entry 1, column 0)"));
+  // A backward needs its own forward.
+  CHECK_NOTHROW(select({4, 9}, {8, 12, 12, 13}));
+  std::vector<double> g(4, 0.1);
+  CHECK_NOTHROW(m.selected_backward(g.data(), 1.0));
+  CHECK_THROWS_WITH(m.selected_backward(g.data(), 1.0),
+                    Catch::Matchers::ContainsSubstring("no selected_log_probs() before it"));
 }

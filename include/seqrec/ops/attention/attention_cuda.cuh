@@ -12,7 +12,9 @@
 // the padding rows' loads, scores and writes (at the study's padding n averages ~8 of 20). For
 // left-padded windows whose packed rows are the real tokens, the rows are a shift of the window
 // and the lanes' reduction grouping is unchanged: the same bits. Where padding rows sit among
-// packed ones, the warp sums group differently and results agree to rounding.
+// packed ones, the warp sums group differently and results agree to rounding. In the packed
+// layout only rows i < n (columns j ≤ i) of each (b, h) slice of probs are written; the rest
+// keep whatever the buffer held (the backward reads only the written part).
 //
 // One thread block (8 warps) per (b, h); one warp per query row (forward, and the first half of
 // the backward) or per key row (second half of the backward), rows dealt round-robin to warps.
@@ -23,7 +25,7 @@
 // This first version writes the probabilities (B, H, L, L) to global memory, the same buffer the
 // CPU op saves, and the backward reads them back and keeps dS (B, H, L, L) in a scratch buffer
 // from the backend's allocator: fine for L ≤ 256, not a flash-attention kernel. Shared memory is
-// about (2·L·(dh+1) + 8·(dh + L)) floats per block, e.g. 103 KiB at L = 200, dh = 64; launchers
+// about (2·L·(dh+1) + 8·(dh + L)) floats per block, e.g. 110 KiB at L = 200, dh = 64; launchers
 // check it against the device's opt-in limit and name the shape when it does not fit.
 #pragma once
 
@@ -64,6 +66,9 @@ __device__ inline void attn_segment(const std::int32_t* seg, int b, int L, int& 
   } else {
     start = seg[b];
     n = seg[b + 1] - start;
+    // Shared memory and the (L, L) slices of P and dS hold at most L rows: a malformed seg would
+    // overrun them silently, so it stops the kernel instead (a launch failure the caller sees).
+    if (n < 0 || n > L) __trap();
   }
 }
 }  // namespace detail

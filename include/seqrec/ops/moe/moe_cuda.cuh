@@ -32,8 +32,9 @@
 //      GEMMs on its contiguous block; SiLU runs once over all N·K rows.
 //   7. y[r] = Σ w_k · yout[pos[r, k]], one block per token, no atomics. The K terms are added in
 //      ascending EXPERT order starting from 0, which is the CPU's order (it adds expert by expert),
-//      so given equal yout and w the sum is the CPU's float for float (no FMA:
-//      __fmul_rn/__fadd_rn).
+//      without FMA (__fmul_rn/__fadd_rn); given equal yout and w it is the CPU's float for float
+//      only where the host compiler does not contract the CPU's y += w·yout into an FMA (GCC does
+//      under -march=native), so the tests compare y with a tolerance.
 //
 // Backward mirrors the CPU's:
 //   1. moe_scale_dy_kernel, one warp per sorted pair: dyin = w·dy[r] (float, as the CPU) and
@@ -94,7 +95,10 @@ struct MoeStats {
 template <int E>
 __host__ __device__ constexpr int moe_stats_threads() {
   constexpr int fit = static_cast<int>(32768 / sizeof(MoeStats<E>)) / 32 * 32;
-  return fit > 256 ? 256 : (fit < 32 ? 32 : fit);
+  // One warp's partials must fit too: with E above ~40 experts (24·E + 16 bytes per partial)
+  // the block would need more shared memory than it is promised.
+  static_assert(fit >= 32, "moe_stats_threads: too many experts for the single stats block");
+  return fit > 256 ? 256 : fit;
 }
 
 /// What the router backward needs of the forward's host-side stats, passed by value.

@@ -104,13 +104,14 @@ void rmsnorm_forward(Backend& be, const float* x, const float* g, OutT* y, float
 
 /// dx (N, D) overwritten, or added to when `accumulate` (dx += the input gradient: the residual
 /// stream's sum, with the bits of add_into after an overwrite); dg (D) accumulated (+=),
-/// deterministically. D ≤ 1536 (the backward keeps 8·D floats in shared memory, within the
-/// default 48 KiB).
+/// deterministically. dx must not alias dy or x (the kernel's pointers are __restrict__).
+/// D ≤ 1536 (the backward keeps 8·D floats in shared memory, within the default 48 KiB).
 inline void rmsnorm_backward(Backend& be, const float* x, const float* g, const float* rstd,
                              const float* dy, float* dx, float* dg, std::int64_t n, std::int64_t d,
                              bool accumulate = false) {
   SEQREC_CHECK(d >= 1 && d <= 1536,
                "rmsnorm_backward (CUDA) supports 1 <= D <= 1536, got D = " + std::to_string(d));
+  SEQREC_CHECK(dx != dy && dx != x, "rmsnorm_backward (CUDA): dx must not alias dy or x");
   if (n == 0) return;
   const std::int64_t needed = (n + detail::kRmsWarps - 1) / detail::kRmsWarps;
   const int blocks =

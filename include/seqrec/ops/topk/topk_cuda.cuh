@@ -268,15 +268,18 @@ inline void topk_rows(Backend& be, const float* scores, std::int64_t B, std::int
   SEQREC_CUDA_CHECK_LAUNCH();
   detail::topk_offsets_kernel<<<grid(B + 1), 256, 0, be.stream()>>>(offsets.data(), B, I);
   SEQREC_CUDA_CHECK_LAUNCH();
+  // The DoubleBuffer form sorts between keys and sorted (keys may be overwritten), so CUB's
+  // temporary storage holds no third copy of the keys: 2·B·I·8 bytes in all.
+  cub::DoubleBuffer<std::uint64_t> db(keys.data(), sorted.data());
   std::size_t t_bytes = 0;
   SEQREC_CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortKeysDescending(
-      nullptr, t_bytes, keys.data(), sorted.data(), static_cast<int>(total), static_cast<int>(B),
-      offsets.data(), offsets.data() + 1, 0, 64, be.stream()));
+      nullptr, t_bytes, db, static_cast<int>(total), static_cast<int>(B), offsets.data(),
+      offsets.data() + 1, 0, 64, be.stream()));
   auto temp = be.buffer<std::byte>(t_bytes);
   SEQREC_CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortKeysDescending(
-      temp.data(), t_bytes, keys.data(), sorted.data(), static_cast<int>(total),
-      static_cast<int>(B), offsets.data(), offsets.data() + 1, 0, 64, be.stream()));
-  detail::topk_gather_kernel<<<grid(B * k), 256, 0, be.stream()>>>(scores, sorted.data(), B, I, k,
+      temp.data(), t_bytes, db, static_cast<int>(total), static_cast<int>(B), offsets.data(),
+      offsets.data() + 1, 0, 64, be.stream()));
+  detail::topk_gather_kernel<<<grid(B * k), 256, 0, be.stream()>>>(scores, db.Current(), B, I, k,
                                                                    out_idx, out_val);
   SEQREC_CUDA_CHECK_LAUNCH();
 }
@@ -293,8 +296,8 @@ inline void target_rank(Backend& be, const float* scores, const std::int32_t* ta
                         const std::int32_t* excl_items = nullptr) {
   SEQREC_CHECK(B >= 0 && B <= 0x7FFFFFFF && I >= 1 && I < (std::int64_t{1} << 31),
                "target_rank (CUDA): need 0 <= B < 2^31 and 1 <= I < 2^31");
-  SEQREC_CHECK(!(excl_offsets == nullptr && excl_items != nullptr),
-               "target_rank (CUDA): excl_items given without excl_offsets");
+  SEQREC_CHECK((excl_offsets == nullptr) == (excl_items == nullptr),
+               "target_rank (CUDA): pass both excl_offsets and excl_items, or neither");
   if (B == 0) return;
   detail::target_rank_kernel<<<static_cast<unsigned>(B), detail::kTopkThreads, 0, be.stream()>>>(
       scores, target, I, excl_offsets, excl_items, rank);

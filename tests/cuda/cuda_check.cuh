@@ -29,6 +29,20 @@ using seqrec::cuda::DeviceBuffer;
 
 inline int g_pass = 0, g_fail = 0;
 
+/// Built for the host emulator (tests/emu): kernels run on the CPU, so timings mean nothing and
+/// the sizes that only time or stress a GPU are left out (each test says which, in a SKIP line).
+#if defined(SEQREC_CUDA_EMULATION)
+inline constexpr bool kEmulated = true;
+#else
+inline constexpr bool kEmulated = false;
+#endif
+
+/// Prints why part of a test does not run here.
+inline void skip(const std::string& what, const std::string& why) {
+  std::printf("SKIP %s: %s\n", what.c_str(), why.c_str());
+  std::fflush(stdout);
+}
+
 inline void record(bool ok, const std::string& op, const std::string& shape,
                    const std::string& detail) {
   (ok ? g_pass : g_fail)++;

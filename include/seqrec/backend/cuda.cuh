@@ -94,7 +94,7 @@ __host__ __device__ inline void store_as(__nv_bfloat16* p, float v) { *p = __flo
 /// then add_into.
 /// (This and the warp reductions below are nvcc only: device intrinsics, and this header is also
 /// compiled by host compilers.)
-#if defined(__CUDACC__)
+#if defined(__CUDACC__) || defined(SEQREC_CUDA_EMULATION)
 template <bool Accumulate>
 __device__ inline void write_or_add(float* p, float v) {
   if constexpr (Accumulate)

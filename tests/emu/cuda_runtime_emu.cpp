@@ -12,6 +12,11 @@
 // fibers hundreds of times per row.
 #include <sys/mman.h>
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -78,7 +83,7 @@ thread_local cudaError_t tl_last_error = cudaSuccess;
 /// does something a GPU cannot do has no error code to return (a GPU would hang or trap).
 [[noreturn]] void die(const std::string& what) {
   const BlockContext* b = tl_block;
-  if (b != nullptr) {
+  if (b != nullptr && b->thread_states != nullptr) {
     const uint3 t = b->thread_states[b->current].tid;
     std::fprintf(
         stderr, "seqrec CUDA emulator: kernel %s, block (%u,%u,%u), thread (%u,%u,%u): %s\n",
@@ -108,21 +113,53 @@ struct Runner {
   void* scheduler_sp = nullptr;
   void (*run)(void*) = nullptr;
   void* body = nullptr;
+  // AddressSanitizer must be told of every stack switch (else it takes a fiber's frames for
+  // overflows of the OS thread's stack): the scheduler's stack, learnt at the first switch.
+  const void* scheduler_stack = nullptr;
+  std::size_t scheduler_stack_size = 0;
 };
 thread_local Runner tl_runner;
 
+/// Fiber side, just after a switch into it.
+inline void arrived_in_fiber() {
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_finish_switch_fiber(nullptr, &tl_runner.scheduler_stack,
+                                  &tl_runner.scheduler_stack_size);
+#endif
+}
+
+/// Fiber side: back to the scheduler (and, unless finished, on from here when resumed).
+void to_scheduler(EmuThread& t, bool finished) {
+#if defined(__SANITIZE_ADDRESS__)
+  void* fake = nullptr;
+  __sanitizer_start_switch_fiber(finished ? nullptr : &fake, tl_runner.scheduler_stack,
+                                 tl_runner.scheduler_stack_size);
+#else
+  (void)finished;
+#endif
+  seqrec_emu_switch(&t.sp, tl_runner.scheduler_sp);
+  arrived_in_fiber();
+}
+
 [[noreturn]] void fiber_main() {
+  arrived_in_fiber();
   tl_runner.run(tl_runner.body);
   BlockContext* b = tl_block;
   EmuThread& t = b->thread_states[b->current];
   t.wait = EmuThread::Wait::kDone;
-  seqrec_emu_switch(&t.sp, tl_runner.scheduler_sp);
+  to_scheduler(t, true);
   die("a finished fiber was resumed");
 }
 
 /// A fresh fiber's stack: the frame seqrec_emu_switch pops (default MXCSR and x87 control word,
 /// zeroed registers), returning into fiber_main with the alignment of a call.
 void* fresh_stack(unsigned char* stack) {
+#if defined(__SANITIZE_ADDRESS__)
+  // The previous fiber on this stack left without returning from fiber_main and to_scheduler
+  // (the kernel's own frames did return): their red zones are still marked at the top.
+  constexpr std::size_t kTop = 16 << 10;
+  __asan_unpoison_memory_region(stack + kStackBytes - kTop, kTop);
+#endif
   auto* top = reinterpret_cast<std::uint64_t*>(
       (reinterpret_cast<std::uintptr_t>(stack + kStackBytes)) & ~std::uintptr_t{15});
   std::uint64_t* sp = top;
@@ -138,7 +175,7 @@ void block_on(EmuThread::Wait w) {
   BlockContext* b = tl_block;
   EmuThread& t = b->thread_states[b->current];
   t.wait = w;
-  seqrec_emu_switch(&t.sp, tl_runner.scheduler_sp);
+  to_scheduler(t, false);
 }
 
 std::string kernel_name(const void* k) {
@@ -153,24 +190,47 @@ std::map<const void*, int>& smem_optin() {
   return m;
 }
 
-void run_block(BlockContext& b, StackPool& stacks) {
+/// The order threads run in between barriers, and blocks in a grid: SEQREC_EMU_SCHEDULE=forward
+/// (default: index order) or reverse. A kernel whose result depends on it reads what another
+/// thread wrote without a barrier between, or depends on the order of blocks: a race on a GPU.
+bool reverse_schedule() {
+  static const bool reverse = [] {
+    const char* v = std::getenv("SEQREC_EMU_SCHEDULE");
+    const std::string s = v == nullptr ? "" : v;
+    if (s.empty() || s == "forward") return false;
+    if (s == "reverse") return true;
+    die("SEQREC_EMU_SCHEDULE must be 'forward' or 'reverse', got '" + s + "'");
+  }();
+  return reverse;
+}
+
+void run_block(BlockContext& b, std::vector<EmuThread>& threads, StackPool& stacks) {
   using W = EmuThread::Wait;
-  std::vector<EmuThread> threads(static_cast<std::size_t>(b.threads));
   b.thread_states = threads.data();
+  const bool reverse = reverse_schedule();
   int i = 0;
   for (unsigned z = 0; z < b.block.z; ++z)
     for (unsigned y = 0; y < b.block.y; ++y)
       for (unsigned x = 0; x < b.block.x; ++x, ++i) {
         EmuThread& t = threads[static_cast<std::size_t>(i)];
         t.tid = uint3{x, y, z};
+        t.wait = W::kRun;
         t.sp = fresh_stack(stacks.stack(i));
       }
   const int warps = (b.threads + 31) / 32;
   for (;;) {
-    for (i = 0; i < b.threads; ++i) {
+    for (int k = 0; k < b.threads; ++k) {
+      i = reverse ? b.threads - 1 - k : k;
       if (threads[static_cast<std::size_t>(i)].wait != W::kRun) continue;
       b.current = i;
+#if defined(__SANITIZE_ADDRESS__)
+      void* fake = nullptr;
+      __sanitizer_start_switch_fiber(&fake, stacks.stack(i), kStackBytes);
+#endif
       seqrec_emu_switch(&tl_runner.scheduler_sp, threads[static_cast<std::size_t>(i)].sp);
+#if defined(__SANITIZE_ADDRESS__)
+      __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#endif
     }
     // Every thread now waits at a barrier or is done. Open each warp barrier all of whose live
     // lanes wait at it; failing that, the block barrier, if every live thread waits at it.
@@ -268,6 +328,7 @@ void launch_impl(const void* kernel, void (*run)(void*), void* body, dim3 grid, 
     tl_last_error = cudaErrorInvalidValue;
     return;
   }
+  const bool reverse = reverse_schedule();
   static thread_local StackPool stacks;
   const std::string name = kernel_name(kernel);
   std::vector<unsigned char> shared(smem);
@@ -284,13 +345,16 @@ void launch_impl(const void* kernel, void (*run)(void*), void* body, dim3 grid, 
   tl_block = &b;
   tl_runner.run = run;
   tl_runner.body = body;
-  for (unsigned z = 0; z < grid.z; ++z)
-    for (unsigned y = 0; y < grid.y; ++y)
-      for (unsigned x = 0; x < grid.x; ++x) {
-        b.block_idx = uint3{x, y, z};
-        if (smem > 0) std::memset(shared.data(), 0xff, smem);
-        run_block(b, stacks);
-      }
+  std::vector<EmuThread> states(static_cast<std::size_t>(threads));
+  const std::uint64_t blocks = std::uint64_t{grid.x} * grid.y * grid.z;
+  for (std::uint64_t k = 0; k < blocks; ++k) {
+    const std::uint64_t lin = reverse ? blocks - 1 - k : k;
+    b.block_idx =
+        uint3{static_cast<unsigned>(lin % grid.x), static_cast<unsigned>(lin / grid.x % grid.y),
+              static_cast<unsigned>(lin / (std::uint64_t{grid.x} * grid.y))};
+    if (smem > 0) std::memset(shared.data(), 0xff, smem);
+    run_block(b, states, stacks);
+  }
   tl_block = saved;
   tl_runner = saved_runner;
 }
@@ -426,8 +490,9 @@ const char* cudaGetErrorString(cudaError_t e) {
 
 cudaError_t cudaMalloc(void** ptr, size_t size) {
   const std::size_t n = size == 0 ? 1 : size;
-  void* p = std::aligned_alloc(256, (n + 255) / 256 * 256);
-  if (p == nullptr) return fail(cudaErrorMemoryAllocation);
+  // Exactly n bytes (256-aligned, as cudaMalloc's): an overrun leaves the allocation.
+  void* p = nullptr;
+  if (posix_memalign(&p, 256, n) != 0) return fail(cudaErrorMemoryAllocation);
   std::memset(p, 0xff, n);  // what nobody wrote reads as NaN / -1
   allocations().emplace(p, n);
   *ptr = p;

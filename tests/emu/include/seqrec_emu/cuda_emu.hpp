@@ -2,28 +2,31 @@
 //
 // Every translation unit of an emulated build force-includes this header (-include) before
 // anything else, and its sources have been rewritten by tests/emu/rewrite.py: a launch
-// `k<<<grid, block, smem, stream>>>(args)` becomes `::seqrec::emu::launch(&k, [&] { k(args); },
+// `k<<<grid, block, smem, stream>>>(args)` becomes `::seqrec::emu::launch(k, [&] { k(args); },
 // grid, block, smem, stream)`, and `extern __shared__ T name[];` becomes a pointer to the launch's
 // dynamic shared memory. The rest of the CUDA source compiles as it is:
 //   - __global__, __device__, __host__ mean nothing; __shared__ is `static thread_local`, which
 //     is one object per block, because a block runs on one OS thread (see below).
-//   - Every CUDA thread of a block is a fiber (ucontext) with its own stack, and threadIdx names
-//     the running fiber's index. Fibers switch only at __syncthreads, __syncwarp and the warp
-//     shuffles: a fiber runs until it reaches one, then the next fiber runs. A barrier opens once
+//   - Every CUDA thread of a block is a fiber with its own stack (the switch is in
+//     cuda_runtime_emu.cpp), and threadIdx names the running fiber's index. Fibers switch only
+//     at __syncthreads, __syncwarp and the warp shuffles: a fiber runs until it reaches one,
+//     then the next fiber runs. A barrier opens once
 //     every live thread of its scope (the block, or the warp) waits at it; a thread that waits at
 //     a different barrier from the rest of its scope is reported as a divergent barrier, and a
 //     full-mask shuffle in a warp some of whose lanes have exited is reported too (both are
 //     undefined on a GPU and hang or give garbage there).
 //   - Launch checks a GPU makes: block size ≤ 1024, grid limits, dynamic shared memory above
 //     48 KiB without cudaFuncSetAttribute, and above the opt-in limit at all.
-//   - Device memory (cudaMalloc) and dynamic shared memory start filled with 0xFF bytes (NaN as
-//     floats, −1 as integers), so a kernel that reads what nobody wrote gives NaN or −1 instead
-//     of the zeros a fresh host page would hold.
-//   - Blocks run one after another; the order is the grid's linear order.
-//   - Not emulated: timing, concurrency between blocks, memory-model races (a race the GPU
-//     would expose is invisible here), the tensor cores' summation order (cuBLASLt is emulated
-//     by an fp32 GEMM, tests/emu/cublaslt_emu.cpp), and fp contraction (nvcc fuses a·b + c into
-//     an FMA by default; g++ here does not), so results match the GPU's up to rounding only.
+//   - Device memory (cudaMalloc, sized exactly) and dynamic shared memory start filled with 0xFF
+//     bytes (NaN as floats, −1 as integers), so a kernel that reads what nobody wrote gives NaN
+//     or −1 instead of the zeros a fresh host page would hold.
+//   - Blocks run one after another, in the grid's linear order, and threads between barriers in
+//     index order; SEQREC_EMU_SCHEDULE=reverse reverses both, so that a read of another
+//     thread's write with no barrier between sees the old value in one of the two orders.
+//   - Not emulated: timing, real concurrency (races that only interleaving shows), the tensor
+//     cores' summation order (cuBLASLt is emulated by an fp32 GEMM, tests/emu/cublaslt_emu.cpp),
+//     and fp contraction (nvcc fuses a·b + c into an FMA by default; g++ here does not), so
+//     results match the GPU's up to rounding only.
 #pragma once
 
 #define SEQREC_CUDA_EMULATION 1

@@ -3,7 +3,11 @@
 // (RoPE, RMSNorm, SiLU MLP; random init — the title init of OursConfig costs nothing per step).
 //
 //   gpu_train_bench [--steps N] [--warmup N] [--profile N] [--data DIR] [--bf16]
-//                   [--fp32-activations]
+//                   [--fp32-activations] [--tiny]
+//
+// --tiny runs every part at dim 64, 2 layers, 2 heads, ffn 256, batch 32 (same catalogue): not a
+// benchmark but a check that the bench itself works, for the host emulator (tests/emu), where a
+// study-size step takes minutes.
 //
 // --bf16 switches the backend to bf16 GEMM operands with fp32 accumulation (Backend::set_bf16),
 // with the GEMM-only activations stored in bf16 (--fp32-activations keeps them in fp32 and rounds
@@ -85,14 +89,18 @@ struct Summary {
   double epoch_s = -1;  // -1: no --data
 };
 
+/// --tiny: the bench's code paths at a size the host emulator runs in seconds.
+bool g_tiny = false;
+std::int32_t batch_size() { return g_tiny ? 32 : 1024; }
+
 seqrec::ModelShape study_shape(std::int32_t vocab) {
   seqrec::ModelShape s;
   s.vocab_size = vocab;
   s.max_len = 20;
-  s.dim = 1024;
-  s.layers = 5;
-  s.heads = 8;
-  s.ffn_dim = 4096;
+  s.dim = g_tiny ? 64 : 1024;
+  s.layers = g_tiny ? 2 : 5;
+  s.heads = g_tiny ? 2 : 8;
+  s.ffn_dim = g_tiny ? 256 : 4096;
   s.dropout = 0.1;
   // Logits of up to 2^26 elements at once (256 MiB): ~3980 rows per chunk at I = 16859, so the
   // loss is 2–3 large GEMM triples per step rather than the CPU default's 37 small ones.
@@ -273,7 +281,7 @@ void dpo_part(seqrec::cuda::Backend& be, GpuModel& model, const std::vector<Batc
 
 void synthetic_part(seqrec::cuda::Backend& be, int steps, int warmup, int profile_steps,
                     Summary& out) {
-  const std::int32_t B = 1024, L = 20, vocab = 4 + 16859;
+  const std::int32_t B = batch_size(), L = 20, vocab = 4 + 16859;
   const seqrec::ModelShape shape = study_shape(vocab);
   const std::size_t mem0 = used_bytes();
   GpuModel model(shape, be, 42);
@@ -382,7 +390,7 @@ void data_part(seqrec::cuda::Backend& be, const std::string& dir, Summary& out) 
       "sequences, %zu valid cases (loaded in %.1f s)\n",
       dir.c_str(), d.users.size(), d.vocab.num_items(), d.num_interactions(), split.train.size(),
       split.valid.size(), load_s);
-  const std::int32_t B = 1024, L = 20;
+  const std::int32_t B = batch_size(), L = 20;
   const seqrec::ModelShape shape = study_shape(d.vocab.size());
   GpuModel model(shape, be, 42);
   seqrec::data::TrainBatcher batcher(split.train, L, B);
@@ -432,6 +440,8 @@ int main(int argc, char** argv) {
       bf16 = true;
     } else if (a == "--fp32-activations") {
       fp32_activations = true;
+    } else if (a == "--tiny") {
+      g_tiny = true;
     } else if ((a == "--steps" || a == "--warmup" || a == "--profile" || a == "--data") &&
                i + 1 < argc) {
       const std::string v = argv[++i];
@@ -443,7 +453,7 @@ int main(int argc, char** argv) {
       const bool help = a == "--help" || a == "-h";
       std::fprintf(help ? stdout : stderr,
                    "usage: %s [--steps N] [--warmup N] [--profile N] [--data DIR] [--bf16] "
-                   "[--fp32-activations]\n",
+                   "[--fp32-activations] [--tiny]\n",
                    argv[0]);
       return help ? 0 : 1;
     }

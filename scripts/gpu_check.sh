@@ -10,7 +10,8 @@
 # (SEQREC_DATA: a folder with interactions.tsv, e.g. amazon18_games carried next to the build,
 # adds a timed real epoch), and bf16 once more with fp32 activations (an A/B of the storage); and
 # the trainer binaries end to end with --device cuda on the embedded dataset (train_ours in bf16,
-# then dpo_finetune on its checkpoint). A failing step
+# then dpo_finetune on its checkpoint); last, the PyTorch reference on the same card at the
+# study's dims, eager and compiled (needs torch and SEQREC_DATA). A failing step
 # is reported and the next one still runs; a summary of the steps and one results table (the op
 # benchmark's rows, then one row per training benchmark run) close the output.
 # Exit status: 0 all good (or skipped: no GPU), 1 a test failed, 2 only a benchmark failed.
@@ -114,6 +115,28 @@ run_step test "dpo_finetune --device cuda" "$build/examples/dpo_finetune" --devi
 fi
 rm -rf "$tmp_ck"
 
+section "PyTorch reference on the same card (bench/reference/sasrec_torch.py, Games, study dims)"
+# The same-run reference the training table is read against: PyTorch's SASRec (learned
+# positions, RMSNorm, ReLU MLP: the study config's FLOPs up to the position table) at d 1024,
+# 5 layers, 8 heads, FFN 4096, L 20, batch 1024, dropout 0.1, bf16 autocast, one timed epoch of
+# the same holdout split (after an untimed warm-up), eager, then torch.compile. Needs a Python
+# with torch that sees the GPU ($SEQREC_TORCH_PYTHON, default python3) and SEQREC_DATA.
+torch_py="$(command -v "${SEQREC_TORCH_PYTHON:-python3}" || true)"
+if [[ -z "${SEQREC_DATA:-}" ]]; then
+  summary+=("$(printf '%-34s %-28s' "pytorch reference" "skipped (no SEQREC_DATA)")")
+elif [[ -z $torch_py ]] || ! "$torch_py" -c \
+    'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+  summary+=("$(printf '%-34s %-28s' "pytorch reference" "skipped (no torch with CUDA)")")
+else
+  for mode in eager compile; do
+    run_step bench "pytorch $mode bf16" "$torch_py" bench/reference/sasrec_torch.py \
+      --data "$SEQREC_DATA" --protocol holdout --max-len 20 --dim 1024 --layers 5 --heads 8 \
+      --ffn-dim 4096 --dropout 0.1 --batch 1024 --lr 5e-4 --epochs 1 --eval-every 0 \
+      --device cuda --bf16 --out "$logs/torch_$mode.json" \
+      $([[ $mode == compile ]] && echo --compile)
+  done
+fi
+
 section "summary"
 for line in "${summary[@]}"; do echo "   $line"; done
 
@@ -129,6 +152,22 @@ if grep -qh '^RESULT ' "$logs"/gpu_train_bench*.log 2>/dev/null; then
   grep -h '^RESULT ' "$logs"/gpu_train_bench*.log | sed 's/^RESULT //'
 else
   echo "   (none: no training benchmark ran)"
+fi
+if compgen -G "$logs/torch_*.json" >/dev/null; then
+  echo
+  echo "PyTorch reference, same card (one epoch of the same split after an untimed warm-up):"
+  echo "| implementation | s/epoch | tokens/s | 12 epochs s | peak GiB (torch allocator) |"
+  echo "|---|---|---|---|---|"
+  for js in "$logs"/torch_*.json; do
+    "$torch_py" - "$js" <<'PY' || echo "   (could not read $js)"
+import json, sys
+r = json.load(open(sys.argv[1]))
+s = r["seconds_per_epoch"]
+name = f'{r["implementation"]} ({r["device_name"]}, torch {r["torch"]})'
+print(f'| {name} | {s:.2f} | {r["train_tokens_per_second"]:.0f} | {12 * s:.1f} | '
+      f'{r["peak_memory_bytes"] / 2**30:.2f} |')
+PY
+  done
 fi
 if [[ $tests_failed -ne 0 ]]; then exit 1; fi
 if [[ $bench_failed -ne 0 ]]; then exit 2; fi

@@ -560,6 +560,9 @@ def parse_args(argv=None):
     a("--threads", type=int, default=0, help="torch.set_num_threads (0: PyTorch's default)")
     a("--device", default="cpu", choices=["cpu", "cuda"])
     a("--compile", action="store_true", help="train through torch.compile(model)")
+    a("--bf16", action="store_true",
+      help="mixed precision as seqrec's --bf16 compares against: the forward (and the loss) under "
+           "torch.autocast(bfloat16), fp32 master weights and AdamW state; evaluation stays fp32")
     a("--eval-every", type=int, default=1, help="validate every N epochs (0: at the end only)")
     a("--exclude-history", action="store_true")
     a("--init-from", default="", help="start from the param/ tensors of a seqrec checkpoint")
@@ -618,8 +621,15 @@ def run(args, return_model: bool = False):
     params = list(model.parameters())
     n_params = sum(p.numel() for p in params)
     opt, opt_kind = make_optimizer(model, specs, args.lr, args.weight_decay, device)
-    step_fn = torch.compile(model) if args.compile else model
-    log(f"model: pytorch {'compile' if args.compile else 'eager'} on {device}, {n_params} "
+    fwd = torch.compile(model) if args.compile else model
+    if args.bf16:
+        def step_fn(inp, rows, tgt):
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+                return fwd(inp, rows, tgt)
+    else:
+        step_fn = fwd
+    log(f"model: pytorch {'compile' if args.compile else 'eager'}{' bf16 autocast' if args.bf16 else ''}"
+        f" on {device}, {n_params} "
         f"parameters, {torch.get_num_threads()} threads, AdamW {opt_kind}")
 
     batches = Batches(d["train_inputs"], d["train_targets"], args.batch, device)
@@ -699,7 +709,8 @@ def run(args, return_model: bool = False):
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     tps = train_tokens / train_seconds if train_seconds > 0 else 0.0
     result = {
-        "implementation": "pytorch-compile" if args.compile else "pytorch-eager",
+        "implementation": ("pytorch-compile" if args.compile else "pytorch-eager")
+                          + ("-bf16" if args.bf16 else ""),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,

@@ -91,7 +91,11 @@ static __global__ void layernorm_backward_kernel(const float* __restrict__ x,
     for (std::int64_t j = lane; j < d; j += 32) {
       const float xh = (xr[j] - mean) * rstd;
       const float dyj = dyr[j];
-      const float u = g[j] * dyj;
+      // u rounded explicitly (no FMA contraction with the sums below): the second loop subtracts
+      // mean(u) from this same rounded u, so a row whose x̂ is 0 (D = 1, constant rows) gets
+      // dx = 0 exactly, as the CPU op does. Contracted, g·dy − mu kept the product's unrounded
+      // bits and left rstd × (its rounding error) ≈ 2.5e-5 there (seen on the H100).
+      const float u = __fmul_rn(g[j], dyj);
       mu += u;
       mux += u * xh;
       acc_g[j] += dyj * xh;
@@ -102,7 +106,7 @@ static __global__ void layernorm_backward_kernel(const float* __restrict__ x,
     mux = warp_sum(mux) / static_cast<float>(d);
     for (std::int64_t j = lane; j < d; j += 32) {
       const float xh = (xr[j] - mean) * rstd;
-      write_or_add<Accumulate>(dxr + j, rstd * (g[j] * dyr[j] - mu - xh * mux));
+      write_or_add<Accumulate>(dxr + j, rstd * (__fmul_rn(g[j], dyr[j]) - mu - xh * mux));
     }
   }
   __syncthreads();

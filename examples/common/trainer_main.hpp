@@ -119,7 +119,7 @@ inline void add_common_options(cxxopts::Options& o) {
                    "dataset its built-in text vectors are used when absent",
      cxxopts::value<std::string>()->default_value(""))
     ("embedding-ids", "raw item id of each row, one per line", cxxopts::value<std::string>()->default_value(""))
-    ("embedding-adapter", "exact, truncate (Matryoshka encoders) or pca when widths differ",
+    ("embedding-adapter", "exact; truncate (Matryoshka encoders) or pca to narrow, lift to widen (random orthonormal map) when widths differ",
      cxxopts::value<std::string>()->default_value("pca"))
     ("embedding-norm", "mean row norm after rescaling (0: the random init's expected norm)",
      cxxopts::value<double>()->default_value("0"))

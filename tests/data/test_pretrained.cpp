@@ -258,9 +258,10 @@ TEST_CASE("pretrained: parse_dim_adapter reads the flag values", "[pretrained]")
   CHECK(parse_dim_adapter("exact") == DimAdapter::Exact);
   CHECK(parse_dim_adapter("truncate") == DimAdapter::Truncate);
   CHECK(parse_dim_adapter("pca") == DimAdapter::Pca);
+  CHECK(parse_dim_adapter("lift") == DimAdapter::Lift);
   CHECK_THROWS_WITH(parse_dim_adapter("PCA"),
                     ContainsSubstring("--embedding-adapter") && ContainsSubstring("'PCA'"));
-  for (auto a : {DimAdapter::Exact, DimAdapter::Truncate, DimAdapter::Pca}) {
+  for (auto a : {DimAdapter::Exact, DimAdapter::Truncate, DimAdapter::Pca, DimAdapter::Lift}) {
     CHECK(parse_dim_adapter(dim_adapter_name(a)) == a);
   }
 }
@@ -287,7 +288,46 @@ TEST_CASE("pretrained: truncate keeps exactly the first d columns", "[pretrained
   CHECK(adapt_dimension(e, 4, DimAdapter::Truncate) == e.values);
   CHECK_THROWS_WITH(adapt_dimension(e, 5, DimAdapter::Truncate),
                     ContainsSubstring("model width 5 is larger than the embedding width 4"));
-  CHECK_THROWS_WITH(adapt_dimension(e, 5, DimAdapter::Pca), ContainsSubstring("larger"));
+  CHECK_THROWS_WITH(adapt_dimension(e, 5, DimAdapter::Pca),
+                    ContainsSubstring("larger") && ContainsSubstring("lift widens"));
+}
+
+TEST_CASE("pretrained: lift widens keeping every norm and dot product, deterministically",
+          "[pretrained]") {
+  // 5 rows of width 3, random; lifted to widths 3 (a rotation) and 8.
+  seqrec::Rng rng(7);
+  std::vector<float> v(15);
+  for (auto& x : v) x = static_cast<float>(rng.normal());
+  const auto e = make_emb({1, 2, 3, 4, 5}, 3, v);
+  const auto gram = [](const std::vector<float>& m, std::int64_t w, int i, int j) {
+    double s = 0;
+    for (std::int64_t k = 0; k < w; ++k) s += double(m[i * w + k]) * double(m[j * w + k]);
+    return s;
+  };
+  for (const std::int64_t d : {3, 8}) {
+    const auto out = adapt_dimension(e, d, DimAdapter::Lift);
+    REQUIRE(out.size() == static_cast<std::size_t>(5 * d));
+    for (int i = 0; i < 5; ++i)
+      for (int j = 0; j < 5; ++j) {
+        INFO("d " << d << " rows " << i << ", " << j);
+        CHECK(gram(out, d, i, j) == Approx(gram(e.values, 3, i, j)).margin(1e-5));
+      }
+    CHECK(adapt_dimension(e, d, DimAdapter::Lift) == out);  // same seed, same map
+  }
+  // A wider map really mixes the coordinates: no output column is a copy of an input column
+  // (zero padding would pass the Gram check above).
+  const auto out8 = adapt_dimension(e, 8, DimAdapter::Lift);
+  for (int c = 0; c < 8; ++c) {
+    int zero = 0;
+    for (int r = 0; r < 5; ++r) zero += out8[r * 8 + c] == 0.f;
+    CHECK(zero == 0);
+  }
+  const auto other = adapt_dimension(e, 8, DimAdapter::Lift, 12345);
+  CHECK(other != out8);
+  CHECK(gram(other, 8, 0, 1) == Approx(gram(e.values, 3, 0, 1)).margin(1e-5));
+  CHECK_THROWS_WITH(adapt_dimension(e, 2, DimAdapter::Lift),
+                    ContainsSubstring("smaller than the embedding width 3") &&
+                        ContainsSubstring("lift can only widen"));
 }
 
 TEST_CASE("pretrained: PCA recovers known principal axes in variance order, deterministically",

@@ -7,7 +7,9 @@
 //                         shape, row count, duplicate or malformed ids and NaN/Inf.
 //   adapt_dimension       encoder width -> model width: Exact (must match), Truncate (first d
 //                         columns: right for Matryoshka-trained encoders such as Qwen3-Embedding)
-//                         or Pca (project on the top-d principal directions).
+//                         or Pca (project on the top-d principal directions), all narrowing;
+//                         Lift widens (a fixed random map with orthonormal columns: every dot
+//                         product and norm kept, e.g. 384-wide MiniLM into a 1024-wide model).
 //   init_item_table       writes the adapted rows into the table, rescales them to a target mean
 //                         row norm (a norm far from the random init's is a known failure of text
 //                         init), then fills items without an embedding from their neighbours in
@@ -18,6 +20,7 @@
 #pragma once
 
 #include <Eigen/Eigenvalues>
+#include <Eigen/QR>
 #include <algorithm>
 #include <bit>
 #include <charconv>
@@ -33,6 +36,7 @@
 
 #include "seqrec/core/eigen.hpp"
 #include "seqrec/core/error.hpp"
+#include "seqrec/core/random.hpp"
 #include "seqrec/data/vocabulary.hpp"
 #include "seqrec/io/atomic_file.hpp"
 #include "seqrec/io/npy.hpp"
@@ -200,15 +204,17 @@ enum class DimAdapter {
   Exact,     ///< W must equal d
   Truncate,  ///< the first d columns (Matryoshka-trained encoders)
   Pca,       ///< projection on the top-d principal directions of the centred rows
+  Lift,      ///< d >= W: x -> Q x with Q (d, W) random, orthonormal columns (dot products kept)
 };
 
-/// Parses the --embedding-adapter flag: "exact", "truncate" or "pca".
+/// Parses the --embedding-adapter flag: "exact", "truncate", "pca" or "lift".
 inline DimAdapter parse_dim_adapter(std::string_view s) {
   if (s == "exact") return DimAdapter::Exact;
   if (s == "truncate") return DimAdapter::Truncate;
   if (s == "pca") return DimAdapter::Pca;
-  throw InputError("--embedding-adapter", 0, "unknown adapter (expected exact, truncate or pca)",
-                   std::string(s));
+  if (s == "lift") return DimAdapter::Lift;
+  throw InputError("--embedding-adapter", 0,
+                   "unknown adapter (expected exact, truncate, pca or lift)", std::string(s));
 }
 
 /// The flag value of an adapter.
@@ -220,6 +226,8 @@ constexpr std::string_view dim_adapter_name(DimAdapter a) {
       return "truncate";
     case DimAdapter::Pca:
       return "pca";
+    case DimAdapter::Lift:
+      return "lift";
   }
   return "?";
 }
@@ -227,10 +235,14 @@ constexpr std::string_view dim_adapter_name(DimAdapter a) {
 /// The embeddings at width d: (rows, d) row-major. Exact requires emb.dim == d; Truncate keeps
 /// the first d columns; Pca centres the rows, computes the covariance in double, and projects on
 /// its top-d eigenvectors (column k has the k-th largest variance; each direction's sign makes
-/// its largest-magnitude component positive, so the result is deterministic). Throws
-/// seqrec::InputError when the widths differ under Exact (naming the other adapters) or d > width.
+/// its largest-magnitude component positive, so the result is deterministic); Lift (d >= width)
+/// maps each row x to Q x, Q (d, width) the Q factor of a seeded Gaussian matrix (Householder QR,
+/// column signs fixed so R's diagonal is positive): Qᵀ Q = I, so every row norm and every dot
+/// product between rows is kept, and the same seed gives the same map. Throws
+/// seqrec::InputError when the widths differ under Exact (naming the other adapters), when
+/// d > width for a narrowing adapter (naming lift) or d < width for Lift.
 inline std::vector<float> adapt_dimension(const ItemEmbeddings& emb, std::int64_t d,
-                                          DimAdapter adapter) {
+                                          DimAdapter adapter, std::uint64_t lift_seed = 0x11f7) {
   SEQREC_CHECK(d > 0, "adapt_dimension: model width must be positive");
   SEQREC_CHECK(emb.values.size() == static_cast<std::size_t>(emb.rows() * emb.dim),
                "adapt_dimension: values do not hold rows * dim floats");
@@ -239,16 +251,38 @@ inline std::vector<float> adapt_dimension(const ItemEmbeddings& emb, std::int64_
     if (W != d) {
       throw InputError(emb.source, 0,
                        "embedding width " + std::to_string(W) + " differs from the model width " +
-                           std::to_string(d) + "; pick --embedding-adapter truncate|pca to map it",
+                           std::to_string(d) +
+                           "; pick --embedding-adapter truncate|pca (narrower) or lift (wider)",
                        std::to_string(W));
     }
     return emb.values;
+  }
+  if (adapter == DimAdapter::Lift) {
+    if (d < W) {
+      throw InputError(emb.source, 0,
+                       "model width " + std::to_string(d) +
+                           " is smaller than the embedding width " + std::to_string(W) +
+                           "; lift can only widen (truncate or pca narrow)",
+                       std::to_string(W));
+    }
+    Rng rng(lift_seed);
+    Eigen::MatrixXd G(d, W);
+    for (std::int64_t c = 0; c < W; ++c)  // column by column: a wider W keeps the first columns
+      for (std::int64_t r = 0; r < d; ++r) G(r, c) = rng.normal();
+    const Eigen::HouseholderQR<Eigen::MatrixXd> qr(G);
+    Eigen::MatrixXd Q = qr.householderQ() * Eigen::MatrixXd::Identity(d, W);
+    for (std::int64_t k = 0; k < W; ++k)
+      if (qr.matrixQR()(k, k) < 0) Q.col(k) = -Q.col(k);
+    std::vector<float> out(static_cast<std::size_t>(n * d));
+    MapRM<float>(out.data(), n, d) =
+        (CMapRM<float>(emb.values.data(), n, W).cast<double>() * Q.transpose()).cast<float>();
+    return out;
   }
   if (d > W) {
     throw InputError(emb.source, 0,
                      "model width " + std::to_string(d) + " is larger than the embedding width " +
                          std::to_string(W) + "; " + std::string(dim_adapter_name(adapter)) +
-                         " can only narrow",
+                         " can only narrow (--embedding-adapter lift widens)",
                      std::to_string(W));
   }
   std::vector<float> out(static_cast<std::size_t>(n * d));

@@ -6,7 +6,11 @@
 // ops, 67 TFLOP/s fp32 (non-tensor) for GEMM-bound ones — our GEMMs run with fp32 compute (no
 // TF32), so the fp32 peak is the honest bar; the tf32 dense peak (495 TFLOP/s) is not used.
 // Byte counts are the compulsory traffic (each tensor read or written once); flop counts are the
-// useful ones (causal attention counts half the L×L products). Exits 77 when no GPU answers.
+// useful ones (causal attention counts half the L×L products). The bf16 rows (the training
+// step's precision in --bf16: bf16 operands, fp32 accumulation and output) are shares of the
+// dense bf16 tensor peak, 989 TFLOP/s: the study step's FFN GEMM, the three GEMMs of one
+// cross-entropy chunk on their own, and the whole bf16 cross-entropy, whose time beyond its
+// GEMMs is the gather, softmax and scatter kernels. Exits 77 when no GPU answers.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -17,6 +21,7 @@
 #include <vector>
 
 #include "seqrec/backend/cuda.cuh"
+#include "seqrec/backend/gemm_cuda.cuh"
 #include "seqrec/core/random.hpp"
 #include "seqrec/ops/attention/attention_cuda.cuh"
 #include "seqrec/ops/cross_entropy/cross_entropy_cuda.cuh"
@@ -32,6 +37,7 @@ using seqrec::cuda::DeviceBuffer;
 
 constexpr double kPeakBytes = 3.35e12;  // H100 SXM HBM3, bytes/s
 constexpr double kPeakFp32 = 67e12;     // H100 SXM fp32 non-tensor, flop/s
+constexpr double kPeakBf16 = 989e12;    // H100 SXM dense bf16 tensor, flop/s
 constexpr int kWarmup = 3, kReps = 20;
 
 struct CeShape {
@@ -83,9 +89,10 @@ DeviceBuffer<float> random(Backend& be, Rng& rng, std::int64_t n, double a = 1.0
   return upload(be, h);
 }
 
-void row(const std::string& op, const std::string& shape, double ms, double amount, bool flops) {
+void row(const std::string& op, const std::string& shape, double ms, double amount, bool flops,
+         double flop_peak = kPeakFp32) {
   const double rate = amount / (ms * 1e-3);
-  const double pct = 100.0 * rate / (flops ? kPeakFp32 : kPeakBytes);
+  const double pct = 100.0 * rate / (flops ? flop_peak : kPeakBytes);
   char buf[128];
   if (flops)
     std::snprintf(buf, sizeof buf, "%.2f TFLOP/s", rate * 1e-12);
@@ -148,6 +155,62 @@ void bench_cross_entropy(Backend& be, Rng& rng, std::int64_t n, std::int64_t d, 
       "N=" + std::to_string(n) + " D=" + std::to_string(d) + " I=" + std::to_string(items) +
           " chunk=" + std::to_string(chunk),
       ms, 6.0 * n * items * d, true);
+}
+
+/// A (rows, cols) bf16 matrix with leading dimension bf16_ld(cols), uniform in [−a, a).
+DeviceBuffer<__nv_bfloat16> random_bf16(Backend& be, Rng& rng, std::int64_t rows, std::int64_t cols,
+                                        double a = 1.0) {
+  auto f = random(be, rng, rows * cols, a);
+  auto b = be.buffer<__nv_bfloat16>(static_cast<std::size_t>(rows * seqrec::cuda::bf16_ld(cols)));
+  seqrec::cuda::cast_to_bf16(be, f.data(), rows, cols, cols, b.data(), seqrec::cuda::bf16_ld(cols));
+  be.synchronize();
+  return b;
+}
+
+/// One bf16 gemm_lt, C (M, N) fp32 = op(A) · op(B) + beta · C, row-major, as the model calls it.
+void bench_gemm_bf16(Backend& be, Rng& rng, const std::string& what, bool ta, bool tb,
+                     std::int64_t M, std::int64_t N, std::int64_t K, float beta) {
+  using seqrec::cuda::bf16_ld;
+  const std::int64_t ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
+  auto a = random_bf16(be, rng, ar, ac), b = random_bf16(be, rng, br, bc);
+  auto c = be.buffer<float>(static_cast<std::size_t>(M * N));
+  SEQREC_CUDA_CHECK(cudaMemsetAsync(c.data(), 0, c.bytes(), be.stream()));
+  const double ms = time_ms(be, [&] {
+    seqrec::cuda::gemm_lt(be, CUDA_R_16BF, ta, tb, M, N, K, 1.f, a.data(), bf16_ld(ac), b.data(),
+                          bf16_ld(bc), beta, c.data(), N);
+  });
+  row("gemm bf16: " + what,
+      "M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K) +
+          (ta ? " Aᵀ" : "") + (tb ? " Bᵀ" : "") + (beta != 0.f ? " beta=1" : ""),
+      ms, 2.0 * M * N * K, true, kPeakBf16);
+}
+
+/// The cross-entropy in the backend's bf16 mode (the training step's in --bf16).
+void bench_cross_entropy_bf16(Backend& be, Rng& rng, std::int64_t n, std::int64_t d,
+                              std::int64_t items, std::int64_t chunk) {
+  std::vector<std::int32_t> tgt(static_cast<std::size_t>(n));
+  for (auto& t : tgt) t = std::int32_t(4 + rng.below(items));
+  auto h = random(be, rng, n * d), w = random(be, rng, items * d, 1.0 / std::sqrt(double(d)));
+  auto dh = be.buffer<float>(n * d), dw = be.buffer<float>(items * d);
+  SEQREC_CUDA_CHECK(cudaMemsetAsync(dw.data(), 0, dw.bytes(), be.stream()));
+  CeShape s{n, d, items, 4, chunk};
+  std::int64_t count = 0;
+  be.set_bf16(true);
+  double ms = 0;
+  try {
+    ms = time_ms(be, [&] {
+      (void)seqrec::cuda::cross_entropy_forward_backward(be, s, h.data(), tgt.data(), w.data(),
+                                                         dh.data(), dw.data(), 1.f / n, &count);
+    });
+  } catch (...) {
+    be.set_bf16(false);
+    throw;
+  }
+  be.set_bf16(false);
+  row("cross_entropy fwd+bwd bf16",
+      "N=" + std::to_string(n) + " D=" + std::to_string(d) + " I=" + std::to_string(items) +
+          " chunk=" + std::to_string(chunk),
+      ms, 6.0 * n * items * d, true, kPeakBf16);
 }
 
 void bench_attention(Backend& be, Rng& rng, std::int64_t B, std::int64_t L, std::int64_t D,
@@ -214,7 +277,8 @@ int main() {
     SEQREC_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     std::printf(
         "device: %s; median of %d runs after %d warm-up; %% of H100 SXM peak: %.2f TB/s "
-        "HBM or %.0f TFLOP/s fp32 non-tensor (GEMMs use fp32 compute, no TF32)\n\n",
+        "HBM or %.0f TFLOP/s fp32 non-tensor (GEMMs use fp32 compute, no TF32); bf16 rows: "
+        "989 TFLOP/s dense bf16\n\n",
         prop.name, kReps, kWarmup, kPeakBytes * 1e-12, kPeakFp32 * 1e-12);
     std::printf("| op | shape | ms | achieved | %% of peak |\n|---|---|---|---|---|\n");
     Rng rng(7);
@@ -231,6 +295,21 @@ int main() {
     guarded("attention", [&] { bench_attention(be, rng, 1024, 20, 1024, 8); });
     // Study-sized store: the item table (16863 × 1024) plus two blocks of 12·D² weights.
     guarded("adamw", [&] { bench_adamw(be, rng, 16863LL * 1024 + 2 * 12LL * 1024 * 1024); });
+    // bf16 at the study step's sizes: ~9188 scored rows (synthetic batches of gpu_train_bench),
+    // loss chunks of 2^26 / 16859 = 3980 rows.
+    guarded("gemm bf16",
+            [&] { bench_gemm_bf16(be, rng, "FFN up", false, true, 9188, 4096, 1024, 0.f); });
+    guarded("gemm bf16", [&] {
+      bench_gemm_bf16(be, rng, "FFN up, M=9216", false, true, 9216, 4096, 1024, 0.f);
+    });
+    guarded("gemm bf16",
+            [&] { bench_gemm_bf16(be, rng, "CE logits", false, true, 3980, 16859, 1024, 0.f); });
+    guarded("gemm bf16",
+            [&] { bench_gemm_bf16(be, rng, "CE dH", false, false, 3980, 1024, 16859, 0.f); });
+    guarded("gemm bf16",
+            [&] { bench_gemm_bf16(be, rng, "CE dW", true, false, 16859, 1024, 3980, 1.f); });
+    guarded("cross_entropy bf16",
+            [&] { bench_cross_entropy_bf16(be, rng, 9188, 1024, 16859, 3980); });
   } catch (const std::exception& e) {
     std::printf("bench setup failed: %s\n", e.what());
     return 1;

@@ -120,6 +120,11 @@ static __global__ void softmax_head_kernel(float* __restrict__ z, std::int64_t i
     else
       zr[i] = g;
   }
+  // bf16: the dH GEMM runs over the padded width ldz (its K), so the pad columns must hold zeros
+  // (the buffer is reused: stale bits could be NaN, and NaN · 0 is NaN).
+  if (gr != nullptr)
+    for (std::int64_t i = items + threadIdx.x; i < ldz; i += blockDim.x)
+      gr[i] = __float2bfloat16_rn(0.f);
 }
 
 /// hc16 (c, D) with leading dimension ldh = bf16(h[rows[i]]) for i < c; rows (c).
@@ -166,7 +171,13 @@ inline void softmax_head(Backend& be, std::int64_t N, std::int64_t D, std::int64
   // gather and softmax kernels, the item table's bf16 copy is cached by the backend until the
   // weights change. Rows of Z and G are padded to a multiple of 8 elements (16-byte aligned bf16
   // rows, which the tensor-core GEMM kernels want); rows of the bf16 copies to bf16_ld(D).
+  // The bf16 GEMMs also run over the padded item count Ig = ldz, with the table's bf16 copy
+  // padded by zero rows: an item count that is not a multiple of 8 as the logits GEMM's N or the
+  // dH GEMM's K cost tensor-core speed (H100, I = 16859, 3980 rows: logits 1.48 ms at 93 TFLOP/s
+  // and dH 1.06 ms at 129, against 561 for the FFN's aligned GEMM; gpu_bench). The pad columns
+  // of Z are never read; those of G are zero, and so are the pad rows they meet in dH.
   const std::int64_t ldz = bf16 ? (I + 7) / 8 * 8 : I;
+  const std::int64_t Ig = bf16 ? ldz : I;
   const std::int64_t ldd = bf16 ? bf16_ld(D) : D;
   auto logits = be.buffer<float>(static_cast<std::size_t>(C * ldz));
   auto hc = be.buffer<float>(bf16 ? 0 : static_cast<std::size_t>(C * D));
@@ -174,9 +185,17 @@ inline void softmax_head(Backend& be, std::int64_t N, std::int64_t D, std::int64
   auto g16 = be.buffer<__nv_bfloat16>(bf16 && with_grad ? static_cast<std::size_t>(C * ldz) : 0);
   auto dhc = be.buffer<float>(with_grad && dh != nullptr ? static_cast<std::size_t>(C * D) : 0);
   const __nv_bfloat16* items16 =
-      bf16 ? be.cached_bf16(items, I, D, D, ldd,
-                            [&](__nv_bfloat16* dst) { cast_to_bf16(be, items, I, D, D, dst, ldd); })
-           : nullptr;
+      bf16
+          ? be.cached_bf16(items, Ig, D, D, ldd,
+                           [&](__nv_bfloat16* dst) {
+                             cast_to_bf16(be, items, I, D, D, dst, ldd);
+                             if (Ig > I)
+                               SEQREC_CUDA_CHECK(cudaMemsetAsync(
+                                   dst + I * ldd, 0,
+                                   sizeof(__nv_bfloat16) * static_cast<std::size_t>((Ig - I) * ldd),
+                                   be.stream()));
+                           })
+          : nullptr;
   for (std::int64_t c0 = 0; c0 < P; c0 += C) {
     const std::int64_t c = std::min<std::int64_t>(C, P - c0);
     const unsigned ew_blocks = static_cast<unsigned>((c * D + 255) / 256);
@@ -184,8 +203,8 @@ inline void softmax_head(Backend& be, std::int64_t N, std::int64_t D, std::int64
       cross_entropy_gather_bf16_kernel<<<ew_blocks, 256, 0, be.stream()>>>(h, r.rows + c0,
                                                                            hc16.data(), c, D, ldd);
       SEQREC_CUDA_CHECK_LAUNCH();
-      // Z (c, I) = Hc (c, D) · Wᵀ, W (I, D).
-      gemm_lt(be, CUDA_R_16BF, false, true, c, I, D, 1.f, hc16.data(), ldd, items16, ldd, 0.f,
+      // Z (c, Ig) = Hc (c, D) · Wᵀ, W (Ig, D) with zero pad rows.
+      gemm_lt(be, CUDA_R_16BF, false, true, c, Ig, D, 1.f, hc16.data(), ldd, items16, ldd, 0.f,
               logits.data(), ldz);
     } else {
       cross_entropy_gather_kernel<<<ew_blocks, 256, 0, be.stream()>>>(h, r.rows + c0, hc.data(), c,
@@ -203,7 +222,7 @@ inline void softmax_head(Backend& be, std::int64_t N, std::int64_t D, std::int64
     if (dh != nullptr) {
       // dHc (c, D) = G (c, I) · W (I, D), scattered to the rows of dh.
       if (bf16)
-        gemm_lt(be, CUDA_R_16BF, false, false, c, D, I, 1.f, g16.data(), ldz, items16, ldd, 0.f,
+        gemm_lt(be, CUDA_R_16BF, false, false, c, D, Ig, 1.f, g16.data(), ldz, items16, ldd, 0.f,
                 dhc.data(), D);
       else
         gemm_rm(be, false, false, c, D, I, 1.f, logits.data(), I, items, D, 0.f, dhc.data(), D);

@@ -503,6 +503,36 @@ void test_attention_packed(Backend& be, Rng& rng, std::int64_t B, std::int64_t L
 
 // ---- AdamW
 // ---------------------------------------------------------------------------------------
+/// The caching allocator's books: a freed block is cached, and reusing it takes it out of the
+/// cache again (cached_bytes() used to count every block ever returned); a big request reuses a
+/// cached block a little larger than its bucket, as packed steps of varying row counts need.
+void test_allocator() {
+  seqrec::cuda::CachingAllocator a;
+  const std::size_t small = 3000, big = (std::size_t{100} << 20) + 1;
+  void* p = a.allocate(small);
+  const std::size_t b = a.live_bytes();
+  a.deallocate(p);
+  record(a.cached_bytes() == b && a.live_bytes() == 0, "allocator.free_caches", "3000 B",
+         "cached " + std::to_string(a.cached_bytes()) + " (expected " + std::to_string(b) +
+             "), live " + std::to_string(a.live_bytes()));
+  void* q = a.allocate(small);
+  record(q == p && a.cached_bytes() == 0 && a.live_bytes() == b, "allocator.reuse_uncaches",
+         "3000 B",
+         "same block " + std::to_string(q == p) + ", cached " + std::to_string(a.cached_bytes()) +
+             " (expected 0), live " + std::to_string(a.live_bytes()));
+  a.deallocate(q);
+  void* r = a.allocate(big + (std::size_t{4} << 20));
+  const std::size_t rb = a.live_bytes();
+  a.deallocate(r);
+  void* s = a.allocate(big);           // a smaller bucket within 1/8: the cached block serves it
+  const bool want_reuse = !kEmulated;  // the emulator sizes blocks exactly
+  record((s == r) == want_reuse && a.cached_bytes() == (want_reuse ? b : b + rb),
+         "allocator.best_fit", "100 MiB + 1 after 104 MiB + 1",
+         "reused " + std::to_string(s == r) + " (expected " + std::to_string(want_reuse) +
+             "), cached " + std::to_string(a.cached_bytes()));
+  a.deallocate(s);
+}
+
 void test_adamw(Backend& be, Rng& rng) {
   seqrec::ParameterStore<float> st;
   st.add("item_emb", {20003, 64}, true, seqrec::Init::Zeros);
@@ -607,5 +637,6 @@ int main() {
               [&] { test_attention_packed(be, rng, b, l, d, h); });
 
     guarded("adamw", "store", [&] { test_adamw(be, rng); });
+    guarded("allocator", "books", [] { test_allocator(); });
   });
 }

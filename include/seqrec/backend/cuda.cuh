@@ -134,11 +134,14 @@ class CachingAllocator {
   /// A block of at least `bytes` bytes (256-byte aligned, as cudaMalloc's are).
   void* allocate(std::size_t bytes) {
     const std::size_t b = bucket(bytes);
-    auto it = free_.find(b);
-    if (it != free_.end() && !it->second.empty()) {
+    // The smallest cached block that fits and wastes little (fits()): packed training steps
+    // change their row counts every batch, so big requests rarely meet their exact bucket again.
+    for (auto it = free_.lower_bound(b); it != free_.end() && fits(it->first, b); ++it) {
+      if (it->second.empty()) continue;
       void* p = it->second.back();
       it->second.pop_back();
-      live_.emplace(p, b);
+      cached_bytes_ -= it->first;
+      live_.emplace(p, it->first);
       return p;
     }
     void* p = nullptr;
@@ -184,6 +187,16 @@ class CachingAllocator {
     std::size_t s = 0;
     for (const auto& [p, b] : live_) s += b;
     return s;
+  }
+
+  /// Whether a cached block of `block` bytes may serve a request whose bucket is b (block >= b):
+  /// its own bucket, or above 64 MiB a block at most 1/8 larger (multiples of 2 MiB there).
+  /// Exact under the host emulator, like bucket().
+  static bool fits(std::size_t block, std::size_t b) noexcept {
+#if defined(SEQREC_CUDA_EMULATION)
+    return block == b;
+#endif
+    return block == b || (b > (std::size_t{64} << 20) && block - b <= b / 8);
   }
 
   /// The bucket a request of `bytes` falls in: powers of two (at least 512 B) up to 64 MiB, then

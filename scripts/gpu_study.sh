@@ -12,7 +12,7 @@
 # SEQREC_EMB is the prefix of <prefix>.npy and <prefix>.ids.txt (tools/embed_titles.py writes
 # them; derived data: never commit it). Prints one row per run: validation MRR@10 / NDCG@10 /
 # HR@10 after the last epoch, training seconds and the wall time of the whole binary.
-# Environment: SEQREC_STUDY_LR (stage-2 peak learning rate, default 5e-4), SEQREC_STUDY_DROPOUT
+# Environment: SEQREC_EMB_ADAPTER (default lift), SEQREC_STUDY_LR (stage-2 peak learning rate, default 5e-4), SEQREC_STUDY_DROPOUT
 # (default 0.2), SEQREC_GPU_STEP_TIMEOUT (seconds per run, default 240).
 set -u
 cd "$(dirname "$0")/.."
@@ -57,8 +57,10 @@ PY
 
 nvidia-smi -L || true
 if [[ -n $emb ]]; then
+  # lift: the encoder may be narrower than d 1024 (MiniLM: 384); a random orthonormal map keeps
+  # every dot product between titles (exact and pca cannot widen).
   run train_ours "$kit/examples/train_ours" --embeddings "$emb.npy" --embedding-ids "$emb.ids.txt" \
-    --stage1-epochs 4 --stage1-lr 5e-4 --epochs 8
+    --embedding-adapter "${SEQREC_EMB_ADAPTER:-lift}" --stage1-epochs 4 --stage1-lr 5e-4 --epochs 8
 else
   echo "SEQREC_EMB not set: skipping train_ours (title init needs the title embeddings)"
 fi

@@ -23,7 +23,8 @@ rm -rf "$kit"
 mkdir -p "$kit/tests" "$kit/bench" "$kit/examples" "$kit/lib"
 cp "$build"/tests/test_cuda* "$kit/tests/"
 cp "$build/bench/gpu_bench" "$build/bench/gpu_train_bench" "$kit/bench/"
-cp "$build/examples/train_ours" "$build/examples/dpo_finetune" "$kit/examples/"
+cp "$build/examples/train_ours" "$build/examples/train_ours_random" "$build/examples/dpo_finetune" \
+  "$kit/examples/"
 # One folder above the trainers and tests, where they look for it (model/device_plugin.hpp).
 cp "$build/libseqrec_cuda_plugin.so" "$kit/"
 # Shared libraries outside the CUDA toolkit and the C/C++ runtime (which the GPU machine has: the
@@ -48,5 +49,13 @@ if [[ -f $src ]]; then
   echo "copied $src into $kit/data/amazon18_games (derived build data: never commit it)"
 else
   echo "note: $src absent; the check will time synthetic batches only"
+fi
+# The Games title embeddings for scripts/gpu_study.sh's title-init run, when they were made here
+# (tools/embed_titles.py into the ignored cache/; derived data, never committed).
+emb=cache/embeddings/games_minilm
+if [[ -f $emb.npy && -f $emb.ids.txt ]]; then
+  mkdir -p "$kit/data"
+  cp "$emb.npy" "$emb.ids.txt" "$kit/data/"
+  echo "copied $emb.{npy,ids.txt} into $kit/data (for SEQREC_EMB=$kit/data/games_minilm)"
 fi
 du -sh "$kit"

@@ -13,7 +13,8 @@
 # them; derived data: never commit it). Prints one row per run: validation MRR@10 / NDCG@10 /
 # HR@10 after the last epoch, training seconds and the wall time of the whole binary.
 # Environment: SEQREC_EMB_ADAPTER (default lift), SEQREC_STUDY_LR (stage-2 peak learning rate, default 5e-4), SEQREC_STUDY_DROPOUT
-# (default 0.2), SEQREC_GPU_STEP_TIMEOUT (seconds per run, default 240).
+# (default 0.2), SEQREC_STUDY_ARGS (extra trainer flags for every run), SEQREC_GPU_STEP_TIMEOUT
+# (seconds per run, default 240).
 set -u
 cd "$(dirname "$0")/.."
 kit="${1:-build-gpu-kit}"
@@ -28,6 +29,9 @@ limit="${SEQREC_GPU_STEP_TIMEOUT:-240}"
 common=(--data "$data" --protocol holdout --truncate earliest --max-len 20 --dim 1024 --layers 5
   --heads 8 --ffn-dim 4096 --dropout "$dropout" --batch 1024 --lr "$lr" --eval-every 1
   --device cuda --bf16 --no-progress)
+# Extra trainer flags for every run, e.g. SEQREC_STUDY_ARGS="--exclude-history --weight-decay 0.1"
+read -r -a extra <<<"${SEQREC_STUDY_ARGS:-}"
+common+=("${extra[@]}")
 failed=0
 rows=()
 
@@ -67,7 +71,7 @@ fi
 run train_ours_random "$kit/examples/train_ours_random" --epochs 12
 
 echo
-echo "study config on the GPU (valid split; lr $lr, dropout $dropout, bf16):"
+echo "study config on the GPU (valid split; lr $lr, dropout $dropout, bf16${SEQREC_STUDY_ARGS:+; $SEQREC_STUDY_ARGS}):"
 echo "| run | MRR@10 | NDCG@10 | HR@10 | users | train s | wall s |"
 echo "|---|---|---|---|---|---|---|"
 for r in "${rows[@]}"; do echo "$r"; done

@@ -137,26 +137,6 @@ void bench_embedding(Backend& be, Rng& rng, std::int64_t n, std::int64_t d, std:
       ms, 3.0 * n * d * sizeof(float), false);
 }
 
-void bench_cross_entropy(Backend& be, Rng& rng, std::int64_t n, std::int64_t d, std::int64_t items,
-                         std::int64_t chunk) {
-  std::vector<std::int32_t> tgt(static_cast<std::size_t>(n));
-  for (auto& t : tgt) t = std::int32_t(4 + rng.below(items));
-  auto h = random(be, rng, n * d), w = random(be, rng, items * d, 1.0 / std::sqrt(double(d)));
-  auto dh = be.buffer<float>(n * d), dw = be.buffer<float>(items * d);
-  SEQREC_CUDA_CHECK(cudaMemsetAsync(dw.data(), 0, dw.bytes(), be.stream()));
-  CeShape s{n, d, items, 4, chunk};
-  std::int64_t count = 0;
-  const double ms = time_ms(be, [&] {
-    (void)seqrec::cuda::cross_entropy_forward_backward(be, s, h.data(), tgt.data(), w.data(),
-                                                       dh.data(), dw.data(), 1.f / n, &count);
-  });
-  // Three GEMMs of N·I·D multiply-adds (logits, dh, dW).
-  row("cross_entropy fwd+bwd",
-      "N=" + std::to_string(n) + " D=" + std::to_string(d) + " I=" + std::to_string(items) +
-          " chunk=" + std::to_string(chunk),
-      ms, 6.0 * n * items * d, true);
-}
-
 /// A (rows, cols) bf16 matrix with leading dimension bf16_ld(cols), uniform in [−a, a).
 DeviceBuffer<__nv_bfloat16> random_bf16(Backend& be, Rng& rng, std::int64_t rows, std::int64_t cols,
                                         double a = 1.0) {
@@ -185,9 +165,10 @@ void bench_gemm_bf16(Backend& be, Rng& rng, const std::string& what, bool ta, bo
       ms, 2.0 * M * N * K, true, kPeakBf16);
 }
 
-/// The cross-entropy in the backend's bf16 mode (the training step's in --bf16).
-void bench_cross_entropy_bf16(Backend& be, Rng& rng, std::int64_t n, std::int64_t d,
-                              std::int64_t items, std::int64_t chunk) {
+/// The fused cross-entropy, forward + backward; with bf16, in the backend's bf16 mode (the
+/// training step's in --bf16), as a share of the bf16 peak.
+void bench_cross_entropy(Backend& be, Rng& rng, std::int64_t n, std::int64_t d, std::int64_t items,
+                         std::int64_t chunk, bool bf16 = false) {
   std::vector<std::int32_t> tgt(static_cast<std::size_t>(n));
   for (auto& t : tgt) t = std::int32_t(4 + rng.below(items));
   auto h = random(be, rng, n * d), w = random(be, rng, items * d, 1.0 / std::sqrt(double(d)));
@@ -195,22 +176,20 @@ void bench_cross_entropy_bf16(Backend& be, Rng& rng, std::int64_t n, std::int64_
   SEQREC_CUDA_CHECK(cudaMemsetAsync(dw.data(), 0, dw.bytes(), be.stream()));
   CeShape s{n, d, items, 4, chunk};
   std::int64_t count = 0;
-  be.set_bf16(true);
-  double ms = 0;
-  try {
-    ms = time_ms(be, [&] {
-      (void)seqrec::cuda::cross_entropy_forward_backward(be, s, h.data(), tgt.data(), w.data(),
-                                                         dh.data(), dw.data(), 1.f / n, &count);
-    });
-  } catch (...) {
-    be.set_bf16(false);
-    throw;
-  }
-  be.set_bf16(false);
-  row("cross_entropy fwd+bwd bf16",
+  struct Fp32Again {  // the other benchmarks run in fp32 mode, also after a throw
+    Backend& be;
+    ~Fp32Again() { be.set_bf16(false); }
+  } fp32_again{be};
+  be.set_bf16(bf16);
+  const double ms = time_ms(be, [&] {
+    (void)seqrec::cuda::cross_entropy_forward_backward(be, s, h.data(), tgt.data(), w.data(),
+                                                       dh.data(), dw.data(), 1.f / n, &count);
+  });
+  // Three GEMMs of N·I·D multiply-adds (logits, dh, dW).
+  row(bf16 ? "cross_entropy fwd+bwd bf16" : "cross_entropy fwd+bwd",
       "N=" + std::to_string(n) + " D=" + std::to_string(d) + " I=" + std::to_string(items) +
           " chunk=" + std::to_string(chunk),
-      ms, 6.0 * n * items * d, true, kPeakBf16);
+      ms, 6.0 * n * items * d, true, bf16 ? kPeakBf16 : kPeakFp32);
 }
 
 void bench_attention(Backend& be, Rng& rng, std::int64_t B, std::int64_t L, std::int64_t D,
@@ -309,7 +288,7 @@ int main() {
     guarded("gemm bf16",
             [&] { bench_gemm_bf16(be, rng, "CE dW", true, false, 16859, 1024, 3980, 1.f); });
     guarded("cross_entropy bf16",
-            [&] { bench_cross_entropy_bf16(be, rng, 9188, 1024, 16859, 3980); });
+            [&] { bench_cross_entropy(be, rng, 9188, 1024, 16859, 3980, true); });
   } catch (const std::exception& e) {
     std::printf("bench setup failed: %s\n", e.what());
     return 1;

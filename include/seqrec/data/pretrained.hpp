@@ -267,7 +267,7 @@ inline std::vector<float> adapt_dimension(const ItemEmbeddings& emb, std::int64_
     }
     Rng rng(lift_seed);
     Eigen::MatrixXd G(d, W);
-    for (std::int64_t c = 0; c < W; ++c)  // column by column: a wider W keeps the first columns
+    for (std::int64_t c = 0; c < W; ++c)
       for (std::int64_t r = 0; r < d; ++r) G(r, c) = rng.normal();
     const Eigen::HouseholderQR<Eigen::MatrixXd> qr(G);
     Eigen::MatrixXd Q = qr.householderQ() * Eigen::MatrixXd::Identity(d, W);

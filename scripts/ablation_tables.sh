@@ -4,7 +4,11 @@
 # train_ours, one MoE run without the load-balancing loss, and every variant over 3 seeds on
 # MovieLens-1M (loo, L 50). Needs ../shared/data and the title embeddings made by
 #   tools/embed_titles.py --items ../shared/data/<set>/items.tsv --out cache/embeddings/<name>
-# Outputs go to cache/runs/ (ignored). Usage: scripts/ablation_tables.sh [games|dpo|moe0|ml1m|all]
+# "history" re-evaluates the games step's checkpoints (no training: each run resumes at its last
+# epoch) with the user's history items ranked and with them left out (--exclude-history), and
+# prints both tables over the seeds.
+# Outputs go to cache/runs/ (ignored).
+# Usage: scripts/ablation_tables.sh [games|dpo|moe0|ml1m|history|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${SEQREC_SHARED:-../shared}/data
@@ -39,4 +43,42 @@ fi
 if [[ $what == ml1m || $what == all ]]; then
   /usr/bin/time -v "$BIN/ablation" "${ml1m_flags[@]}" --seeds 1,2,3 --analysis \
     --out "$OUT/ablation_ml1m" 2>&1 | tee "$OUT/ablation_ml1m.log"
+fi
+if [[ $what == history || $what == all ]]; then  # needs the games step's checkpoints
+  dir="$OUT/exclude_history"
+  mkdir -p "$dir"
+  for v in train_sasrec train_ours_random train_ours train_learned_pe train_gated train_moe; do
+    # The runner's budget: title-init variants 2 + 4 epochs, random-init ones 6 in one stage.
+    case $v in
+      train_sasrec | train_ours_random) epochs=(--epochs 6 --stage1-epochs 0) ;;
+      *) epochs=() ;;
+    esac
+    for s in 1 2 3; do
+      for mode in all excl; do
+        excl=()
+        [[ $mode == excl ]] && excl=(--exclude-history)
+        log="$dir/${v}_s${s}_${mode}.log"
+        "$BIN/$v" "${games_flags[@]}" "${epochs[@]}" --seed "$s" --no-progress \
+          --resume "$OUT/ckpt_games/${v}_s${s}.safetensors" "${excl[@]}" \
+          --metrics-json "$dir/${v}_s${s}_${mode}.json" >"$log" 2>&1
+        grep -q " 0 train tokens/s" "$log" || { echo "$log: the resumed run trained" >&2; exit 1; }
+      done
+    done
+  done
+  python3 - "$dir" <<'PY'
+import json, statistics as st, sys
+d = sys.argv[1]
+print("| variant | MRR@10 | HR@10 | NDCG@10 | MRR@10, history excluded | HR@10 | NDCG@10 |")
+print("|---|---|---|---|---|---|---|")
+for v in ["train_sasrec", "train_ours_random", "train_ours", "train_learned_pe", "train_gated",
+          "train_moe"]:
+    cells = []
+    for mode in ("all", "excl"):
+        m = [json.load(open(f"{d}/{v}_s{s}_{mode}.json"))["valid"] for s in (1, 2, 3)]
+        mrr = [x["mrr@10"] for x in m]
+        cells.append(f"{st.mean(mrr):.4f} ± {st.stdev(mrr):.4f} | "
+                     f"{st.mean(x['hr@10'] for x in m):.4f} | "
+                     f"{st.mean(x['ndcg@10'] for x in m):.4f}")
+    print(f"| `{v}` | " + " | ".join(cells) + " |")
+PY
 fi

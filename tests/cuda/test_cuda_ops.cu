@@ -404,6 +404,44 @@ void test_gemm_bias(Backend& be, Rng& rng, std::int64_t M, std::int64_t N, std::
 }
 
 // ---- Attention ----------------------------------------------------------------------------------
+/// Fused RoPE against the unfused path: attention rotating Q and K itself (qkv left unrotated)
+/// must return the floats of rope_apply(+1), the plain attention, then rope_apply(−1) on dqkv:
+/// the same float operations on the same values. qkv (rows, 3D) on the host; tok, seg and
+/// row_map on the device as the attention and RoPE take them (seg, row_map null: full layout).
+void check_fused_rope(Backend& be, const seqrec::ops::AttentionShape& s, const std::string& shape,
+                      const std::vector<float>& qkv, const std::int32_t* tok, std::int32_t pad,
+                      const std::int32_t* seg, const std::int32_t* row_map, std::int64_t rows,
+                      const float* dout) {
+  const std::int64_t B = s.batch, L = s.length, D = s.dim, H = s.heads;
+  if ((D / H) % 2 != 0) return;
+  seqrec::cuda::RopeTable table;
+  table.ensure(be, L, D / H, 10000.0);
+  auto rotated = upload(be, qkv), raw = upload(be, qkv);
+  seqrec::cuda::rope_apply(be, table, rotated.data(), B, L, D, H, +1, row_map, rows);
+  auto out_u = be.buffer<float>(rows * D), out_f = be.buffer<float>(rows * D);
+  auto probs_u = be.buffer<float>(B * H * L * L), probs_f = be.buffer<float>(B * H * L * L);
+  auto dqkv_u = be.buffer<float>(rows * 3 * D), dqkv_f = be.buffer<float>(rows * 3 * D);
+  // Packed, the rows of P past a sequence's row count are not written: start both equal.
+  SEQREC_CUDA_CHECK(cudaMemsetAsync(probs_u.data(), 0, probs_u.bytes(), be.stream()));
+  SEQREC_CUDA_CHECK(cudaMemsetAsync(probs_f.data(), 0, probs_f.bytes(), be.stream()));
+  seqrec::cuda::attention_forward(be, s, rotated.data(), tok, pad, out_u.data(), probs_u.data(), 0,
+                                  seg);
+  seqrec::cuda::attention_backward(be, s, rotated.data(), probs_u.data(), dout, dqkv_u.data(), seg);
+  seqrec::cuda::rope_apply(be, table, dqkv_u.data(), B, L, D, H, -1, row_map, rows);
+  seqrec::cuda::attention_forward(be, s, raw.data(), tok, pad, out_f.data(), probs_f.data(), 0, seg,
+                                  &table, row_map);
+  seqrec::cuda::attention_backward(be, s, raw.data(), probs_f.data(), dout, dqkv_f.data(), seg,
+                                   &table, row_map);
+  const char* why = "RoPE fused into the loads and stores: the separate op's floats";
+  check_identical("attention.rope_fused.out", shape, download(be, out_f), download(be, out_u), why);
+  check_identical("attention.rope_fused.probs", shape, download(be, probs_f), download(be, probs_u),
+                  why);
+  check_identical("attention.rope_fused.dqkv", shape, download(be, dqkv_f), download(be, dqkv_u),
+                  why);
+  check_identical("attention.rope_fused.qkv_untouched", shape, download(be, raw), qkv,
+                  "the fused kernels only read qkv");
+}
+
 void test_attention(Backend& be, Rng& rng, std::int64_t B, std::int64_t L, std::int64_t D,
                     std::int64_t H) {
   const std::string shape = shape_str({{"B", B}, {"L", L}, {"D", D}, {"H", H}});
@@ -435,6 +473,7 @@ void test_attention(Backend& be, Rng& rng, std::int64_t B, std::int64_t L, std::
   check("attention.probs", shape, download(be, dprobs), probs, 1e-4, 1e-5);
   check("attention.out", shape, download(be, dout_), out, 1e-4, 1e-5);
   check("attention.dqkv", shape, download(be, ddqkv), dqkv, 1e-4, 1e-5);
+  check_fused_rope(be, s, shape, qkv, dtok.data(), pad, nullptr, nullptr, B * L, ddout.data());
 }
 
 /// The packed layout the model trains with: attention over each sequence's packed rows (every
@@ -499,6 +538,8 @@ void test_attention_packed(Backend& be, Rng& rng, std::int64_t B, std::int64_t L
   seqrec::cuda::rope_apply(be, table, part.data(), B, L, D, H, +1, drows.data(), M);
   check_identical("rope.packed", ps, download(be, part), take(download(be, full), 3 * D),
                   "the same rotation of the same rows");
+  check_fused_rope(be, s, ps, take(qkv, 3 * D), dptok.data(), pad, dseg.data(), drows.data(), M,
+                   ddout.data());
 }
 
 // ---- AdamW

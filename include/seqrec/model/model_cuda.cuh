@@ -769,6 +769,13 @@ class Model<Cfg, cuda::Backend> {
                                       sizeof(std::int32_t) * seg_host_.size(),
                                       cudaMemcpyHostToDevice, be_->stream()));
   }
+  /// The RoPE table attention fuses (null for the other position policies).
+  const cuda::RopeTable* rope() const {
+    if constexpr (kPos == detail::CudaPos::RoPE)
+      return &rope_;
+    else
+      return nullptr;
+  }
   /// The packed-row map for the dropout and RoPE kernels (null: all rows, in order).
   const std::int32_t* row_map() const { return packed_ ? rows_.data() : nullptr; }
   /// Attention's segments (null: the full (B, L) layout) and the tokens of the rows it sees.
@@ -855,19 +862,16 @@ class Model<Cfg, cuda::Backend> {
         const cuda::ProfileScope prof(*be_, "qkv linear (fwd)");
         linear_forward(a1, value(blk.qkv_w), value(blk.qkv_b), c.qkv.data(), M, D, 3 * D);
       }
-      if constexpr (kPos == detail::CudaPos::RoPE) {
-        const cuda::ProfileScope prof(*be_, "rope (fwd)");
-        cuda::rope_apply(*be_, rope_, c.qkv.data(), B, L, D, H, +1, row_map(), M);
-      }
       {
-        // Packed: each (sequence, head) block attends over that sequence's packed rows.
+        // Packed: each (sequence, head) block attends over that sequence's packed rows. RoPE is
+        // fused: the kernel rotates Q and K as it loads them, c.qkv stays unrotated.
         const cuda::ProfileScope prof(*be_, "attention (fwd)");
         if (act16_)
           cuda::attention_forward(*be_, as, c.qkv.data(), attn_tokens(), kPadToken, c.ctx16.data(),
-                                  c.probs.data(), ctx.ld, attn_seg());
+                                  c.probs.data(), ctx.ld, attn_seg(), rope(), rmap);
         else
           cuda::attention_forward(*be_, as, c.qkv.data(), attn_tokens(), kPadToken, c.ctx.data(),
-                                  c.probs.data(), 0, attn_seg());
+                                  c.probs.data(), 0, attn_seg(), rope(), rmap);
       }
       {
         const cuda::ProfileScope prof(*be_, "out linear (fwd)");
@@ -948,12 +952,9 @@ class Model<Cfg, cuda::Backend> {
       }
       {
         const cuda::ProfileScope prof(*be_, "attention (bwd)");
+        // RoPE fused: dqkv is the gradient with respect to the unrotated qkv.
         cuda::attention_backward(*be_, as, c.qkv.data(), c.probs.data(), tmp, dqkv_.data(),
-                                 attn_seg());
-      }
-      if constexpr (kPos == detail::CudaPos::RoPE) {
-        const cuda::ProfileScope prof(*be_, "rope (bwd)");
-        cuda::rope_apply(*be_, rope_, dqkv_.data(), B, L, D, H, -1, row_map(), M);
+                                 attn_seg(), rope(), rmap);
       }
       {
         const cuda::ProfileScope prof(*be_, "qkv linear (bwd)");

@@ -18,6 +18,29 @@
 
 namespace seqrec::cuda {
 
+namespace detail {
+/// One half-split pair (a, b) = (v[i], v[i + dh/2]) rotated by (c, n) = (cos θ, ±sin θ):
+/// x = a·c − b·n, y = b·c + a·n, with round-to-nearest products and sums (no FMA contraction),
+/// the CPU op's floats. Every RoPE rotation on the GPU goes through here, fused or not.
+__device__ inline void rope_rotate(float a, float b, float c, float n, float& x, float& y) {
+  x = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, n));
+  y = __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, n));
+}
+}  // namespace detail
+
+/// What a kernel needs to rotate rows itself (attention fuses RoPE into its loads and stores):
+/// the (L, dh/2) cos and sin tables and the packed-row map (null: row r sits at slot r mod L).
+struct RopeView {
+  const float* cos = nullptr;
+  const float* sin = nullptr;
+  const std::int32_t* row_map = nullptr;
+  int length = 0, half = 0;
+  /// Offset of row r's angles in cos and sin.
+  __device__ int offset(int r) const {
+    return ((row_map != nullptr ? row_map[r] : r) % length) * half;
+  }
+};
+
 /// cos and sin (L, dh/2) for one (L, dh, base) on the device; rebuilt by ensure() on a change.
 class RopeTable {
  public:
@@ -45,6 +68,13 @@ class RopeTable {
     head_dim_ = head_dim;
     base_ = base;
   }
+  /// The table for kernels that rotate rows themselves; row_map as for rope_apply.
+  RopeView view(const std::int32_t* row_map = nullptr) const noexcept {
+    return {cos_.data(), sin_.data(), row_map, static_cast<int>(length_),
+            static_cast<int>(head_dim_ / 2)};
+  }
+  std::int64_t length() const noexcept { return length_; }
+  std::int64_t head_dim() const noexcept { return head_dim_; }
   const float* cos() const noexcept { return cos_.data(); }
   const float* sin() const noexcept { return sin_.data(); }
 
@@ -73,9 +103,7 @@ static __global__ void rope_apply_kernel(float* __restrict__ qkv, const float* _
     float* v = qkv + r * 3 * D + part * D + h * dh;
     const float c = cs[l * half + i];
     const float n = sign > 0.f ? sn[l * half + i] : -sn[l * half + i];
-    const float a = v[i], b = v[i + half];
-    v[i] = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, n));
-    v[i + half] = __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, n));
+    detail::rope_rotate(v[i], v[i + half], c, n, v[i], v[i + half]);
   }
 }
 

@@ -322,9 +322,9 @@ void test_selected(Backend& be, Rng& rng, std::int64_t n, std::int64_t p, std::i
 }
 
 // ---- Packed rows --------------------------------------------------------------------------------
-/// gather_rows / scatter_rows against the obvious loops, and dropout_add / dropout_backward on
-/// packed rows against the full-layout ops restricted to those rows: all exact (copies, and the
-/// same float operations under the same masks).
+/// gather_rows / scatter_rows against the obvious loops, and the three dropout forms on packed rows
+/// against the full-layout ops restricted to those rows: all exact (copies, and the same float
+/// operations under the same masks).
 void test_packed_rows(Backend& be, Rng& rng, std::int64_t n, std::int64_t w) {
   const std::string shape = shape_str({{"N", n}, {"W", w}});
   std::vector<std::int32_t> rows;
@@ -366,6 +366,13 @@ void test_packed_rows(Backend& be, Rng& rng, std::int64_t n, std::int64_t w) {
   for (std::int64_t i = 0; i < m; ++i)
     for (std::int64_t j = 0; j < w; ++j) want[i * w + j] = bf[rows[i] * w + j];
   check("dropout_backward.packed", shape, download(be, dout_packed), want, 0.0, 0.0);
+  // In place (the embeddings' dropout): the full layout, and the packed rows with the row map.
+  seqrec::cuda::dropout_forward(be, dbranch.data(), n * w, p, key);
+  seqrec::cuda::dropout_forward(be, dpb.data(), m * w, p, key, drows.data(), w);
+  const auto ff = download(be, dbranch);
+  for (std::int64_t i = 0; i < m; ++i)
+    for (std::int64_t j = 0; j < w; ++j) want[i * w + j] = ff[rows[i] * w + j];
+  check("dropout_forward.packed", shape, download(be, dpb), want, 0.0, 0.0);
 }
 
 // ---- GEMM with bias ----------------------------------------------------------------------------

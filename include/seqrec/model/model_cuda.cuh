@@ -20,11 +20,13 @@
 // selected_log_probs / selected_backward run DPO's head on the device. Training steps
 // (forward_backward, loss) compute only the non-padding rows, as the CPU model does (choose_rows) —
 // attention and RoPE included: attention reads each sequence's packed rows through segment offsets,
-// so no (B·L)-row tensor exists in a training step beyond the embeddings. The step mirrors the CPU
-// model op for op (read model.hpp's forward() and backward() beside this file), with the same
-// dropout sites and keys: embeddings mix64(key ^ 1), attention output mix64(key ^ (l·16 + 2)), FFN
-// output mix64(that ^ 0x5bd1e995). Dropout masks are recomputed from the counter hash in the
-// backward instead of being stored; they are bit-identical to the CPU's.
+// so no (B·L)-row tensor exists in a training step (but the embeddings', with learned positions).
+// RoPE has no kernel of its own: attention rotates Q and K as it loads them and rotates dQ and dK
+// back as it stores them (the same floats as the separate op), so the cached qkv stays unrotated.
+// The step mirrors the CPU model op for op (read model.hpp's forward() and backward() beside this
+// file), with the same dropout sites and keys: embeddings mix64(key ^ 1), attention output
+// mix64(key ^ (l·16 + 2)), FFN output mix64(that ^ 0x5bd1e995). Dropout masks are recomputed from
+// the counter hash in the backward instead of being stored; they are bit-identical to the CPU's.
 //
 // Supported policies in this version: positions Learned, RoPE, None; norm RMSNorm, LayerNorm;
 // FFN Mlp<Relu>, Mlp<Silu>, GatedMlp (SwiGLU), MoE<E, K, Mlp<Silu>> (through cuda::MoeLayer, one
@@ -814,22 +816,34 @@ class Model<Cfg, cuda::Backend> {
     ensure(tmp_, M * D);
     ensure(h_, M * D);
     ensure(stats_f_, M * kStatsPerRow);
-    if (packed_) ensure(full_, N * D);  // the embeddings' full layout
+    // Learned positions add the table on the full layout (its gradient sums over b), so only
+    // they keep the embeddings' full layout in a packed step.
+    const bool full_embed = packed_ && kPos == detail::CudaPos::Learned;
+    if (full_embed) ensure(full_, N * D);
     if constexpr (kPos == detail::CudaPos::RoPE) rope_.ensure(*be_, L, D / H, shape_.rope_base);
 
-    // Embeddings, positions and their dropout on the full (B, L) layout (cheap, elementwise),
-    // then the computed rows.
+    // Embeddings and their dropout straight into the computed rows (packed: the row map gives
+    // each row's mask indices, the full layout's); with learned positions, on the full (B, L)
+    // layout first, then gathered.
     {
       const cuda::ProfileScope prof(*be_, "embedding + dropout (fwd)");
       const T scale = shape_.scale_embeddings ? std::sqrt(T(D)) : T(1);
-      float* x0 = packed_ ? full_.data() : resid_[0].data();
-      cuda::embedding_forward(*be_, tokens_.data(), value(item_emb_), x0, N, D, scale);
-      if constexpr (kPos == detail::CudaPos::Learned) {
-        SEQREC_CHECK(L <= shape_.max_len, "sequence window longer than the learned position table");
-        cuda::position_add(*be_, x0, value(pos_emb_), B, L, D);
+      if (full_embed || !packed_) {
+        float* x0 = packed_ ? full_.data() : resid_[0].data();
+        cuda::embedding_forward(*be_, tokens_.data(), value(item_emb_), x0, N, D, scale);
+        if constexpr (kPos == detail::CudaPos::Learned) {
+          SEQREC_CHECK(L <= shape_.max_len,
+                       "sequence window longer than the learned position table");
+          cuda::position_add(*be_, x0, value(pos_emb_), B, L, D);
+        }
+        cuda::dropout_forward(*be_, x0, N * D, p, mix64(dropout_key ^ 1));
+        if (packed_) cuda::gather_rows(*be_, x0, rows_.data(), resid_[0].data(), M, D);
+      } else {
+        cuda::embedding_forward(*be_, attn_tokens(), value(item_emb_), resid_[0].data(), M, D,
+                                scale);
+        cuda::dropout_forward(*be_, resid_[0].data(), M * D, p, mix64(dropout_key ^ 1),
+                              rows_.data(), D);
       }
-      cuda::dropout_forward(*be_, x0, N * D, p, mix64(dropout_key ^ 1));
-      if (packed_) cuda::gather_rows(*be_, x0, rows_.data(), resid_[0].data(), M, D);
     }
     const std::int32_t* rmap = row_map();
     const ops::AttentionShape as{B, L, D, H};
@@ -967,8 +981,18 @@ class Model<Cfg, cuda::Backend> {
         norm_backward(blk.norm1, resid_[li].data(), c.stats1.data(), tmp, dx, M, D, true);
       }
     }
-    // Back to the full layout for the embedding dropout, positions and the table.
+    // The embedding dropout and the table on the computed rows (as the forward); learned
+    // positions go back to the full layout first.
     const cuda::ProfileScope prof(*be_, "embedding + dropout (bwd)");
+    const T scale = shape_.scale_embeddings ? std::sqrt(T(D)) : T(1);
+    const bool frozen = store_.entry(item_emb_).frozen;
+    if (packed_ && kPos != detail::CudaPos::Learned) {
+      cuda::dropout_backward(*be_, dx, dx, M * D, p, mix64(last_key_ ^ 1), rows_.data(), D);
+      if (!frozen)
+        cuda::embedding_backward(*be_, attn_tokens(), dx, grad(item_emb_), M, D, shape_.vocab_size,
+                                 scale);
+      return;
+    }
     if (packed_) {
       cuda::scatter_rows(*be_, dx, rows_.data(), full_.data(), M, N, D);
       dx = full_.data();
@@ -976,8 +1000,7 @@ class Model<Cfg, cuda::Backend> {
     cuda::dropout_backward(*be_, dx, dx, N * D, p, mix64(last_key_ ^ 1));
     if constexpr (kPos == detail::CudaPos::Learned)
       cuda::position_add_backward(*be_, dx, grad(pos_emb_), B, L, D);
-    const T scale = shape_.scale_embeddings ? std::sqrt(T(D)) : T(1);
-    if (!store_.entry(item_emb_).frozen)
+    if (!frozen)
       cuda::embedding_backward(*be_, tokens_.data(), dx, grad(item_emb_), N, D, shape_.vocab_size,
                                scale);
   }

@@ -18,7 +18,9 @@
 //   rmsnorm / layernorm backward with accumulate == overwrite into scratch, then add_into (dx),
 //                                   and the same parameter gradients
 //   column_sum_add_cast          sums == column_sum_add's; copy == cast_to_bf16's, padding
-//   untouched profiler                     ranges are timed (> 0 ms, one total per name, in order),
+//   untouched
+//   activation_backward_sum_cast == activation_backward then column_sum_add_cast (ReLU, SiLU)
+//   profiler                     ranges are timed (> 0 ms, one total per name, in order),
 //   a nested
 //                                range is refused, and profiling off records nothing
 // Shapes: odd widths (37, 172: bf16 rows padded to 40 and 176) and the study's (D 1024, F 4096).
@@ -138,6 +140,26 @@ void test_activations(Backend& be, Rng& rng, std::int64_t rows, std::int64_t f) 
   seqrec::cuda::swiglu_forward(be, x.data(), u.data(), y.data(), rows * f);
   seqrec::cuda::swiglu_forward(be, x.data(), u.data(), y16.data(), rows, f, ld);
   check_rounding(be, "swiglu_forward.bf16", shape, y.data(), y16.data(), rows, f, ld);
+
+  // The MLP's bf16 backward through the activation: activation_backward then column_sum_add_cast
+  // (d·f'(x) stored in fp32, summed and rounded) against the fused pass that never stores it.
+  const auto sums0 = normal(rng, f);
+  auto fused = [&]<Activation A>(const char* name) {
+    auto d = upload(be, download(be, u));
+    auto s_ref = upload(be, sums0), s_got = upload(be, sums0);
+    auto g16_ref = sentinel_buffer(be, rows, ld), g16_got = sentinel_buffer(be, rows, ld);
+    seqrec::cuda::activation_backward<A>(be, x.data(), d.data(), rows * f);
+    seqrec::cuda::column_sum_add_cast(be, d.data(), s_ref.data(), rows, f, g16_ref.data(), ld);
+    seqrec::cuda::activation_backward_sum_cast<A>(be, x.data(), u.data(), s_got.data(), rows, f,
+                                                  g16_got.data(), ld);
+    const std::string op = std::string("activation_backward_sum_cast.") + name;
+    check_identical(op + ".sums", shape, download(be, s_got), download(be, s_ref),
+                    "the same products summed in the same order");
+    check_identical(op + ".bf16", shape, download(be, g16_got), download(be, g16_ref),
+                    "the same products rounded, padding untouched");
+  };
+  fused.template operator()<Activation::Relu>("relu");
+  fused.template operator()<Activation::Silu>("silu");
 }
 
 /// Norm backward accumulating into dx against overwrite-then-add_into; the bias-gradient column

@@ -720,9 +720,20 @@ class Model<Cfg, cuda::Backend> {
     } else {
       linear_backward(act, value(blk.fc2_w), dy, dact_.data(), grad(blk.fc2_w), grad(blk.fc2_b), n,
                       F, d);
-      cuda::activation_backward<kAct>(*be_, c.pre.data(), dact_.data(), n * F);
-      linear_backward(a2, value(blk.fc1_w), dact_.data(), dx, grad(blk.fc1_w), grad(blk.fc1_b), n,
-                      d, F);
+      if (!be_->bf16()) {
+        cuda::activation_backward<kAct>(*be_, c.pre.data(), dact_.data(), n * F);
+        linear_backward(a2, value(blk.fc1_w), dact_.data(), dx, grad(blk.fc1_w), grad(blk.fc1_b), n,
+                        d, F);
+        return;
+      }
+      // bf16: the gradient through the activation goes straight into fc1's bias gradient and
+      // its bf16 GEMM operand (linear_backward's two uses of it), never stored in fp32.
+      const std::int64_t ld16 = cuda::bf16_ld(F);
+      auto g16 = be_->buffer<__nv_bfloat16>(static_cast<std::size_t>(n * ld16));
+      cuda::activation_backward_sum_cast<kAct>(*be_, c.pre.data(), dact_.data(), grad(blk.fc1_b), n,
+                                               F, g16.data(), ld16);
+      linear_backward_gemms(a2, value(blk.fc1_w), cuda::Operand(g16.data(), ld16), dx,
+                            grad(blk.fc1_w), n, d, F, false);
     }
   }
 

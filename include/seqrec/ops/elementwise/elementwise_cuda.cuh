@@ -6,11 +6,12 @@
 //   position_add            x (B, L, D) += P (L, D)                  (learned positions)
 //   position_add_backward   dP (L, D) += Σ_b dx (B, L, D)
 //   activation_forward      y = f(x);  activation_backward  d *= f'(x)     (ReLU, SiLU)
+//   activation_backward_sum_cast   g = d·f'(x): db += Σ_rows g and bf16(g), one pass (bf16 MLP)
 //
 // No atomics anywhere: every sum has a fixed order, so results repeat bit for bit. The column sum
 // is two passes: a fixed grid of row chunks writes per-chunk column sums (each thread one column,
-// rows in order, so reads are coalesced across a warp), then one thread per column adds the chunk
-// sums in chunk order. The position gradient is one thread per (l, j) summing over b in order.
+// rows in order, so reads are coalesced across a warp), then partial_sums_add adds the chunk sums
+// in a fixed order. The position gradient is one thread per (l, j) summing over b in order.
 // Element-wise arithmetic uses round-to-nearest intrinsics where the CPU computes the same single
 // operation, so those outputs equal the CPU's floats given equal inputs.
 #pragma once
@@ -18,6 +19,7 @@
 #include <cstdint>
 
 #include "seqrec/backend/cuda.cuh"
+#include "seqrec/ops/elementwise/partial_sums_cuda.cuh"
 
 namespace seqrec::cuda {
 
@@ -49,38 +51,41 @@ __device__ inline float act_df(float x) {
     return s * (1.f + x * (1.f - s));
   }
 }
+
+/// What column_sum_partial_kernel sums of element i: x[i] itself …
+struct SumPlain {
+  __device__ float operator()(float v, std::int64_t) const { return v; }
+};
+/// … or the gradient through an activation, x[i] · f'(pre[i]): activation_backward's float.
+template <Activation A>
+struct SumThroughActivation {
+  const float* pre;
+  __device__ float operator()(float v, std::int64_t i) const {
+    return __fmul_rn(v, act_df<A>(pre[i]));
+  }
+};
 }  // namespace detail
 
-/// partial (gridDim.y, C): chunk blockIdx.y's column sums, rows in ascending order. Cast: also
-/// x16 (rows, ld16) = bf16(x), in the same pass (the rows each thread reads, it rounds).
-template <bool Cast>
+/// partial (gridDim.y, C): chunk blockIdx.y's column sums of value(x), rows in ascending order.
+/// Cast: also x16 (rows, ld16) = bf16(value(x)), in the same pass (the rows each thread reads, it
+/// rounds).
+template <bool Cast, typename Value>
 static __global__ void column_sum_partial_kernel(const float* __restrict__ x,
                                                  float* __restrict__ partial, std::int64_t rows,
                                                  std::int64_t cols, std::int64_t chunk,
-                                                 __nv_bfloat16* __restrict__ x16,
-                                                 std::int64_t ld16) {
+                                                 __nv_bfloat16* __restrict__ x16, std::int64_t ld16,
+                                                 Value value) {
   const std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (j >= cols) return;
   const std::int64_t r0 = static_cast<std::int64_t>(blockIdx.y) * chunk;
   const std::int64_t r1 = r0 + chunk < rows ? r0 + chunk : rows;
   float s = 0.f;
   for (std::int64_t r = r0; r < r1; ++r) {
-    const float v = x[r * cols + j];
+    const float v = value(x[r * cols + j], r * cols + j);
     s += v;
     if constexpr (Cast) x16[r * ld16 + j] = __float2bfloat16_rn(v);
   }
   partial[static_cast<std::int64_t>(blockIdx.y) * cols + j] = s;
-}
-
-/// out[j] += Σ_c partial[c, j], c in order.
-static __global__ void column_sum_reduce_kernel(const float* __restrict__ partial,
-                                                float* __restrict__ out, int chunks,
-                                                std::int64_t cols) {
-  const std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (j >= cols) return;
-  float s = 0.f;
-  for (int c = 0; c < chunks; ++c) s += partial[static_cast<std::int64_t>(c) * cols + j];
-  out[j] += s;
 }
 
 static __global__ void add_into_kernel(float* __restrict__ y, const float* __restrict__ x,
@@ -138,8 +143,10 @@ static __global__ void activation_backward_kernel(const float* __restrict__ x,
 }
 
 namespace detail {
-inline void column_sum_add_impl(Backend& be, const float* x, float* out, std::int64_t rows,
-                                std::int64_t cols, __nv_bfloat16* x16, std::int64_t ld16) {
+template <typename Value = SumPlain>
+void column_sum_add_impl(Backend& be, const float* x, float* out, std::int64_t rows,
+                         std::int64_t cols, __nv_bfloat16* x16, std::int64_t ld16,
+                         Value value = {}) {
   if (rows == 0 || cols == 0) return;
   const std::int64_t want = rows < kColSumChunks ? rows : kColSumChunks;
   const std::int64_t chunk = (rows + want - 1) / want;
@@ -147,15 +154,13 @@ inline void column_sum_add_impl(Backend& be, const float* x, float* out, std::in
   auto partial = be.buffer<float>(static_cast<std::size_t>(chunks) * cols);
   const dim3 grid(static_cast<unsigned>((cols + 255) / 256), static_cast<unsigned>(chunks));
   if (x16 != nullptr)
-    column_sum_partial_kernel<true>
-        <<<grid, 256, 0, be.stream()>>>(x, partial.data(), rows, cols, chunk, x16, ld16);
+    column_sum_partial_kernel<true, Value>
+        <<<grid, 256, 0, be.stream()>>>(x, partial.data(), rows, cols, chunk, x16, ld16, value);
   else
-    column_sum_partial_kernel<false>
-        <<<grid, 256, 0, be.stream()>>>(x, partial.data(), rows, cols, chunk, nullptr, 0);
+    column_sum_partial_kernel<false, Value>
+        <<<grid, 256, 0, be.stream()>>>(x, partial.data(), rows, cols, chunk, nullptr, 0, value);
   SEQREC_CUDA_CHECK_LAUNCH();
-  column_sum_reduce_kernel<<<static_cast<unsigned>((cols + 255) / 256), 256, 0, be.stream()>>>(
-      partial.data(), out, chunks, cols);
-  SEQREC_CUDA_CHECK_LAUNCH();
+  partial_sums_add(be, partial.data(), out, chunks, cols);
 }
 }  // namespace detail
 
@@ -171,6 +176,18 @@ inline void column_sum_add(Backend& be, const float* x, float* out, std::int64_t
 inline void column_sum_add_cast(Backend& be, const float* x, float* out, std::int64_t rows,
                                 std::int64_t cols, __nv_bfloat16* x16, std::int64_t ld16) {
   detail::column_sum_add_impl(be, x, out, rows, cols, x16, ld16);
+}
+
+/// activation_backward then column_sum_add_cast in one pass, without writing d back: with
+/// g = d · f'(pre) (rows, cols), out (cols) += Σ_rows g and x16 (rows, ld16) = bf16(g). An MLP's
+/// first linear in bf16 mode needs only these two of g (its bias gradient and its GEMM operand),
+/// so the fp32 g is never stored. Bits: those of the two ops it replaces.
+template <Activation A>
+void activation_backward_sum_cast(Backend& be, const float* pre, const float* d, float* out,
+                                  std::int64_t rows, std::int64_t cols, __nv_bfloat16* x16,
+                                  std::int64_t ld16) {
+  detail::column_sum_add_impl(be, d, out, rows, cols, x16, ld16,
+                              detail::SumThroughActivation<A>{pre});
 }
 
 /// y (n) += x (n).

@@ -12,7 +12,7 @@
 // The backward writes dx directly and accumulates dg and db without atomics: a fixed grid of
 // kLnPartialBlocks blocks walks the rows in a fixed pattern, each warp adds its rows' dy·x̂ and dy
 // into its own shared-memory rows, the block sums its warps in order into a (2, blocks, D) partial
-// buffer, and a second small kernel sums the partials over blocks in a fixed order into dg and db.
+// buffer, and partial_sums_add adds the partials over blocks in a fixed order into dg and db.
 // The result is bit-identical from run to run (and does not depend on the device's SM count).
 #pragma once
 
@@ -20,6 +20,7 @@
 #include <string>
 
 #include "seqrec/backend/cuda.cuh"
+#include "seqrec/ops/elementwise/partial_sums_cuda.cuh"
 
 namespace seqrec::cuda {
 
@@ -28,7 +29,6 @@ constexpr int kLnForwardWarps = 8;     // forward: warps (rows in flight) per bl
 constexpr int kLnBackwardWarps = 4;    // backward: warps per block (shared memory: 2·4·D floats)
 constexpr int kLnPartialBlocks = 512;  // fixed grid of the backward: fixes the summation order
 constexpr std::int64_t kLnMaxDim = 1536;  // 2·4·1536 floats = 48 KiB, the default dynamic limit
-constexpr int kLnReduceRows = 8;          // reduce kernel: block = 32 columns × 8 partial strides
 }  // namespace detail
 
 /// x (N, D); y (N, D) with leading dimension ldy, float or bf16 (store_as); g, b (D); stats
@@ -122,36 +122,6 @@ static __global__ void layernorm_backward_kernel(const float* __restrict__ x,
   }
 }
 
-/// out[c] += Σ_b partial[b, c] for c < 2·D (out = dg for c < D, db for c ≥ D; partial is the
-/// (2, blocks, D) buffer, i.e. (blocks, D) for dg followed by (blocks, D) for db). Block (32, 8):
-/// thread (tx, ty) sums blocks ty, ty + 8, … in order for column c = 32·blockIdx.x + tx, then
-/// thread ty = 0 adds the 8 strided sums in order: a fixed summation order.
-static __global__ void layernorm_dparams_reduce_kernel(const float* __restrict__ partial,
-                                                       float* __restrict__ dg,
-                                                       float* __restrict__ db, int blocks,
-                                                       std::int64_t d) {
-  __shared__ float part[detail::kLnReduceRows][32];
-  const int tx = threadIdx.x, ty = threadIdx.y;
-  const std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * 32 + tx;
-  const bool active = c < 2 * d;
-  const bool is_b = active && c >= d;
-  const std::int64_t col = is_b ? c - d : c;
-  const float* base = partial + (is_b ? static_cast<std::int64_t>(blocks) * d : 0) + col;
-  float s = 0.f;
-  if (active)
-    for (int b = ty; b < blocks; b += detail::kLnReduceRows)
-      s += base[static_cast<std::int64_t>(b) * d];
-  part[ty][tx] = s;
-  __syncthreads();
-  if (ty != 0 || !active) return;
-  float t = 0.f;
-  for (int k = 0; k < detail::kLnReduceRows; ++k) t += part[k][tx];
-  if (is_b)
-    db[col] += t;
-  else
-    dg[col] += t;
-}
-
 /// x, y (N, D); g, b (D); stats (N, 2) receives (mean, rstd) per row, the CPU op's layout.
 /// Device pointers; runs on be.stream(). Any D ≥ 1 (the forward keeps nothing in shared memory).
 /// OutT is float, or __nv_bfloat16 for a bf16 activation; ldy is y's leading dimension (0: D).
@@ -194,11 +164,8 @@ inline void layernorm_backward(Backend& be, const float* x, const float* g, cons
     layernorm_backward_kernel<false><<<blocks, 32 * detail::kLnBackwardWarps, smem, be.stream()>>>(
         x, g, stats, dy, dx, partial.data(), n, d);
   SEQREC_CUDA_CHECK_LAUNCH();
-  const dim3 rblock(32, detail::kLnReduceRows);
-  const auto rgrid = static_cast<unsigned>((2 * d + 31) / 32);
-  layernorm_dparams_reduce_kernel<<<rgrid, rblock, 0, be.stream()>>>(partial.data(), dg, db, blocks,
-                                                                     d);
-  SEQREC_CUDA_CHECK_LAUNCH();
+  partial_sums_add(be, partial.data(), dg, blocks, d);
+  partial_sums_add(be, partial.data() + static_cast<std::int64_t>(blocks) * d, db, blocks, d);
 }
 
 }  // namespace seqrec::cuda

@@ -4,19 +4,23 @@
 // One warp per row: lane k handles columns k, k+32, …, and the row sums are warp shuffles. The
 // backward writes dx directly and accumulates dg without atomics: a fixed grid of blocks walks the
 // rows in a fixed pattern, each warp adds its rows' dy·x·rstd into its own shared-memory row, the
-// block sums its warps in order into a (blocks, D) partial buffer, and a second small kernel sums
-// the partials over blocks in order into dg. The result is bit-identical from run to run.
+// block sums its warps in order into a (blocks, D) partial buffer, and partial_sums_add adds the
+// partials into dg in a fixed order. The result is bit-identical from run to run.
 #pragma once
 
 #include <cstdint>
 
 #include "seqrec/backend/cuda.cuh"
+#include "seqrec/ops/elementwise/partial_sums_cuda.cuh"
 
 namespace seqrec::cuda {
 
 namespace detail {
-constexpr int kRmsWarps = 8;            // warps (rows in flight) per block
-constexpr int kRmsPartialBlocks = 256;  // fixed grid of the backward: fixes the summation order
+constexpr int kRmsWarps = 8;  // warps (rows in flight) per block
+// Fixed grid of the backward (fixes the summation order): 768 blocks of 32 KiB shared memory at
+// D 1024 fit an H100 in one wave, ~46 warps per SM where 256 blocks left it at ~16 warps, too few
+// loads in flight for a kernel bound by memory.
+constexpr int kRmsPartialBlocks = 768;
 }  // namespace detail
 
 /// x (N, D); y (N, D) with leading dimension ldy, float or bf16 (store_as); g (D); rstd (N).
@@ -78,17 +82,6 @@ static __global__ void rmsnorm_backward_kernel(const float* __restrict__ x,
   }
 }
 
-/// dg[j] += Σ_b partial[b, j], b in order. One thread per column.
-static __global__ void rmsnorm_dgain_reduce_kernel(const float* __restrict__ partial,
-                                                   float* __restrict__ dg, int blocks,
-                                                   std::int64_t d) {
-  const std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (j >= d) return;
-  float s = 0.f;
-  for (int b = 0; b < blocks; ++b) s += partial[static_cast<std::int64_t>(b) * d + j];
-  dg[j] += s;
-}
-
 /// x, y (N, D); g (D); rstd (N) receives 1/rms. Device pointers; runs on be.stream(). OutT is
 /// float, or __nv_bfloat16 for a bf16 activation (y rounded as cast_to_bf16 rounds); ldy is y's
 /// leading dimension (0: D).
@@ -125,9 +118,7 @@ inline void rmsnorm_backward(Backend& be, const float* x, const float* g, const 
     rmsnorm_backward_kernel<false><<<blocks, 32 * detail::kRmsWarps, smem, be.stream()>>>(
         x, g, rstd, dy, dx, partial.data(), n, d);
   SEQREC_CUDA_CHECK_LAUNCH();
-  rmsnorm_dgain_reduce_kernel<<<static_cast<unsigned>((d + 255) / 256), 256, 0, be.stream()>>>(
-      partial.data(), dg, blocks, d);
-  SEQREC_CUDA_CHECK_LAUNCH();
+  partial_sums_add(be, partial.data(), dg, blocks, d);
 }
 
 }  // namespace seqrec::cuda

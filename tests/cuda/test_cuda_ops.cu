@@ -599,6 +599,9 @@ void test_adamw(Backend& be, Rng& rng) {
   fill(st.grads(), normal(rng, n, 0.01));
   fill(st.moment1(), normal(rng, n, 0.01));
   for (auto& v : st.moment2()) v = float(1e-4 * std::pow(rng.normal(), 2));
+  // The model's fused form, below: unclipped gradients, the clip factor passed to adamw_step.
+  auto fp = upload(be, st.values()), fg = upload(be, st.grads()), fm = upload(be, st.moment1()),
+       fv = upload(be, st.moment2());
   seqrec::train::AdamWOptions o;
   o.weight_decay = 0.1;
   const double lr = 1e-3;
@@ -624,6 +627,19 @@ void test_adamw(Backend& be, Rng& rng) {
   check("adamw.params", shape, download(be, dp), st.values(), 1e-5, 1e-7);
   check("adamw.moment1", shape, download(be, dm), st.moment1(), 1e-5, 1e-7);
   check("adamw.moment2", shape, download(be, dv), st.moment2(), 1e-5, 1e-7);
+
+  // Clip factor applied as AdamW reads each gradient: the floats of the scaling pass, so the
+  // same parameters and moments bit for bit, and the gradients left unscaled.
+  const auto g_before = download(be, fg);
+  const double fnorm = seqrec::cuda::grad_norm(be, plan, fg.data());
+  seqrec::cuda::adamw_step(be, plan, fp.data(), fg.data(), fm.data(), fv.data(), o, lr, step,
+                           seqrec::cuda::clip_factor(fnorm, max_norm));
+  const char* why = "clip factor applied on read vs the scaling pass";
+  check_identical("adamw.fused_clip.params", shape, download(be, fp), download(be, dp), why);
+  check_identical("adamw.fused_clip.moment1", shape, download(be, fm), download(be, dm), why);
+  check_identical("adamw.fused_clip.moment2", shape, download(be, fv), download(be, dv), why);
+  check_identical("adamw.fused_clip.grads_untouched", shape, download(be, fg), g_before,
+                  "adamw_step only reads the gradients");
 }
 
 }  // namespace

@@ -274,13 +274,15 @@ class Model<Cfg, cuda::Backend> {
 
   /// Gradient clipping (max norm `clip`, <= 0 disables) then one AdamW update at `lr`, step
   /// 1-based, over the tensors not frozen in the host store, on the device. Same formulas as
-  /// train::clip_grad_norm + train::adamw_step. Returns the gradient norm before clipping.
+  /// train::clip_grad_norm + train::adamw_step. Returns the gradient norm before clipping. The
+  /// clip factor is applied as AdamW reads each gradient (the same floats as scaling them first),
+  /// so the device gradients are left unscaled; zero_grads() clears them before the next step.
   double optimizer_step(const train::AdamWOptions& o, double lr, std::int64_t step, double clip) {
     refresh_plan();
     const cuda::ProfileScope prof(*be_, "optimizer (clip + AdamW)");
-    const double norm = cuda::clip_grad_norm(*be_, *plan_, grads_.data(), clip);
-    cuda::adamw_step(*be_, *plan_, values_.data(), grads_.data(), m_.data(), v_.data(), o, lr,
-                     step);
+    const double norm = cuda::grad_norm(*be_, *plan_, grads_.data());
+    cuda::adamw_step(*be_, *plan_, values_.data(), grads_.data(), m_.data(), v_.data(), o, lr, step,
+                     cuda::clip_factor(norm, clip));
     be_->weights_changed();
     return norm;
   }

@@ -61,17 +61,18 @@ __device__ inline double adamw_block_sum(double v, double* scratch) {
 }
 }  // namespace detail
 
-/// One block per tile: the AdamW update of that tile's elements.
+/// One block per tile: the AdamW update of that tile's elements, each gradient taken as
+/// g · grad_scale (the clip factor; 1 leaves it exact).
 static __global__ void adamw_step_kernel(const detail::AdamWTile* __restrict__ tiles,
                                          float* __restrict__ p, const float* __restrict__ g,
                                          float* __restrict__ m, float* __restrict__ v, float b1,
                                          float b2, float eps, float step_size, float inv_bc2,
-                                         float decay_factor) {
+                                         float decay_factor, float grad_scale) {
   const detail::AdamWTile t = tiles[blockIdx.x];
   const float decay = t.decay ? decay_factor : 1.f;
   for (int k = threadIdx.x; k < t.count; k += blockDim.x) {
     const std::int64_t i = t.begin + k;
-    const float gi = g[i];
+    const float gi = __fmul_rn(g[i], grad_scale);  // the float clip_grad_norm would store
     const float mi = b1 * m[i] + (1.f - b1) * gi;
     const float vi = b2 * v[i] + (1.f - b2) * gi * gi;
     m[i] = mi;
@@ -151,17 +152,19 @@ class AdamWPlan {
 
 /// One AdamW update at learning rate lr; step is 1-based. p, g, m, v: device flat arrays.
 /// Options: train::AdamWOptions (train/adamw.hpp) or any struct with beta1, beta2, eps,
-/// weight_decay.
+/// weight_decay. grad_scale (clip_factor) multiplies each gradient as it is read, with the bits
+/// of clip_grad_norm's scaling pass but without its read and write of every gradient; g itself
+/// is left as it was.
 template <typename Options>
 void adamw_step(Backend& be, const AdamWPlan& plan, float* p, const float* g, float* m, float* v,
-                const Options& o, double lr, std::int64_t step) {
+                const Options& o, double lr, std::int64_t step, float grad_scale = 1.f) {
   if (plan.num_tiles() == 0) return;
   const double bc1 = 1.0 - std::pow(o.beta1, double(step));
   const double bc2 = 1.0 - std::pow(o.beta2, double(step));
   adamw_step_kernel<<<static_cast<unsigned>(plan.num_tiles()), detail::kAdamThreads, 0,
                       be.stream()>>>(plan.tiles(), p, g, m, v, float(o.beta1), float(o.beta2),
                                      float(o.eps), float(lr / bc1), float(1.0 / bc2),
-                                     float(1.0 - lr * o.weight_decay));
+                                     float(1.0 - lr * o.weight_decay), grad_scale);
   SEQREC_CUDA_CHECK_LAUNCH();
 }
 
@@ -181,12 +184,19 @@ inline double grad_norm(Backend& be, AdamWPlan& plan, const float* g) {
   return std::sqrt(sq);
 }
 
+/// The factor train::clip_grad_norm scales gradients of norm `norm` by: max_norm / norm when
+/// clipping (max_norm > 0 and norm > max_norm), else 1.
+inline float clip_factor(double norm, double max_norm) {
+  return max_norm > 0 && norm > max_norm ? float(max_norm / (norm + 1e-12)) : 1.f;
+}
+
 /// Scales the trainable gradients so that their norm is at most max_norm (no-op when
-/// max_norm <= 0). Returns the norm before clipping.
+/// max_norm <= 0). Returns the norm before clipping. (A model's optimiser step instead passes
+/// clip_factor to adamw_step: one pass over the gradients fewer.)
 inline double clip_grad_norm(Backend& be, AdamWPlan& plan, float* g, double max_norm) {
   const double norm = grad_norm(be, plan, g);
   if (max_norm > 0 && norm > max_norm) {
-    const float f = float(max_norm / (norm + 1e-12));
+    const float f = clip_factor(norm, max_norm);
     adamw_scale_grads_kernel<<<static_cast<unsigned>(plan.num_tiles()), detail::kAdamThreads, 0,
                                be.stream()>>>(plan.tiles(), g, f);
     SEQREC_CUDA_CHECK_LAUNCH();

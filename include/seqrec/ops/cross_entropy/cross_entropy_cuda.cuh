@@ -82,27 +82,37 @@ static __global__ void cross_entropy_scatter_kernel(const float* __restrict__ dh
 /// weights w_j = weights[r·(J+1) + 1 + j] and their sum weights[r·(J+1)] (or, when weights is
 /// null, every w_j = weight and the sum J·weight), G = Σ_j w_j onehot(col_j) − (Σ_j w_j)·softmax(z)
 /// is written over z, or, when g16 is not null, into g16 rounded to bf16 instead (same stride).
-/// Dynamic shared memory: J ints (the row's columns).
+/// Dynamic shared memory: J ints (the row's columns), then, when cache, the row of z (I floats):
+/// the first pass copies it there and the other two read it from there, so z crosses DRAM once,
+/// not three times (at the study's 16,859 items a row is 66 KiB, and the rows of the blocks in
+/// flight do not fit in L2). The same values in the same order either way: the same bits.
 static __global__ void softmax_head_kernel(float* __restrict__ z, std::int64_t items,
                                            std::int64_t ldz, const std::int32_t* __restrict__ cols,
                                            int per_row, float* __restrict__ out,
                                            const float* __restrict__ weights, float weight,
-                                           int with_grad, __nv_bfloat16* __restrict__ g16) {
+                                           int with_grad, __nv_bfloat16* __restrict__ g16,
+                                           int cache) {
   __shared__ float scratch[32];
   extern __shared__ std::int32_t row_cols[];
   const std::int64_t r = blockIdx.x;
   float* zr = z + r * ldz;
+  float* zc = reinterpret_cast<float*>(row_cols + per_row);  // the cached row, when cache
   for (int j = threadIdx.x; j < per_row; j += blockDim.x) row_cols[j] = cols[r * per_row + j];
   float mx = -INFINITY;
-  for (std::int64_t i = threadIdx.x; i < items; i += blockDim.x) mx = fmaxf(mx, zr[i]);
+  for (std::int64_t i = threadIdx.x; i < items; i += blockDim.x) {
+    const float v = zr[i];
+    if (cache) zc[i] = v;  // read back below by this same thread: no barrier needed
+    mx = fmaxf(mx, v);
+  }
   mx = detail::block_reduce(mx, scratch, detail::MaxOp{});  // its __syncthreads publish row_cols
+  const float* zs = cache ? zc : zr;                        // the row, for the passes below
   float sum = 0.f;
-  for (std::int64_t i = threadIdx.x; i < items; i += blockDim.x) sum += expf(zr[i] - mx);
+  for (std::int64_t i = threadIdx.x; i < items; i += blockDim.x) sum += expf(zs[i] - mx);
   sum = detail::block_reduce(sum, scratch, detail::SumOp{});
   const float lse = mx + logf(sum);
   if (out != nullptr)
     for (int j = threadIdx.x; j < per_row; j += blockDim.x)
-      out[r * per_row + j] = zr[row_cols[j]] - lse;
+      out[r * per_row + j] = zs[row_cols[j]] - lse;
   if (!with_grad) return;
   __syncthreads();  // every z[col] above is read before any thread overwrites z below
   const float* w = weights != nullptr ? weights + r * (per_row + 1) : nullptr;
@@ -114,7 +124,7 @@ static __global__ void softmax_head_kernel(float* __restrict__ z, std::int64_t i
       if (row_cols[j] == i) hit += w != nullptr ? w[1 + j] : weight;
     // One rounding, as nvcc contracted the cross-entropy's exp·gs − gs (fmaf(e, nt, 0) is the
     // plain product).
-    const float g = fmaf(expf(zr[i] - lse), neg_total, hit);
+    const float g = fmaf(expf(zs[i] - lse), neg_total, hit);
     if (gr != nullptr)
       gr[i] = __float2bfloat16_rn(g);  // the GEMMs read only the bf16 copy
     else
@@ -163,9 +173,19 @@ inline void softmax_head(Backend& be, std::int64_t N, std::int64_t D, std::int64
     SEQREC_CUDA_CHECK(cudaMemsetAsync(dh, 0, sizeof(float) * N * D, be.stream()));
   if (P == 0) return;
   C = std::max<std::int64_t>(1, std::min<std::int64_t>(C, P));
-  const std::size_t smem = sizeof(std::int32_t) * static_cast<std::size_t>(r.per_row);
+  std::size_t smem = sizeof(std::int32_t) * static_cast<std::size_t>(r.per_row);
   SEQREC_CHECK(smem <= 48 * 1024, "softmax head (CUDA): at most 12288 columns per row, got " +
                                       std::to_string(r.per_row));
+  // The softmax kernel keeps each row of the logits on chip where that leaves room for two
+  // blocks per SM (up to ~28K items on an H100).
+  const std::size_t row_bytes = sizeof(float) * static_cast<std::size_t>(I);
+  const bool cache = 2 * (smem + row_bytes) <= static_cast<std::size_t>(be.max_smem_optin());
+  if (cache) {
+    smem += row_bytes;
+    SEQREC_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(&softmax_head_kernel),
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(smem)));
+  }
   const bool bf16 = be.bf16();
   // bf16: operands rounded to bf16 (fp32 accumulation); Hc and G are produced in bf16 by the
   // gather and softmax kernels, the item table's bf16 copy is cached by the backend until the
@@ -216,7 +236,7 @@ inline void softmax_head(Backend& be, std::int64_t N, std::int64_t D, std::int64
         logits.data(), I, ldz, r.cols + c0 * r.per_row, r.per_row,
         out != nullptr ? out + c0 * r.per_row : nullptr,
         r.weights != nullptr ? r.weights + c0 * (r.per_row + 1) : nullptr, r.weight,
-        with_grad ? 1 : 0, bf16 && with_grad ? g16.data() : nullptr);
+        with_grad ? 1 : 0, bf16 && with_grad ? g16.data() : nullptr, cache ? 1 : 0);
     SEQREC_CUDA_CHECK_LAUNCH();
     if (!with_grad) continue;
     if (dh != nullptr) {

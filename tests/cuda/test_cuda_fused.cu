@@ -20,6 +20,7 @@
 //   column_sum_add_cast          sums == column_sum_add's; copy == cast_to_bf16's, padding
 //   untouched
 //   activation_backward_sum_cast == activation_backward then column_sum_add_cast (ReLU, SiLU)
+//   dropout_backward_sum_cast    == dropout_backward (row map) then column_sum_add_cast
 //   profiler                     ranges are timed (> 0 ms, one total per name, in order),
 //   a nested
 //                                range is refused, and profiling off records nothing
@@ -44,6 +45,7 @@
 #include "seqrec/ops/activation/swiglu_cuda.cuh"
 #include "seqrec/ops/attention/attention_cpu.hpp"
 #include "seqrec/ops/attention/attention_cuda.cuh"
+#include "seqrec/ops/dropout/dropout_cuda.cuh"
 #include "seqrec/ops/elementwise/elementwise_cuda.cuh"
 #include "seqrec/ops/elementwise/rows_cuda.cuh"
 #include "seqrec/ops/layernorm/layernorm_cuda.cuh"
@@ -208,6 +210,29 @@ void test_fused_backward(Backend& be, Rng& rng, std::int64_t n, std::int64_t d) 
   check_identical("column_sum_add_cast.sums", shape, download(be, s_got), download(be, s_ref),
                   "the same chunks in the same order");
   check_rounding(be, "column_sum_add_cast.bf16", shape, dy.data(), y16.data(), n, d, ld);
+
+  // A linear before a dropped-out residual add, bf16 mode: dropout_backward (packed rows of a
+  // twice longer full layout, so the mask hashes mapped indices) then column_sum_add_cast,
+  // against the fused pass that never stores the dropped-out gradient; p 0 is the identity.
+  std::vector<std::int32_t> row_map(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i)
+    row_map[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(2 * i + (i % 3 == 0 ? 1 : 0));
+  auto drows = upload(be, row_map);
+  for (const double p : {0.1, 0.0}) {
+    const std::string op = std::string("dropout_backward_sum_cast.p") + (p > 0 ? "0.1" : "0");
+    const std::uint64_t key = 0x9e3779b97f4a7c15ULL;
+    auto r_ref = upload(be, p0), r_got = upload(be, p0);
+    auto g16_ref = sentinel_buffer(be, n, ld), g16_got = sentinel_buffer(be, n, ld);
+    auto dropped = be.buffer<float>(n * d);
+    seqrec::cuda::dropout_backward(be, dy.data(), dropped.data(), n * d, p, key, drows.data(), d);
+    seqrec::cuda::column_sum_add_cast(be, dropped.data(), r_ref.data(), n, d, g16_ref.data(), ld);
+    seqrec::cuda::dropout_backward_sum_cast(be, dy.data(), r_got.data(), n, d, p, key, drows.data(),
+                                            g16_got.data(), ld);
+    check_identical(op + ".sums", shape, download(be, r_got), download(be, r_ref),
+                    "the same masked products summed in the same order");
+    check_identical(op + ".bf16", shape, download(be, g16_got), download(be, g16_ref),
+                    "the same masked products rounded, padding untouched");
+  }
 }
 
 void test_attention_and_gather(Backend& be, Rng& rng, std::int64_t B, std::int64_t L,

@@ -634,6 +634,34 @@ class Model<Cfg, cuda::Backend> {
     cuda::column_sum_add_cast(*be_, dy, db, n, out, dy16.data(), ld16);
     linear_backward_gemms(x, w, cuda::Operand(dy16.data(), ld16), dx, dw, n, in, out, false);
   }
+  /// The output gradient of a branch that went through dropout into the residual stream:
+  /// drop(res) under (p, key) and the packed-row map. It is formed where it is consumed: inside a
+  /// bf16 linear's bias sum and operand cast, never stored (dropout_backward_sum_cast); otherwise
+  /// into scratch (materialize).
+  struct BranchGrad {
+    const float* res;
+    double p;
+    std::uint64_t key;
+    const std::int32_t* rows;
+    float* scratch;
+  };
+  /// drop(res) (N, d) in g.scratch, for consumers that read the gradient in fp32.
+  const float* materialize(const BranchGrad& g, std::int64_t n, std::int64_t d) {
+    cuda::dropout_backward(*be_, g.res, g.scratch, n * d, g.p, g.key, g.rows, d);
+    return g.scratch;
+  }
+  /// linear_backward with the branch gradient g as its output gradient.
+  void linear_backward(const cuda::Operand& x, const float* w, const BranchGrad& g, float* dx,
+                       float* dw, float* db, std::int64_t n, std::int64_t in, std::int64_t out) {
+    if (!be_->bf16()) {
+      linear_backward(x, w, materialize(g, n, out), dx, dw, db, n, in, out);
+      return;
+    }
+    const std::int64_t ld16 = cuda::bf16_ld(out);
+    auto g16 = be_->buffer<__nv_bfloat16>(static_cast<std::size_t>(n * ld16));
+    cuda::dropout_backward_sum_cast(*be_, g.res, db, n, out, g.p, g.key, g.rows, g16.data(), ld16);
+    linear_backward_gemms(x, w, cuda::Operand(g16.data(), ld16), dx, dw, n, in, out, false);
+  }
   /// dx (N, in) = g · W, overwritten or added (beta = 1) when accumulate_dx; dW += gᵀ · x; g is
   /// the output gradient as a GEMM operand.
   void linear_backward_gemms(const cuda::Operand& x, const float* w, const cuda::Operand& g,
@@ -693,14 +721,15 @@ class Model<Cfg, cuda::Backend> {
       linear_forward(act, value(blk.fc2_w), value(blk.fc2_b), tmp_.data(), n, F, d);
     }
   }
-  /// dx (N, D) overwritten = d loss / d a2 from dy (N, D) = d loss / d ffn output; the FFN's
-  /// parameter gradients accumulated. dy is not modified.
-  void ffn_backward(std::size_t l, const Block& blk, const BlockCache& c, const float* dy,
+  /// dx (N, D) overwritten = d loss / d a2 from dy = d loss / d ffn output (N, D), given as the
+  /// branch gradient dy_g; the FFN's parameter gradients accumulated. dy_g.res is not modified.
+  void ffn_backward(std::size_t l, const Block& blk, const BlockCache& c, const BranchGrad& dy_g,
                     float* dx, std::int64_t n, std::int64_t d) {
     const std::int64_t F = ffn_inner_;
     if constexpr (kFfn == detail::CudaFfnKind::Moe) {
       // Includes the router gradient of the auxiliary losses, as the CPU layer's backward does.
-      moe_[l]->backward(*be_, values_.data(), grads_.data(), c.a2.data(), dy, dx, n);
+      moe_[l]->backward(*be_, values_.data(), grads_.data(), c.a2.data(), materialize(dy_g, n, d),
+                        dx, n);
       return;
     }
     const cuda::Operand a2 = act_operand(c.a2, c.a2_16, d);
@@ -712,16 +741,16 @@ class Model<Cfg, cuda::Backend> {
       // dx = d(gate)·Wg (dWg += d(gate)ᵀ·a2) and dx += d(up)·Wu (dWu += d(up)ᵀ·a2). The CPU adds
       // the second product through a temporary; here the GEMM adds it (beta = 1), same order.
       ensure(dup_, n * F);
-      linear_backward_nobias(act, value(blk.down_w), dy, dact_.data(), grad(blk.down_w), n, F, d,
-                             false);
+      linear_backward_nobias(act, value(blk.down_w), materialize(dy_g, n, d), dact_.data(),
+                             grad(blk.down_w), n, F, d, false);
       cuda::swiglu_backward(*be_, c.gate.data(), c.up.data(), dact_.data(), dact_.data(),
                             dup_.data(), n * F);
       linear_backward_nobias(a2, value(blk.gate_w), dact_.data(), dx, grad(blk.gate_w), n, d, F,
                              false);
       linear_backward_nobias(a2, value(blk.up_w), dup_.data(), dx, grad(blk.up_w), n, d, F, true);
     } else {
-      linear_backward(act, value(blk.fc2_w), dy, dact_.data(), grad(blk.fc2_w), grad(blk.fc2_b), n,
-                      F, d);
+      linear_backward(act, value(blk.fc2_w), dy_g, dact_.data(), grad(blk.fc2_w), grad(blk.fc2_b),
+                      n, F, d);
       if (!be_->bf16()) {
         cuda::activation_backward<kAct>(*be_, c.pre.data(), dact_.data(), n * F);
         linear_backward(a2, value(blk.fc1_w), dact_.data(), dx, grad(blk.fc1_w), grad(blk.fc1_b), n,
@@ -953,14 +982,11 @@ class Model<Cfg, cuda::Backend> {
       const Block& blk = blocks_[li];
       BlockCache& c = caches_[li];
       const std::uint64_t key = attn_key(last_key_, li);
-      // x_out = x_mid + drop(ffn(norm2(x_mid)))
-      {
-        const cuda::ProfileScope prof(*be_, "dropout + residual (bwd)");
-        cuda::dropout_backward(*be_, dx, dbranch, M * D, p, mix64(key ^ 0x5bd1e995), rmap, D);
-      }
+      // x_out = x_mid + drop(ffn(norm2(x_mid))). The branches' dropout backward runs inside
+      // their first consumers (BranchGrad): its time shows in the FFN and out-linear phases.
       {
         const cuda::ProfileScope prof(*be_, "ffn (bwd)");
-        ffn_backward(li, blk, c, dbranch, tmp, M, D);
+        ffn_backward(li, blk, c, {dx, p, mix64(key ^ 0x5bd1e995), rmap, dbranch}, tmp, M, D);
       }
       {
         const cuda::ProfileScope prof(*be_, "norms (bwd)");
@@ -969,13 +995,10 @@ class Model<Cfg, cuda::Backend> {
       }
       // x_mid = x_in + drop(Wo · attn(rope(Wqkv · norm1(x_in))))
       {
-        const cuda::ProfileScope prof(*be_, "dropout + residual (bwd)");
-        cuda::dropout_backward(*be_, dx, dbranch, M * D, p, key, rmap, D);
-      }
-      {
         const cuda::ProfileScope prof(*be_, "out linear (bwd)");
-        linear_backward(act_operand(c.ctx, c.ctx16, D), value(blk.out_w), dbranch, tmp,
-                        grad(blk.out_w), grad(blk.out_b), M, D, D);
+        linear_backward(act_operand(c.ctx, c.ctx16, D), value(blk.out_w),
+                        BranchGrad{dx, p, key, rmap, dbranch}, tmp, grad(blk.out_w),
+                        grad(blk.out_b), M, D, D);
       }
       {
         const cuda::ProfileScope prof(*be_, "attention (bwd)");

@@ -7,6 +7,7 @@
 //   position_add_backward   dP (L, D) += Σ_b dx (B, L, D)
 //   activation_forward      y = f(x);  activation_backward  d *= f'(x)     (ReLU, SiLU)
 //   activation_backward_sum_cast   g = d·f'(x): db += Σ_rows g and bf16(g), one pass (bf16 MLP)
+//   dropout_backward_sum_cast      the same for g = drop(d) (bf16 linears before a residual add)
 //
 // No atomics anywhere: every sum has a fixed order, so results repeat bit for bit. The column sum
 // is two passes: a fixed grid of row chunks writes per-chunk column sums (each thread one column,
@@ -19,6 +20,7 @@
 #include <cstdint>
 
 #include "seqrec/backend/cuda.cuh"
+#include "seqrec/ops/dropout/dropout_cuda.cuh"
 #include "seqrec/ops/elementwise/partial_sums_cuda.cuh"
 
 namespace seqrec::cuda {
@@ -52,16 +54,30 @@ __device__ inline float act_df(float x) {
   }
 }
 
-/// What column_sum_partial_kernel sums of element i: x[i] itself …
+/// What column_sum_partial_kernel sums of element i = r·cols + j (row r, column j): x[i] itself …
 struct SumPlain {
-  __device__ float operator()(float v, std::int64_t) const { return v; }
+  __device__ float operator()(float v, std::int64_t, std::int64_t, std::int64_t) const { return v; }
 };
-/// … or the gradient through an activation, x[i] · f'(pre[i]): activation_backward's float.
+/// … or the gradient through an activation, x[i] · f'(pre[i]): activation_backward's float …
 template <Activation A>
 struct SumThroughActivation {
   const float* pre;
-  __device__ float operator()(float v, std::int64_t i) const {
+  __device__ float operator()(float v, std::int64_t, std::int64_t, std::int64_t i) const {
     return __fmul_rn(v, act_df<A>(pre[i]));
+  }
+};
+/// … or the gradient through a dropout, keep ? x[i] · scale : 0 with the mask of (key, p) at the
+/// full-layout index (rows ? rows[r] : r)·cols + j: dropout_backward's float, row map included.
+struct SumThroughDropout {
+  std::uint64_t key = 0, threshold = 0;
+  float scale = 1.f;
+  int active = 0;
+  const std::int32_t* rows = nullptr;
+  std::int64_t cols = 0;
+  __device__ float operator()(float v, std::int64_t r, std::int64_t j, std::int64_t) const {
+    if (!active) return v;
+    const std::int64_t full = (rows != nullptr ? static_cast<std::int64_t>(rows[r]) : r) * cols + j;
+    return dropout_keep(key, full, threshold) ? __fmul_rn(v, scale) : 0.f;
   }
 };
 }  // namespace detail
@@ -81,7 +97,7 @@ static __global__ void column_sum_partial_kernel(const float* __restrict__ x,
   const std::int64_t r1 = r0 + chunk < rows ? r0 + chunk : rows;
   float s = 0.f;
   for (std::int64_t r = r0; r < r1; ++r) {
-    const float v = value(x[r * cols + j], r * cols + j);
+    const float v = value(x[r * cols + j], r, j, r * cols + j);
     s += v;
     if constexpr (Cast) x16[r * ld16 + j] = __float2bfloat16_rn(v);
   }
@@ -188,6 +204,27 @@ void activation_backward_sum_cast(Backend& be, const float* pre, const float* d,
                                   std::int64_t ld16) {
   detail::column_sum_add_impl(be, d, out, rows, cols, x16, ld16,
                               detail::SumThroughActivation<A>{pre});
+}
+
+/// dropout_backward then column_sum_add_cast in one pass, without storing the dropped-out
+/// gradient: with g = drop(d) (rows, cols) under the mask of (key, p) and the row map (as
+/// dropout_backward takes them), out (cols) += Σ_rows g and x16 (rows, ld16) = bf16(g). A linear
+/// layer whose output is dropped out into the residual stream needs only these two of its output
+/// gradient in bf16 mode. Bits: those of the two ops it replaces.
+inline void dropout_backward_sum_cast(Backend& be, const float* d, float* out, std::int64_t rows,
+                                      std::int64_t cols, double p, std::uint64_t key,
+                                      const std::int32_t* row_map, __nv_bfloat16* x16,
+                                      std::int64_t ld16) {
+  detail::SumThroughDropout value;
+  if (p > 0.0) {
+    value.key = key;
+    value.threshold = detail::dropout_threshold(p);
+    value.scale = static_cast<float>(1.0 / (1.0 - p));
+    value.active = 1;
+  }
+  value.rows = row_map;
+  value.cols = cols;
+  detail::column_sum_add_impl(be, d, out, rows, cols, x16, ld16, value);
 }
 
 /// y (n) += x (n).

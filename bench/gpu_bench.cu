@@ -11,6 +11,10 @@
 // dense bf16 tensor peak, 989 TFLOP/s: the study step's FFN GEMM, the three GEMMs of one
 // cross-entropy chunk on their own, and the whole bf16 cross-entropy, whose time beyond its
 // GEMMs is the gather, softmax and scatter kernels. Exits 77 when no GPU answers.
+//
+// --tiny runs every case at a small shape, once timed: the code of every row on the host
+// emulator (ctest label cuda-emu), so a GPU session does not find it broken; its timings mean
+// nothing.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -38,7 +42,7 @@ using seqrec::cuda::DeviceBuffer;
 constexpr double kPeakBytes = 3.35e12;  // H100 SXM HBM3, bytes/s
 constexpr double kPeakFp32 = 67e12;     // H100 SXM fp32 non-tensor, flop/s
 constexpr double kPeakBf16 = 989e12;    // H100 SXM dense bf16 tensor, flop/s
-constexpr int kWarmup = 3, kReps = 20;
+int kWarmup = 3, kReps = 20;            // --tiny: 1 and 2
 
 struct CeShape {
   std::int64_t rows, dim, num_items;
@@ -215,6 +219,42 @@ void bench_attention(Backend& be, Rng& rng, std::int64_t B, std::int64_t L, std:
       ms, 6.0 * B * H * L * L * (D / H), true);
 }
 
+/// The study's training step's attention: packed rows (each sequence's non-padding positions,
+/// left padding uniform in [0, L)), RoPE fused. Reported as bandwidth over the compulsory traffic
+/// (qkv read and context written forward; qkv and dO read, dqkv written backward), since the
+/// kernel is bound by memory, not by its few multiply-adds.
+void bench_attention_packed(Backend& be, Rng& rng, std::int64_t B, std::int64_t L, std::int64_t D,
+                            std::int64_t H) {
+  std::vector<std::int32_t> seg(static_cast<std::size_t>(B + 1)), rows, ptok;
+  for (std::int64_t b = 0; b < B; ++b) {
+    seg[static_cast<std::size_t>(b)] = static_cast<std::int32_t>(rows.size());
+    const std::int64_t k = std::int64_t(rng.below(std::uint64_t(L)));
+    for (std::int64_t i = k; i < L; ++i) {
+      rows.push_back(static_cast<std::int32_t>(b * L + i));
+      ptok.push_back(1 + static_cast<std::int32_t>(i));
+    }
+  }
+  seg[static_cast<std::size_t>(B)] = static_cast<std::int32_t>(rows.size());
+  const auto M = static_cast<std::int64_t>(rows.size());
+  auto dseg = upload(be, seg), drows = upload(be, rows), dtok = upload(be, ptok);
+  auto qkv = random(be, rng, M * 3 * D), dout = random(be, rng, M * D);
+  auto out = be.buffer<float>(M * D), probs = be.buffer<float>(B * H * L * L),
+       dqkv = be.buffer<float>(M * 3 * D);
+  seqrec::cuda::RopeTable rope;
+  rope.ensure(be, L, D / H, 10000.0);
+  AttnShape s{B, L, D, H};
+  const double ms = time_ms(be, [&] {
+    seqrec::cuda::attention_forward(be, s, qkv.data(), dtok.data(), 0, out.data(), probs.data(), 0,
+                                    dseg.data(), &rope, drows.data());
+    seqrec::cuda::attention_backward(be, s, qkv.data(), probs.data(), dout.data(), dqkv.data(),
+                                     dseg.data(), &rope, drows.data());
+  });
+  row("attention fwd+bwd, packed, RoPE fused",
+      "B=" + std::to_string(B) + " L=" + std::to_string(L) + " D=" + std::to_string(D) +
+          " H=" + std::to_string(H) + " rows=" + std::to_string(M),
+      ms, 4.0 * M * (4 * D + 7 * D), false);
+}
+
 void bench_adamw(Backend& be, Rng& rng, std::int64_t n) {
   auto p = random(be, rng, n), g = random(be, rng, n, 1e-2), m = random(be, rng, n, 1e-3);
   auto v = be.buffer<float>(n);  // second moment starts at 0, as in training
@@ -246,7 +286,26 @@ void guarded(const std::string& what, F&& f) {
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  bool tiny = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--tiny") {
+      tiny = true;
+    } else if (a == "--help" || a == "-h") {
+      std::printf(
+          "usage: gpu_bench [--tiny]\n  --tiny  small shapes, one timed run each (a "
+          "smoke test of the benchmark's code; timings meaningless)\n");
+      return 0;
+    } else {
+      std::fprintf(stderr, "gpu_bench: unknown argument '%s' (try --help)\n", a.c_str());
+      return 2;
+    }
+  }
+  if (tiny) {
+    kWarmup = 1;
+    kReps = 2;
+  }
   std::string why;
   if (seqrec::cuda::cuda_device_available(&why) == 0) {
     std::printf("no CUDA device (cudaGetDeviceCount: %s), skipping\n", why.c_str());
@@ -263,6 +322,20 @@ int main() {
         prop.name, kReps, kWarmup, kPeakBytes * 1e-12, kPeakFp32 * 1e-12);
     std::printf("| op | shape | ms | achieved | %% of peak |\n|---|---|---|---|---|\n");
     Rng rng(7);
+    if (tiny) {
+      guarded("rmsnorm", [&] { bench_rmsnorm(be, rng, 67, 48); });
+      guarded("embedding", [&] { bench_embedding(be, rng, 67, 48, 101); });
+      guarded("cross_entropy", [&] { bench_cross_entropy(be, rng, 67, 32, 1001, 16); });
+      guarded("attention", [&] { bench_attention(be, rng, 3, 20, 64, 2); });
+      guarded("attention", [&] { bench_attention_packed(be, rng, 5, 20, 64, 2); });
+      guarded("adamw", [&] { bench_adamw(be, rng, 5001); });
+      guarded("gemm bf16",
+              [&] { bench_gemm_bf16(be, rng, "FFN up", false, true, 67, 128, 64, 0.f); });
+      guarded("gemm bf16",
+              [&] { bench_gemm_bf16(be, rng, "CE dW", true, false, 1001, 64, 40, 1.f); });
+      guarded("cross_entropy bf16", [&] { bench_cross_entropy(be, rng, 67, 32, 1001, 16, true); });
+      return 0;
+    }
     guarded("rmsnorm", [&] { bench_rmsnorm(be, rng, 25600, 64); });
     guarded("rmsnorm", [&] { bench_rmsnorm(be, rng, 25600, 1024); });
     guarded("rmsnorm", [&] { bench_rmsnorm(be, rng, 20480, 1024); });
@@ -274,6 +347,7 @@ int main() {
     guarded("attention", [&] { bench_attention(be, rng, 64, 200, 64, 1); });
     guarded("attention", [&] { bench_attention(be, rng, 256, 20, 256, 8); });
     guarded("attention", [&] { bench_attention(be, rng, 1024, 20, 1024, 8); });
+    guarded("attention", [&] { bench_attention_packed(be, rng, 1024, 20, 1024, 8); });
     // Study-sized store: the item table (16863 × 1024) plus two blocks of 12·D² weights.
     guarded("adamw", [&] { bench_adamw(be, rng, 16863LL * 1024 + 2 * 12LL * 1024 * 1024); });
     // bf16 at the study step's sizes: ~9188 scored rows (synthetic batches of gpu_train_bench),

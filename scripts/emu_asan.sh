@@ -13,6 +13,7 @@ cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSEQREC_CUD
   "-DCMAKE_SHARED_LINKER_FLAGS=$asan" "-DCMAKE_MODULE_LINKER_FLAGS=$asan" >/dev/null
 # Only what the cuda-emu tests run (the nvcc targets are not needed here).
 targets="emu_selftest cublaslt_emu_selftest seqrec_cuda_emu_plugin train_ours dpo_finetune"
+targets+=" gpu_bench_emu gpu_train_bench_emu"  # the GPU check's benchmarks, --tiny
 for f in tests/cuda/*.cu tests/cuda/*.cpp; do
   n=$(basename "${f%.*}")
   targets+=" ${n}_emu"

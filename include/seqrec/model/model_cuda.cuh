@@ -629,10 +629,20 @@ class Model<Cfg, cuda::Backend> {
       cuda::column_sum_add(*be_, dy, db, n, out);
       return;
     }
+    linear_backward_bf16(x, w, dx, dw, n, in, out, [&](__nv_bfloat16* g16, std::int64_t ld16) {
+      cuda::column_sum_add_cast(*be_, dy, db, n, out, g16, ld16);
+    });
+  }
+  /// bf16 mode's linear backward: sum_cast(g16, ld16) writes the output gradient's bf16 operand
+  /// (N, out) at leading dimension ld16 and adds its bias gradient, in one pass over whatever it
+  /// is formed from; then both GEMMs read the operand.
+  template <typename SumCast>
+  void linear_backward_bf16(const cuda::Operand& x, const float* w, float* dx, float* dw,
+                            std::int64_t n, std::int64_t in, std::int64_t out, SumCast&& sum_cast) {
     const std::int64_t ld16 = cuda::bf16_ld(out);
-    auto dy16 = be_->buffer<__nv_bfloat16>(static_cast<std::size_t>(n * ld16));
-    cuda::column_sum_add_cast(*be_, dy, db, n, out, dy16.data(), ld16);
-    linear_backward_gemms(x, w, cuda::Operand(dy16.data(), ld16), dx, dw, n, in, out, false);
+    auto g16 = be_->buffer<__nv_bfloat16>(static_cast<std::size_t>(n * ld16));
+    sum_cast(g16.data(), ld16);
+    linear_backward_gemms(x, w, cuda::Operand(g16.data(), ld16), dx, dw, n, in, out, false);
   }
   /// The output gradient of a branch that went through dropout into the residual stream:
   /// drop(res) under (p, key) and the packed-row map. It is formed where it is consumed: inside a
@@ -657,10 +667,9 @@ class Model<Cfg, cuda::Backend> {
       linear_backward(x, w, materialize(g, n, out), dx, dw, db, n, in, out);
       return;
     }
-    const std::int64_t ld16 = cuda::bf16_ld(out);
-    auto g16 = be_->buffer<__nv_bfloat16>(static_cast<std::size_t>(n * ld16));
-    cuda::dropout_backward_sum_cast(*be_, g.res, db, n, out, g.p, g.key, g.rows, g16.data(), ld16);
-    linear_backward_gemms(x, w, cuda::Operand(g16.data(), ld16), dx, dw, n, in, out, false);
+    linear_backward_bf16(x, w, dx, dw, n, in, out, [&](__nv_bfloat16* g16, std::int64_t ld16) {
+      cuda::dropout_backward_sum_cast(*be_, g.res, db, n, out, g.p, g.key, g.rows, g16, ld16);
+    });
   }
   /// dx (N, in) = g · W, overwritten or added (beta = 1) when accumulate_dx; dW += gᵀ · x; g is
   /// the output gradient as a GEMM operand.
@@ -759,12 +768,12 @@ class Model<Cfg, cuda::Backend> {
       }
       // bf16: the gradient through the activation goes straight into fc1's bias gradient and
       // its bf16 GEMM operand (linear_backward's two uses of it), never stored in fp32.
-      const std::int64_t ld16 = cuda::bf16_ld(F);
-      auto g16 = be_->buffer<__nv_bfloat16>(static_cast<std::size_t>(n * ld16));
-      cuda::activation_backward_sum_cast<kAct>(*be_, c.pre.data(), dact_.data(), grad(blk.fc1_b), n,
-                                               F, g16.data(), ld16);
-      linear_backward_gemms(a2, value(blk.fc1_w), cuda::Operand(g16.data(), ld16), dx,
-                            grad(blk.fc1_w), n, d, F, false);
+      linear_backward_bf16(a2, value(blk.fc1_w), dx, grad(blk.fc1_w), n, d, F,
+                           [&](__nv_bfloat16* g16, std::int64_t ld16) {
+                             cuda::activation_backward_sum_cast<kAct>(*be_, c.pre.data(),
+                                                                      dact_.data(), grad(blk.fc1_b),
+                                                                      n, F, g16, ld16);
+                           });
     }
   }
 

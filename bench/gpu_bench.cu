@@ -151,21 +151,26 @@ DeviceBuffer<__nv_bfloat16> random_bf16(Backend& be, Rng& rng, std::int64_t rows
   return b;
 }
 
-/// One bf16 gemm_lt, C (M, N) fp32 = op(A) · op(B) + beta · C, row-major, as the model calls it.
+/// One bf16 gemm_lt, C (M, N) fp32 = op(A) · op(B) + beta · C, row-major, as the model calls it;
+/// bf16_c: C in bf16 (leading dimension bf16_ld(N)) as gemm_rm_bf16_out writes it, beta 0.
 void bench_gemm_bf16(Backend& be, Rng& rng, const std::string& what, bool ta, bool tb,
-                     std::int64_t M, std::int64_t N, std::int64_t K, float beta) {
+                     std::int64_t M, std::int64_t N, std::int64_t K, float beta,
+                     bool bf16_c = false) {
   using seqrec::cuda::bf16_ld;
   const std::int64_t ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
   auto a = random_bf16(be, rng, ar, ac), b = random_bf16(be, rng, br, bc);
-  auto c = be.buffer<float>(static_cast<std::size_t>(M * N));
+  const std::size_t c_bytes = static_cast<std::size_t>(M * (bf16_c ? 2 * bf16_ld(N) : 4 * N));
+  auto c = be.buffer<std::byte>(c_bytes);
   SEQREC_CUDA_CHECK(cudaMemsetAsync(c.data(), 0, c.bytes(), be.stream()));
   const double ms = time_ms(be, [&] {
     seqrec::cuda::gemm_lt(be, CUDA_R_16BF, ta, tb, M, N, K, 1.f, a.data(), bf16_ld(ac), b.data(),
-                          bf16_ld(bc), beta, c.data(), N);
+                          bf16_ld(bc), bf16_c ? 0.f : beta, c.data(), bf16_c ? bf16_ld(N) : N,
+                          nullptr, bf16_c ? CUDA_R_16BF : CUDA_R_32F);
   });
   row("gemm bf16: " + what,
       "M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K) +
-          (ta ? " Aᵀ" : "") + (tb ? " Bᵀ" : "") + (beta != 0.f ? " beta=1" : ""),
+          (ta ? " Aᵀ" : "") + (tb ? " Bᵀ" : "") + (beta != 0.f && !bf16_c ? " beta=1" : "") +
+          (bf16_c ? " C bf16" : ""),
       ms, 2.0 * M * N * K, true, kPeakBf16);
 }
 
@@ -223,8 +228,10 @@ void bench_attention(Backend& be, Rng& rng, std::int64_t B, std::int64_t L, std:
 /// left padding uniform in [0, L)), RoPE fused. Reported as bandwidth over the compulsory traffic
 /// (qkv read and context written forward; qkv and dO read, dqkv written backward), since the
 /// kernel is bound by memory, not by its few multiply-adds.
+/// Attention as the model's training step runs it: packed rows, RoPE fused; bf16: qkv, d(out)
+/// and d(qkv) in bf16 (16-byte rows), as with the backend's bf16 GEMM outputs.
 void bench_attention_packed(Backend& be, Rng& rng, std::int64_t B, std::int64_t L, std::int64_t D,
-                            std::int64_t H) {
+                            std::int64_t H, bool bf16 = false) {
   std::vector<std::int32_t> seg(static_cast<std::size_t>(B + 1)), rows, ptok;
   for (std::int64_t b = 0; b < B; ++b) {
     seg[static_cast<std::size_t>(b)] = static_cast<std::int32_t>(rows.size());
@@ -237,22 +244,40 @@ void bench_attention_packed(Backend& be, Rng& rng, std::int64_t B, std::int64_t 
   seg[static_cast<std::size_t>(B)] = static_cast<std::int32_t>(rows.size());
   const auto M = static_cast<std::int64_t>(rows.size());
   auto dseg = upload(be, seg), drows = upload(be, rows), dtok = upload(be, ptok);
-  auto qkv = random(be, rng, M * 3 * D), dout = random(be, rng, M * D);
-  auto out = be.buffer<float>(M * D), probs = be.buffer<float>(B * H * L * L),
-       dqkv = be.buffer<float>(M * 3 * D);
+  auto probs = be.buffer<float>(B * H * L * L);
   seqrec::cuda::RopeTable rope;
   rope.ensure(be, L, D / H, 10000.0);
   AttnShape s{B, L, D, H};
-  const double ms = time_ms(be, [&] {
-    seqrec::cuda::attention_forward(be, s, qkv.data(), dtok.data(), 0, out.data(), probs.data(), 0,
-                                    dseg.data(), &rope, drows.data());
-    seqrec::cuda::attention_backward(be, s, qkv.data(), probs.data(), dout.data(), dqkv.data(),
-                                     dseg.data(), &rope, drows.data());
-  });
-  row("attention fwd+bwd, packed, RoPE fused",
+  double ms = 0, bytes = 0;
+  if (bf16) {
+    using seqrec::cuda::bf16_ld;
+    const std::int64_t ldq = bf16_ld(3 * D), ldd = bf16_ld(D);
+    auto qkv = random_bf16(be, rng, M, 3 * D), dout = random_bf16(be, rng, M, D);
+    auto out = be.buffer<__nv_bfloat16>(M * ldd), dqkv = be.buffer<__nv_bfloat16>(M * ldq);
+    ms = time_ms(be, [&] {
+      seqrec::cuda::attention_forward(be, s, qkv.data(), dtok.data(), 0, out.data(), probs.data(),
+                                      ldd, dseg.data(), &rope, drows.data(), ldq);
+      seqrec::cuda::attention_backward(be, s, qkv.data(), probs.data(), dout.data(), dqkv.data(),
+                                       dseg.data(), &rope, drows.data(), ldq, ldd, ldq);
+    });
+    bytes = 2.0 * M * (4 * D + 7 * D);
+  } else {
+    auto qkv = random(be, rng, M * 3 * D), dout = random(be, rng, M * D);
+    auto out = be.buffer<float>(M * D), dqkv = be.buffer<float>(M * 3 * D);
+    ms = time_ms(be, [&] {
+      seqrec::cuda::attention_forward(be, s, qkv.data(), dtok.data(), 0, out.data(), probs.data(),
+                                      0, dseg.data(), &rope, drows.data());
+      seqrec::cuda::attention_backward(be, s, qkv.data(), probs.data(), dout.data(), dqkv.data(),
+                                       dseg.data(), &rope, drows.data());
+    });
+    bytes = 4.0 * M * (4 * D + 7 * D);
+  }
+  // Compulsory traffic: qkv read twice, out and dout once, dqkv written (probs left out).
+  row(bf16 ? "attention fwd+bwd, packed, RoPE fused, bf16 qkv/grads"
+           : "attention fwd+bwd, packed, RoPE fused",
       "B=" + std::to_string(B) + " L=" + std::to_string(L) + " D=" + std::to_string(D) +
           " H=" + std::to_string(H) + " rows=" + std::to_string(M),
-      ms, 4.0 * M * (4 * D + 7 * D), false);
+      ms, bytes, false);
 }
 
 void bench_adamw(Backend& be, Rng& rng, std::int64_t n) {
@@ -328,9 +353,13 @@ int main(int argc, char** argv) {
       guarded("cross_entropy", [&] { bench_cross_entropy(be, rng, 67, 32, 1001, 16); });
       guarded("attention", [&] { bench_attention(be, rng, 3, 20, 64, 2); });
       guarded("attention", [&] { bench_attention_packed(be, rng, 5, 20, 64, 2); });
+      guarded("attention", [&] { bench_attention_packed(be, rng, 5, 20, 64, 2, true); });
       guarded("adamw", [&] { bench_adamw(be, rng, 5001); });
       guarded("gemm bf16",
               [&] { bench_gemm_bf16(be, rng, "FFN up", false, true, 67, 128, 64, 0.f); });
+      guarded("gemm bf16 C", [&] {
+        bench_gemm_bf16(be, rng, "FFN up, C bf16", false, true, 67, 128, 64, 0.f, true);
+      });
       guarded("gemm bf16",
               [&] { bench_gemm_bf16(be, rng, "CE dW", true, false, 1001, 64, 40, 1.f); });
       guarded("cross_entropy bf16", [&] { bench_cross_entropy(be, rng, 67, 32, 1001, 16, true); });
@@ -348,12 +377,27 @@ int main(int argc, char** argv) {
     guarded("attention", [&] { bench_attention(be, rng, 256, 20, 256, 8); });
     guarded("attention", [&] { bench_attention(be, rng, 1024, 20, 1024, 8); });
     guarded("attention", [&] { bench_attention_packed(be, rng, 1024, 20, 1024, 8); });
+    guarded("attention", [&] { bench_attention_packed(be, rng, 1024, 20, 1024, 8, true); });
     // Study-sized store: the item table (16863 × 1024) plus two blocks of 12·D² weights.
     guarded("adamw", [&] { bench_adamw(be, rng, 16863LL * 1024 + 2 * 12LL * 1024 * 1024); });
     // bf16 at the study step's sizes: ~9188 scored rows (synthetic batches of gpu_train_bench),
     // loss chunks of 2^26 / 16859 = 3980 rows.
     guarded("gemm bf16",
             [&] { bench_gemm_bf16(be, rng, "FFN up", false, true, 9188, 4096, 1024, 0.f); });
+    // The bf16 outputs of the ninth session: fc1 (FFN up), d(act) (FFN down's dX) and qkv.
+    guarded("gemm bf16 C", [&] {
+      bench_gemm_bf16(be, rng, "FFN up, C bf16", false, true, 9188, 4096, 1024, 0.f, true);
+    });
+    guarded("gemm bf16",
+            [&] { bench_gemm_bf16(be, rng, "FFN d(act)", false, false, 9188, 4096, 1024, 0.f); });
+    guarded("gemm bf16 C", [&] {
+      bench_gemm_bf16(be, rng, "FFN d(act), C bf16", false, false, 9188, 4096, 1024, 0.f, true);
+    });
+    guarded("gemm bf16",
+            [&] { bench_gemm_bf16(be, rng, "qkv", false, true, 9188, 3072, 1024, 0.f); });
+    guarded("gemm bf16 C", [&] {
+      bench_gemm_bf16(be, rng, "qkv, C bf16", false, true, 9188, 3072, 1024, 0.f, true);
+    });
     guarded("gemm bf16", [&] {
       bench_gemm_bf16(be, rng, "FFN up, M=9216", false, true, 9216, 4096, 1024, 0.f);
     });

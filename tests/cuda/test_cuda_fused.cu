@@ -8,6 +8,8 @@
 // untouched. So every check here is BIT FOR BIT (no tolerance): a differing element is a bug.
 //   rmsnorm / layernorm forward   y in bf16 == round(y fp32); stats identical
 //   activation forward (ReLU, SiLU), swiglu forward, attention forward (context), gather_rows
+//   attention with bf16 qkv, d(out), d(qkv) == the fp32 kernels on the widened inputs, outputs
+//                                   rounded (with and without fused RoPE)
 //   gemm_rm with a bf16 operand  == gemm_rm with the fp32 operand it rounds (bf16 mode), both
 //                                   operand positions, transposed or not, padded leading dimension
 //   gemm plan cache              a repeated GEMM (plan from the cache) == the first; problems that
@@ -19,7 +21,12 @@
 //                                   and the same parameter gradients
 //   column_sum_add_cast          sums == column_sum_add's; copy == cast_to_bf16's, padding
 //   untouched
-//   activation_backward_sum_cast == activation_backward then column_sum_add_cast (ReLU, SiLU)
+//   activation_backward_sum_cast == activation_backward then column_sum_add_cast (ReLU, SiLU);
+//                                   its bf16-input form, and activation_forward's, == the fp32
+//                                   forms on the widened inputs
+//   gemm_rm_bf16_out             == cast_to_bf16(gemm_rm's fp32 C) bit for bit where the bias is
+//                                   not fused (fallback); within one bf16 unit where cuBLASLt's
+//                                   epilogue rounds (another algorithm may sum in another order)
 //   dropout_backward_sum_cast    == dropout_backward (row map) then column_sum_add_cast
 //   profiler                     ranges are timed (> 0 ms, one total per name, in order),
 //   a nested
@@ -30,6 +37,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <string>
@@ -68,6 +76,19 @@ DeviceBuffer<bf16> sentinel_buffer(Backend& be, std::int64_t rows, std::int64_t 
       cudaMemcpyAsync(d.data(), h.data(), d.bytes(), cudaMemcpyHostToDevice, be.stream()));
   be.synchronize();
   return d;
+}
+
+/// The (rows, cols) fp32 values, contiguous, of the bf16 bits of a (rows, ld) buffer (exact).
+std::vector<float> widen(const std::vector<std::uint16_t>& b, std::int64_t rows, std::int64_t cols,
+                         std::int64_t ld) {
+  std::vector<float> out(static_cast<std::size_t>(rows * cols));
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t c = 0; c < cols; ++c) {
+      const std::uint32_t w = static_cast<std::uint32_t>(b[static_cast<std::size_t>(r * ld + c)])
+                              << 16;
+      std::memcpy(&out[static_cast<std::size_t>(r * cols + c)], &w, sizeof(float));
+    }
+  return out;
 }
 
 /// The bits of a (rows, ld) bf16 device buffer.
@@ -162,6 +183,43 @@ void test_activations(Backend& be, Rng& rng, std::int64_t rows, std::int64_t f) 
   };
   fused.template operator()<Activation::Relu>("relu");
   fused.template operator()<Activation::Silu>("silu");
+}
+
+/// The bf16 MLP with its pre-activation and d(act) in bf16 (fc1 and fc2's input gradient written
+/// by gemm_rm_bf16_out): the forward and the fused backward on bf16 inputs against the fp32 forms
+/// on the same values widened.
+void test_activations_bf16_in(Backend& be, Rng& rng, std::int64_t rows, std::int64_t f) {
+  const std::string shape = shape_str({{"N", rows}, {"F", f}});
+  const std::int64_t ld = bf16_ld(f);
+  using seqrec::cuda::Activation;
+  auto x = upload(be, normal(rng, rows * f, 3.0)), u = upload(be, normal(rng, rows * f, 1.5));
+  auto y = be.buffer<float>(rows * f);
+  const auto sums0 = normal(rng, f);
+  auto x16 = be.buffer<bf16>(rows * ld), d16 = be.buffer<bf16>(rows * ld);
+  seqrec::cuda::cast_to_bf16(be, x.data(), rows, f, f, x16.data(), ld);
+  seqrec::cuda::cast_to_bf16(be, u.data(), rows, f, f, d16.data(), ld);
+  auto xw = upload(be, widen(bits(be, x16.data(), rows, ld), rows, f, ld)),
+       dw = upload(be, widen(bits(be, d16.data(), rows, ld), rows, f, ld));
+  auto from16 = [&]<Activation A>(const char* name) {
+    const std::string op = std::string("activation.bf16_in.") + name;
+    auto y16 = sentinel_buffer(be, rows, ld);
+    seqrec::cuda::activation_forward<A>(be, xw.data(), y.data(), rows * f);
+    seqrec::cuda::activation_forward<A>(be, x16.data(), ld, y16.data(), rows, f, ld);
+    check_rounding(be, op + ".forward", shape, y.data(), y16.data(), rows, f, ld);
+    auto d = upload(be, download(be, dw));
+    auto s_ref = upload(be, sums0), s_got = upload(be, sums0);
+    auto g16_ref = sentinel_buffer(be, rows, ld), g16_got = sentinel_buffer(be, rows, ld);
+    seqrec::cuda::activation_backward<A>(be, xw.data(), d.data(), rows * f);
+    seqrec::cuda::column_sum_add_cast(be, d.data(), s_ref.data(), rows, f, g16_ref.data(), ld);
+    seqrec::cuda::activation_backward_sum_cast<A>(be, x16.data(), d16.data(), ld, s_got.data(),
+                                                  rows, f, g16_got.data(), ld);
+    check_identical(op + ".backward_sum_cast.sums", shape, download(be, s_got), download(be, s_ref),
+                    "the same products of widened values summed in the same order");
+    check_identical(op + ".backward_sum_cast.bf16", shape, download(be, g16_got),
+                    download(be, g16_ref), "the same products rounded, padding untouched");
+  };
+  from16.template operator()<Activation::Relu>("relu");
+  from16.template operator()<Activation::Silu>("silu");
 }
 
 /// Norm backward accumulating into dx against overwrite-then-add_into; the bias-gradient column
@@ -267,6 +325,54 @@ void test_attention_and_gather(Backend& be, Rng& rng, std::int64_t B, std::int64
                  packed16.data(), m, D, ld);
 }
 
+/// The bf16 model's attention (bf16 GEMM outputs): qkv, d(out) and d(qkv) in bf16 with 16-byte
+/// rows. Against the fp32 kernels on the widened qkv and d(out): the forward's output (rounded)
+/// and probabilities bit for bit, and the backward's d(qkv) the rounding of the fp32 one, without
+/// RoPE and (even head widths) with it fused.
+void test_attention_bf16_io(Backend& be, Rng& rng, std::int64_t B, std::int64_t L, std::int64_t D,
+                            std::int64_t H) {
+  const std::string shape = shape_str({{"B", B}, {"L", L}, {"D", D}, {"H", H}});
+  const std::int64_t N = B * L, ld = bf16_ld(D), ldq = bf16_ld(3 * D);
+  std::vector<std::int32_t> tok(static_cast<std::size_t>(N));
+  for (std::int64_t b = 0; b < B; ++b) {  // left padding: row b keeps its last 1 + b % L tokens
+    const std::int64_t keep = 1 + b % L;
+    for (std::int64_t i = 0; i < L; ++i) tok[b * L + i] = i >= L - keep ? 4 + int(i) : 0;
+  }
+  auto dtok = upload(be, tok);
+  auto qkv = upload(be, normal(rng, N * 3 * D)), dout = upload(be, normal(rng, N * D));
+  auto qkv16 = be.buffer<bf16>(N * ldq), dout16 = be.buffer<bf16>(N * ld);
+  seqrec::cuda::cast_to_bf16(be, qkv.data(), N, 3 * D, 3 * D, qkv16.data(), ldq);
+  seqrec::cuda::cast_to_bf16(be, dout.data(), N, D, D, dout16.data(), ld);
+  auto qkvw = upload(be, widen(bits(be, qkv16.data(), N, ldq), N, 3 * D, ldq));
+  auto doutw = upload(be, widen(bits(be, dout16.data(), N, ld), N, D, ld));
+  const seqrec::ops::AttentionShape s{B, L, D, H};
+  seqrec::cuda::RopeTable table;
+  const bool even = (D / H) % 2 == 0;
+  if (even) table.ensure(be, L, D / H, 10000.0);
+  for (const bool fused_rope : {false, true}) {
+    if (fused_rope && !even) continue;
+    const seqrec::cuda::RopeTable* rope = fused_rope ? &table : nullptr;
+    const std::string op = std::string("attention.bf16_io") + (fused_rope ? ".rope" : "");
+    auto o32 = be.buffer<float>(N * D), p32 = be.buffer<float>(B * H * L * L),
+         p16 = be.buffer<float>(B * H * L * L);
+    auto o16 = sentinel_buffer(be, N, ld);
+    seqrec::cuda::attention_forward(be, s, qkvw.data(), dtok.data(), 0, o32.data(), p32.data(), 0,
+                                    nullptr, rope);
+    seqrec::cuda::attention_forward(be, s, qkv16.data(), dtok.data(), 0, o16.data(), p16.data(), ld,
+                                    nullptr, rope, nullptr, ldq);
+    check_rounding(be, op + ".forward", shape, o32.data(), o16.data(), N, D, ld);
+    check_identical(op + ".probs", shape, download(be, p16), download(be, p32),
+                    "the same scores of the widened qkv");
+    auto dq32 = be.buffer<float>(N * 3 * D);
+    auto dq16 = sentinel_buffer(be, N, ldq);
+    seqrec::cuda::attention_backward(be, s, qkvw.data(), p32.data(), doutw.data(), dq32.data(),
+                                     nullptr, rope);
+    seqrec::cuda::attention_backward(be, s, qkv16.data(), p16.data(), dout16.data(), dq16.data(),
+                                     nullptr, rope, nullptr, ldq, ld, ldq);
+    check_rounding(be, op + ".backward", shape, dq32.data(), dq16.data(), N, 3 * D, ldq);
+  }
+}
+
 /// gemm_rm in bf16 mode with one operand pre-rounded to bf16 against the same call with the fp32
 /// operand (which gemm_rm rounds itself): identical bits. Also a repeat of the fp32-operand call
 /// (its cuBLASLt plan now comes from the backend's cache) must repeat the first bit for bit.
@@ -299,6 +405,70 @@ void test_gemm_operands(Backend& be, Rng& rng, std::int64_t M, std::int64_t N, s
               "gemm_rm.plan_cache.repeat" + std::string(trans_a ? " (A transposed)" : ""), shape,
               download(be, c_rep), download(be, c_ref),
               "the second call's cached plan vs the first's");
+      }
+  } catch (...) {
+    be.set_bf16(false);
+    throw;
+  }
+  be.set_bf16(false);
+}
+
+/// gemm_rm_bf16_out against cast_to_bf16 of gemm_rm's fp32 C, at the model's two uses: a forward
+/// linear with its bias (trans_b, weight B) and a backward input gradient (no transposes, weight
+/// B). cuBLASLt may pick another algorithm for a bf16 C, whose fp32 sums can differ in the last
+/// bits, so where the bias is fused each element may be one bf16 unit from the rounded fp32 C, no
+/// more (the emulator: 0 differ). A bias that is not 16-byte aligned cannot be fused; the fallback
+/// (gemm_rm into fp32, then cast_to_bf16) must then give exactly the rounded fp32 C. Padding
+/// columns stay untouched.
+void test_gemm_bf16_out(Backend& be, Rng& rng, std::int64_t M, std::int64_t N, std::int64_t K) {
+  const std::string shape = shape_str({{"M", M}, {"N", N}, {"K", K}});
+  const std::int64_t ld = bf16_ld(N);
+  be.set_bf16(true);
+  try {
+    auto bias_store = upload(be, normal(rng, N + 4, 0.5));
+    for (const bool forward : {true, false})
+      for (const bool aligned : {true, false}) {
+        if (!forward && !aligned) continue;  // no bias in the backward GEMM
+        // forward: A (M, K) · W (N, K)ᵀ + b; backward: G (M, K) · W (K, N).
+        auto a = upload(be, normal(rng, M * K)), w = upload(be, normal(rng, N * K, 0.05));
+        be.weights_changed();  // w may reuse a freed weight's address: no stale bf16 copy
+        const seqrec::cuda::Operand fa(a.data(), K), fw(w.data(), forward ? K : N);
+        const float* bias = forward ? bias_store.data() + (aligned ? 0 : 1) : nullptr;
+        auto c = be.buffer<float>(M * N);
+        seqrec::cuda::gemm_rm(be, false, forward, M, N, K, 1.f, fa, fw, 0.f, c.data(), N,
+                              seqrec::cuda::WeightOperand::B, bias);
+        auto got = sentinel_buffer(be, M, ld);
+        seqrec::cuda::gemm_rm_bf16_out(be, false, forward, M, N, K, 1.f, fa, fw, got.data(), ld,
+                                       seqrec::cuda::WeightOperand::B, bias);
+        const std::string op =
+            std::string("gemm_rm_bf16_out.") +
+            (forward ? (aligned ? "forward_bias" : "forward_unaligned_bias") : "backward");
+        if (forward && !aligned) {
+          check_rounding(be, op, shape, c.data(), got.data(), M, N, ld);
+          continue;
+        }
+        auto want = sentinel_buffer(be, M, ld);
+        seqrec::cuda::cast_to_bf16(be, c.data(), M, N, N, want.data(), ld);
+        const auto g = bits(be, got.data(), M, ld), r = bits(be, want.data(), M, ld);
+        std::size_t differ = 0, far = 0, pad = 0;
+        for (std::int64_t i = 0; i < M; ++i)
+          for (std::int64_t j = 0; j < ld; ++j) {
+            const std::size_t k = static_cast<std::size_t>(i * ld + j);
+            if (j >= N) {
+              pad += g[k] != kPadBits;
+              continue;
+            }
+            if (g[k] == r[k]) continue;
+            ++differ;
+            // Adjacent bf16 values of one sign differ by 1 in their bits (±0 aside).
+            const int dist = std::abs(static_cast<int>(g[k]) - static_cast<int>(r[k]));
+            far += ((g[k] ^ r[k]) & 0x8000) != 0 || dist > 1;
+          }
+        record(far == 0 && pad == 0, op, shape,
+               std::to_string(differ) + " of " + std::to_string(M * N) +
+                   " elements differ from bf16(fp32 C) by one bf16 unit, " + std::to_string(far) +
+                   " by more (must be 0); " + std::to_string(pad) +
+                   " padding elements written (must be 0)");
       }
   } catch (...) {
     be.set_bf16(false);
@@ -404,15 +574,28 @@ int main() {
     for (auto [n, f] : {std::pair<std::int64_t, std::int64_t>{129, 172}, {8192, 4096}})
       guarded("activations.bf16", shape_str({{"N", n}, {"F", f}}),
               [&] { test_activations(be, rng, n, f); });
+    // Study width, fewer rows: the emulator's time goes with the element count.
+    for (auto [n, f] : {std::pair<std::int64_t, std::int64_t>{129, 172}, {512, 4096}})
+      guarded("activations.bf16_in", shape_str({{"N", n}, {"F", f}}),
+              [&] { test_activations_bf16_in(be, rng, n, f); });
     for (auto [b, l, d, h] :
          {std::tuple<std::int64_t, std::int64_t, std::int64_t, std::int64_t>{5, 13, 74, 2},
           {512, 20, 1024, 8}})
       guarded("attention.bf16", shape_str({{"B", b}, {"L", l}, {"D", d}, {"H", h}}),
               [&] { test_attention_and_gather(be, rng, b, l, d, h); });
+    for (auto [b, l, d, h] :
+         {std::tuple<std::int64_t, std::int64_t, std::int64_t, std::int64_t>{5, 13, 74, 2},
+          {16, 20, 256, 2}})
+      guarded("attention.bf16_io", shape_str({{"B", b}, {"L", l}, {"D", d}, {"H", h}}),
+              [&] { test_attention_bf16_io(be, rng, b, l, d, h); });
     for (auto [m, n, k] :
          {std::tuple<std::int64_t, std::int64_t, std::int64_t>{37, 29, 172}, {4096, 3072, 1024}})
       guarded("gemm_rm.bf16_operand", shape_str({{"M", m}, {"N", n}, {"K", k}}),
               [&] { test_gemm_operands(be, rng, m, n, k); });
+    for (auto [m, n, k] :
+         {std::tuple<std::int64_t, std::int64_t, std::int64_t>{37, 172, 29}, {2048, 4096, 1024}})
+      guarded("gemm_rm_bf16_out", shape_str({{"M", m}, {"N", n}, {"K", k}}),
+              [&] { test_gemm_bf16_out(be, rng, m, n, k); });
     for (auto [n, d] : {std::pair<std::int64_t, std::int64_t>{301, 37}, {8192, 1024}})
       guarded("fused_backward", shape_str({{"N", n}, {"D", d}}),
               [&] { test_fused_backward(be, rng, n, d); });

@@ -88,6 +88,9 @@ namespace seqrec::cuda {
 /// GEMMs write it in the GEMM's operand type directly (bf16 activations).
 __host__ __device__ inline void store_as(float* p, float v) { *p = v; }
 __host__ __device__ inline void store_as(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+/// Reads an element of such a buffer as fp32 (a bf16 value widens exactly).
+__host__ __device__ inline float load_as(const float* p) { return *p; }
+__host__ __device__ inline float load_as(const __nv_bfloat16* p) { return __bfloat162float(*p); }
 
 /// Writes v to *p, or adds it (*p = *p + v, rounded to nearest, never contracted) when Accumulate:
 /// a backward kernel that adds its result into a gradient buffer gives the bits of writing it and
@@ -413,7 +416,7 @@ class Backend {
     cublasLtMatmulAlgo_t algo;
     bool fused_bias;
   };
-  using GemmKey = std::array<std::int64_t, 13>;
+  using GemmKey = std::array<std::int64_t, 14>;
   const GemmPlan* find_gemm_plan(const GemmKey& k) const {
     auto it = gemm_plans_.find(k);
     return it == gemm_plans_.end() ? nullptr : &it->second;
@@ -480,10 +483,17 @@ class ProfileScope {
 /// row of C in the GEMM's epilogue (CUBLASLT_EPILOGUE_BIAS: in the column-major view the bias runs
 /// along the m = N dimension). Returns true iff it did; the caller adds a bias that was not fused
 /// (unaligned, or no algorithm with that epilogue).
+///
+/// c_type CUDA_R_16BF (bf16 operands only): C is bf16, and the epilogue rounds the fp32 result
+/// (bias included) to it once. A bias added after that rounding would round twice, so with a bf16
+/// C a bias that cannot be fused is not left to the caller: nothing is computed and it returns
+/// false (the caller then takes an fp32 C and rounds it; gemm_rm_bf16_out).
 inline bool gemm_lt(Backend& be, cudaDataType_t ab_type, bool trans_a, bool trans_b, std::int64_t M,
                     std::int64_t N, std::int64_t K, float alpha, const void* A, std::int64_t lda,
-                    const void* B, std::int64_t ldb, float beta, float* C, std::int64_t ldc,
-                    const float* bias = nullptr) {
+                    const void* B, std::int64_t ldb, float beta, void* C, std::int64_t ldc,
+                    const float* bias = nullptr, cudaDataType_t c_type = CUDA_R_32F) {
+  SEQREC_CHECK(c_type == CUDA_R_32F || (c_type == CUDA_R_16BF && ab_type == CUDA_R_16BF),
+               "gemm_lt: a bf16 result needs bf16 operands");
   if (M == 0 || N == 0) return bias != nullptr;
   // Column-major problem: m = N, n = M, k = K; first operand is B, second is A.
   const cublasOperation_t opa = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -515,7 +525,7 @@ inline bool gemm_lt(Backend& be, cudaDataType_t ab_type, bool trans_a, bool tran
       cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb)));
   SEQREC_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, ab_type, a_rows, a_cols, ldb));
   SEQREC_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, ab_type, b_rows, b_cols, lda));
-  SEQREC_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, N, M, ldc));
+  SEQREC_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lc, c_type, N, M, ldc));
   SEQREC_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   const std::size_t ws = Backend::kWorkspaceBytes;
   SEQREC_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
@@ -570,6 +580,7 @@ inline bool gemm_lt(Backend& be, cudaDataType_t ab_type, bool trans_a, bool tran
   }
   const bool exact = Mq == M && Nq == N && Kq == K;
   const Backend::GemmKey key{static_cast<std::int64_t>(ab_type),
+                             static_cast<std::int64_t>(c_type),
                              trans_a,
                              trans_b,
                              Mq,
@@ -630,7 +641,7 @@ inline bool gemm_lt(Backend& be, cudaDataType_t ab_type, bool trans_a, bool tran
         cublasLtMatrixLayoutCreate(&qa, ab_type, trans_b ? Kq : Nq, trans_b ? Nq : Kq, ldb));
     SEQREC_CUBLAS_CHECK(
         cublasLtMatrixLayoutCreate(&qb, ab_type, trans_a ? Mq : Kq, trans_a ? Kq : Mq, lda));
-    SEQREC_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&qc, CUDA_R_32F, Nq, Mq, ldc));
+    SEQREC_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&qc, c_type, Nq, Mq, ldc));
     plan = ask(qa, qb, qc, Mq, Nq, Kq);
     be.add_gemm_plan(key, plan);
   }
@@ -645,6 +656,7 @@ inline bool gemm_lt(Backend& be, cudaDataType_t ab_type, bool trans_a, bool tran
     }
   }
   fused = plan.fused_bias;
+  if (bias != nullptr && !fused && c_type != CUDA_R_32F) return false;  // see above: not run
   SEQREC_CUBLAS_CHECK(cublasLtMatmul(be.lt(), op, &alpha, B, la, A, lb, &beta, C, lc, C, lc,
                                      &plan.algo, be.workspace(), ws, be.stream()));
   return fused;

@@ -84,6 +84,47 @@ struct Operand {
   Operand(const __nv_bfloat16* p, std::int64_t leading) : b16(p), ld(leading) {}
 };
 
+namespace detail {
+/// A gemm_rm operand in bf16: as given when it is bf16 already; else gemm_rm's rounded copy of the
+/// fp32 tensor with 16-byte rows (leading dimension bf16_ld(cols)) — from the backend's cache for
+/// a weight, into `tmp` for an activation. (rows, cols) is the operand's stored shape.
+inline const __nv_bfloat16* bf16_operand(Backend& be, const Operand& x, std::int64_t rows,
+                                         std::int64_t cols, bool is_weight,
+                                         DeviceBuffer<__nv_bfloat16>& tmp, std::int64_t& ld16) {
+  if (x.b16 != nullptr) {
+    ld16 = x.ld;
+    return x.b16;
+  }
+  ld16 = bf16_ld(cols);
+  if (is_weight)
+    return be.cached_bf16(x.f32, rows, cols, x.ld, ld16, [&](__nv_bfloat16* dst) {
+      cast_to_bf16(be, x.f32, rows, cols, x.ld, dst, ld16);
+    });
+  tmp = be.buffer<__nv_bfloat16>(static_cast<std::size_t>(rows * ld16));
+  cast_to_bf16(be, x.f32, rows, cols, x.ld, tmp.data(), ld16);
+  return tmp.data();
+}
+
+/// gemm_rm's bf16 path: both operands in bf16 (bf16_operand), then gemm_lt with a C of c_type.
+/// Returns gemm_lt's answer: whether the bias was fused.
+inline bool gemm_rm_bf16(Backend& be, bool trans_a, bool trans_b, std::int64_t M, std::int64_t N,
+                         std::int64_t K, float alpha, const Operand& A, const Operand& B,
+                         float beta, void* C, std::int64_t ldc, cudaDataType_t c_type,
+                         WeightOperand weight, const float* bias) {
+  // Stored shapes: A is (M, K) or (K, M) when transposed; B is (K, N) or (N, K).
+  const std::int64_t a_rows = trans_a ? K : M, a_cols = trans_a ? M : K;
+  const std::int64_t b_rows = trans_b ? N : K, b_cols = trans_b ? K : N;
+  DeviceBuffer<__nv_bfloat16> a_tmp, b_tmp;
+  std::int64_t lda16 = 0, ldb16 = 0;
+  const __nv_bfloat16* a16 =
+      bf16_operand(be, A, a_rows, a_cols, weight == WeightOperand::A, a_tmp, lda16);
+  const __nv_bfloat16* b16 =
+      bf16_operand(be, B, b_rows, b_cols, weight == WeightOperand::B, b_tmp, ldb16);
+  return gemm_lt(be, CUDA_R_16BF, trans_a, trans_b, M, N, K, alpha, a16, lda16, b16, ldb16, beta, C,
+                 ldc, bias, c_type);
+}
+}  // namespace detail
+
 /// Row-major GEMM, C (M, N) = alpha · op(A) · op(B) + beta · C [+ bias (N) on every row] (see
 /// gemm_lt for the layout), C fp32. fp32 mode: fp32 throughout (both operands must be fp32).
 /// bf16 mode: fp32 operands are rounded to bf16 (weights once per version, from the backend's
@@ -95,40 +136,39 @@ inline void gemm_rm(Backend& be, bool trans_a, bool trans_b, std::int64_t M, std
                     float* C, std::int64_t ldc, WeightOperand weight = WeightOperand::None,
                     const float* bias = nullptr) {
   if (M == 0 || N == 0) return;
+  bool fused = false;
   if (!be.bf16()) {
     SEQREC_CHECK(A.b16 == nullptr && B.b16 == nullptr,
                  "gemm_rm: a bf16 operand needs the backend's bf16 mode");
-    const bool fused = gemm_lt(be, CUDA_R_32F, trans_a, trans_b, M, N, K, alpha, A.f32, A.ld, B.f32,
-                               B.ld, beta, C, ldc, bias);
-    if (bias != nullptr && !fused) bias_add_strided(be, C, ldc, bias, M, N);
-    return;
+    fused = gemm_lt(be, CUDA_R_32F, trans_a, trans_b, M, N, K, alpha, A.f32, A.ld, B.f32, B.ld,
+                    beta, C, ldc, bias);
+  } else {
+    fused = detail::gemm_rm_bf16(be, trans_a, trans_b, M, N, K, alpha, A, B, beta, C, ldc,
+                                 CUDA_R_32F, weight, bias);
   }
-  // Stored shapes: A is (M, K) or (K, M) when transposed; B is (K, N) or (N, K).
-  const std::int64_t a_rows = trans_a ? K : M, a_cols = trans_a ? M : K;
-  const std::int64_t b_rows = trans_b ? N : K, b_cols = trans_b ? K : N;
-  DeviceBuffer<__nv_bfloat16> a_tmp, b_tmp;
-  // The bf16 copies have 16-byte rows (leading dimension bf16_ld(cols)).
-  auto operand = [&](const Operand& x, std::int64_t rows, std::int64_t cols, bool is_weight,
-                     DeviceBuffer<__nv_bfloat16>& tmp, std::int64_t& ld16) -> const __nv_bfloat16* {
-    if (x.b16 != nullptr) {
-      ld16 = x.ld;
-      return x.b16;
-    }
-    ld16 = bf16_ld(cols);
-    if (is_weight)
-      return be.cached_bf16(x.f32, rows, cols, x.ld, ld16, [&](__nv_bfloat16* dst) {
-        cast_to_bf16(be, x.f32, rows, cols, x.ld, dst, ld16);
-      });
-    tmp = be.buffer<__nv_bfloat16>(static_cast<std::size_t>(rows * ld16));
-    cast_to_bf16(be, x.f32, rows, cols, x.ld, tmp.data(), ld16);
-    return tmp.data();
-  };
-  std::int64_t lda16 = 0, ldb16 = 0;
-  const __nv_bfloat16* a16 = operand(A, a_rows, a_cols, weight == WeightOperand::A, a_tmp, lda16);
-  const __nv_bfloat16* b16 = operand(B, b_rows, b_cols, weight == WeightOperand::B, b_tmp, ldb16);
-  const bool fused = gemm_lt(be, CUDA_R_16BF, trans_a, trans_b, M, N, K, alpha, a16, lda16, b16,
-                             ldb16, beta, C, ldc, bias);
   if (bias != nullptr && !fused) bias_add_strided(be, C, ldc, bias, M, N);
+}
+
+/// gemm_rm with a bf16 C and beta 0, bf16 mode only: C (M, N) with leading dimension ldc (a
+/// multiple of 8, as bf16_ld gives) = bf16(alpha · op(A) · op(B) [+ bias]), the fp32 result rounded
+/// to nearest even once, in cuBLASLt's epilogue. For a tensor whose readers want it in bf16 (a GEMM
+/// operand, or an activation's input): half the bytes of gemm_rm's fp32 C to write and to read
+/// back, and no rounding pass. Where the bias cannot go into the epilogue, the product goes through
+/// an fp32 scratch C (gemm_rm, bias added there) and cast_to_bf16: the same single rounding.
+inline void gemm_rm_bf16_out(Backend& be, bool trans_a, bool trans_b, std::int64_t M,
+                             std::int64_t N, std::int64_t K, float alpha, const Operand& A,
+                             const Operand& B, __nv_bfloat16* C, std::int64_t ldc,
+                             WeightOperand weight = WeightOperand::None,
+                             const float* bias = nullptr) {
+  SEQREC_CHECK(be.bf16(), "gemm_rm_bf16_out: a bf16 result needs the backend's bf16 mode");
+  if (M == 0 || N == 0) return;
+  if (detail::gemm_rm_bf16(be, trans_a, trans_b, M, N, K, alpha, A, B, 0.f, C, ldc, CUDA_R_16BF,
+                           weight, bias) ||
+      bias == nullptr)
+    return;
+  auto c32 = be.buffer<float>(static_cast<std::size_t>(M * N));
+  gemm_rm(be, trans_a, trans_b, M, N, K, alpha, A, B, 0.f, c32.data(), N, weight, bias);
+  cast_to_bf16(be, c32.data(), M, N, N, C, ldc);
 }
 
 /// gemm_rm on fp32 arrays with their leading dimensions.

@@ -94,39 +94,46 @@ __device__ inline void attn_row_dots(const float* a, const float* B, int sp, int
   }
 }
 
-/// Copies rows 0..n−1, columns col0 … col0+dh−1 of a (rows, 3D) slab (base points at row
-/// first_row) into dst (n, dh+1). Rotate: each row's half-split pairs rotated forward by RoPE at
-/// that row's slot (the slab's row i is row first_row + i of the layout rope.row_map describes).
-template <bool Rotate>
-__device__ inline void attn_load_head(const float* __restrict__ base, std::int64_t ld,
+/// Copies rows 0..n−1, columns col0 … col0+dh−1 of a (rows, 3D) slab, fp32 or bf16 (widened;
+/// base points at row first_row) into dst (n, dh+1). Rotate: each row's half-split pairs rotated
+/// forward by RoPE at that row's slot (the slab's row i is row first_row + i of the layout
+/// rope.row_map describes).
+template <bool Rotate, typename QT>
+__device__ inline void attn_load_head(const QT* __restrict__ base, std::int64_t ld,
                                       std::int64_t col0, int n, int dh, float* __restrict__ dst,
                                       const RopeView& rope, int first_row) {
   if constexpr (!Rotate) {
     for (int idx = threadIdx.x; idx < n * dh; idx += blockDim.x) {
       const int i = idx / dh, k = idx - i * dh;
-      dst[i * (dh + 1) + k] = base[static_cast<std::int64_t>(i) * ld + col0 + k];
+      dst[i * (dh + 1) + k] = load_as(base + static_cast<std::int64_t>(i) * ld + col0 + k);
     }
   } else {
     const int half = dh / 2;
     for (int idx = threadIdx.x; idx < n * half; idx += blockDim.x) {
       const int i = idx / half, k = idx - i * half;
-      const float* src = base + static_cast<std::int64_t>(i) * ld + col0;
+      const QT* src = base + static_cast<std::int64_t>(i) * ld + col0;
       const int t = rope.offset(first_row + i) + k;
       float* d = dst + i * (dh + 1);
-      rope_rotate(src[k], src[k + half], rope.cos[t], rope.sin[t], d[k], d[k + half]);
+      rope_rotate(load_as(src + k), load_as(src + k + half), rope.cos[t], rope.sin[t], d[k],
+                  d[k + half]);
     }
   }
 }
 
-/// dst[k] for k < dh (a head's columns of one row in global memory) = src (shared memory) rotated
-/// back by RoPE at table offset t: a gradient with respect to the rotated Q or K becomes one with
-/// respect to the unrotated values, as rope_apply's backward (sign −1) makes it. The calling
-/// warp's lanes share the row.
-__device__ inline void attn_store_unrotated(const float* src, float* __restrict__ dst, int dh,
+/// dst[k] for k < dh (a head's columns of one row in global memory, fp32 or bf16: store_as) =
+/// src (shared memory) rotated back by RoPE at table offset t: a gradient with respect to the
+/// rotated Q or K becomes one with respect to the unrotated values, as rope_apply's backward
+/// (sign −1) makes it. The calling warp's lanes share the row.
+template <typename GT>
+__device__ inline void attn_store_unrotated(const float* src, GT* __restrict__ dst, int dh,
                                             const RopeView& rope, int t, int lane) {
   const int half = dh / 2;
-  for (int k = lane; k < half; k += 32)
-    rope_rotate(src[k], src[k + half], rope.cos[t + k], -rope.sin[t + k], dst[k], dst[k + half]);
+  for (int k = lane; k < half; k += 32) {
+    float x, y;
+    rope_rotate(src[k], src[k + half], rope.cos[t + k], -rope.sin[t + k], x, y);
+    store_as(dst + k, x);
+    store_as(dst + k + half, y);
+  }
 }
 }  // namespace detail
 
@@ -147,11 +154,13 @@ __device__ inline void attn_segment(const std::int32_t* seg, int b, int L, int& 
 }
 }  // namespace detail
 
-/// grid B·H, block 32·8. qkv (rows, 3D), tokens (rows), out (rows, D) with leading dimension ldo
-/// (float, or bf16 for a bf16 activation: store_as), probs (B, H, L, L); rows = B·L (full layout,
-/// seg null) or the packed rows, sequence b owning rows seg[b] … seg[b+1]−1 (≤ L of them).
-template <typename OutT, bool Rotate>
-static __global__ void attention_forward_kernel(const float* __restrict__ qkv,
+/// grid B·H, block 32·8. qkv (rows, 3D) with leading dimension ldq (float, or bf16 as the bf16
+/// model's qkv GEMM writes it: widened on load), tokens (rows), out (rows, D) with leading
+/// dimension ldo (float, or bf16 for a bf16 activation: store_as), probs (B, H, L, L); rows = B·L
+/// (full layout, seg null) or the packed rows, sequence b owning rows seg[b] … seg[b+1]−1 (≤ L of
+/// them).
+template <typename OutT, bool Rotate, typename QT>
+static __global__ void attention_forward_kernel(const QT* __restrict__ qkv, std::int64_t ldq,
                                                 const std::int32_t* __restrict__ tokens,
                                                 std::int32_t pad_token, OutT* __restrict__ out,
                                                 std::int64_t ldo, float* __restrict__ probs,
@@ -168,8 +177,8 @@ static __global__ void attention_forward_kernel(const float* __restrict__ qkv,
   float* Vs = Ks + L * sp;              // (L, dh+1)
   float* qw = Vs + L * sp + warp * dh;  // (dh) this warp's query row
   float* sw = smem + 2 * L * sp + detail::kAttnWarps * dh + warp * L;  // (L) this warp's scores
-  const std::int64_t ld = 3 * static_cast<std::int64_t>(D);
-  const float* base = qkv + static_cast<std::int64_t>(start) * ld;
+  const std::int64_t ld = ldq;
+  const QT* base = qkv + static_cast<std::int64_t>(start) * ld;
   const std::int32_t* tok = tokens + start;
   detail::attn_load_head<Rotate>(base, ld, D + h * dh, n, dh, Ks, rope, start);
   detail::attn_load_head<false>(base, ld, 2 * D + h * dh, n, dh, Vs, rope, start);
@@ -177,14 +186,14 @@ static __global__ void attention_forward_kernel(const float* __restrict__ qkv,
   float* P = probs + static_cast<std::int64_t>(blockIdx.x) * L * L;  // (n ≤ L, L) of (b, h)
   const int by_key = detail::attention_by_key_max(dh);
   for (int i = warp; i < n; i += detail::kAttnWarps) {
-    const float* qrow = base + static_cast<std::int64_t>(i) * ld + h * dh;
+    const QT* qrow = base + static_cast<std::int64_t>(i) * ld + h * dh;
     if constexpr (Rotate) {
       const int half = dh / 2, t = rope.offset(start + i);
       for (int k = lane; k < half; k += 32)
-        detail::rope_rotate(qrow[k], qrow[k + half], rope.cos[t + k], rope.sin[t + k], qw[k],
-                            qw[k + half]);
+        detail::rope_rotate(load_as(qrow + k), load_as(qrow + k + half), rope.cos[t + k],
+                            rope.sin[t + k], qw[k], qw[k + half]);
     } else {
-      for (int k = lane; k < dh; k += 32) qw[k] = qrow[k];
+      for (int k = lane; k < dh; k += 32) qw[k] = load_as(qrow + k);
     }
     __syncwarp();
     const bool pad_query = tok[i] == pad_token;
@@ -222,16 +231,18 @@ static __global__ void attention_forward_kernel(const float* __restrict__ qkv,
   }
 }
 
-/// grid B·H, block 32·8. dout (rows, D) → dqkv (rows, 3D), overwritten; rows, seg and Rotate as
-/// in the forward. local: the (b, h) slices of P and dS live in shared memory past the rest
-/// (attention_local_bytes more of it; P copied there from probs as phase 1 reads it), so phase 2
-/// reads them from there; otherwise P is read from probs and dS goes through ds, scratch
-/// (B, H, L, L) in global memory.
-template <bool Rotate>
-static __global__ void attention_backward_kernel(const float* __restrict__ qkv,
+/// grid B·H, block 32·8. dout (rows, D) with leading dimension lddo → dqkv (rows, 3D) with
+/// leading dimension lddq, overwritten, both of type GT (fp32, or bf16: dout widened as loaded,
+/// dqkv rounded as stored); qkv (its type and ldq), rows, seg and Rotate as in the forward. local:
+/// the (b, h) slices of P and dS live in shared memory past the rest (attention_local_bytes more of
+/// it; P copied there from probs as phase 1 reads it), so phase 2 reads them from there; otherwise
+/// P is read from probs and dS goes through ds, scratch (B, H, L, L) in global memory.
+template <bool Rotate, typename QT, typename GT>
+static __global__ void attention_backward_kernel(const QT* __restrict__ qkv, std::int64_t ldq,
                                                  const float* __restrict__ probs,
-                                                 const float* __restrict__ dout,
-                                                 float* __restrict__ dqkv, float* __restrict__ ds,
+                                                 const GT* __restrict__ dout, std::int64_t lddo,
+                                                 GT* __restrict__ dqkv, std::int64_t lddq,
+                                                 float* __restrict__ ds,
                                                  const std::int32_t* __restrict__ seg, int L, int D,
                                                  int H, float scale, RopeView rope, int local) {
   extern __shared__ float smem[];
@@ -245,10 +256,10 @@ static __global__ void attention_backward_kernel(const float* __restrict__ qkv,
   float* Bs = As + L * sp;              // phase 1: K; phase 2: dO       (L, dh+1)
   float* ow = Bs + L * sp + warp * dh;  // (dh) this warp's dO row, then its dQ or dK row
   float* sw = smem + 2 * L * sp + detail::kAttnWarps * dh + warp * L;  // (L) this warp's dS row
-  const std::int64_t ld = 3 * static_cast<std::int64_t>(D);
-  const float* base = qkv + static_cast<std::int64_t>(start) * ld;
-  float* dbase = dqkv + static_cast<std::int64_t>(start) * ld;
-  const float* dob = dout + static_cast<std::int64_t>(start) * D;
+  const std::int64_t ld = lddq;                                        // dqkv's
+  const QT* base = qkv + static_cast<std::int64_t>(start) * ldq;
+  GT* dbase = dqkv + static_cast<std::int64_t>(start) * ld;
+  const GT* dob = dout + static_cast<std::int64_t>(start) * lddo;
   const float* Pg = probs + static_cast<std::int64_t>(blockIdx.x) * L * L;
   float* Pl = smem + 2 * L * sp + detail::kAttnWarps * (dh + L);  // (L, L) when local
   const float* P = local ? Pl : Pg;                               // what phase 2 reads
@@ -257,11 +268,12 @@ static __global__ void attention_backward_kernel(const float* __restrict__ qkv,
 
   // Phase 1, per query row i: dP_ij = dO_i · V_j, dS_ij = P_ij (dP_ij − Σ_j' P_ij' dP_ij') · scale,
   // dQ_i = Σ_j dS_ij K_j.
-  detail::attn_load_head<false>(base, ld, 2 * D + h * dh, n, dh, As, rope, start);
-  detail::attn_load_head<Rotate>(base, ld, D + h * dh, n, dh, Bs, rope, start);
+  detail::attn_load_head<false>(base, ldq, 2 * D + h * dh, n, dh, As, rope, start);
+  detail::attn_load_head<Rotate>(base, ldq, D + h * dh, n, dh, Bs, rope, start);
   __syncthreads();
   for (int i = warp; i < n; i += detail::kAttnWarps) {
-    for (int k = lane; k < dh; k += 32) ow[k] = dob[static_cast<std::int64_t>(i) * D + h * dh + k];
+    for (int k = lane; k < dh; k += 32)
+      ow[k] = load_as(dob + static_cast<std::int64_t>(i) * lddo + h * dh + k);
     __syncwarp();
     const float* Pi = Pg + static_cast<std::int64_t>(i) * L;
     detail::attn_row_dots(ow, As, sp, dh, i + 1, by_key, sw, lane);  // dP_ij
@@ -279,14 +291,14 @@ static __global__ void attention_backward_kernel(const float* __restrict__ qkv,
       Si[j] = v;
     }
     __syncwarp();
-    float* dq = dbase + static_cast<std::int64_t>(i) * ld + h * dh;
+    GT* dq = dbase + static_cast<std::int64_t>(i) * ld + h * dh;
     for (int k = lane; k < dh; k += 32) {
       float acc = 0.f;
       for (int j = 0; j <= i; ++j) acc += sw[j] * Bs[j * sp + k];
       if constexpr (Rotate)
         ow[k] = acc;  // ow (this row's dO) is no longer read
       else
-        dq[k] = acc;
+        store_as(dq + k, acc);
     }
     if constexpr (Rotate) {
       __syncwarp();
@@ -297,10 +309,10 @@ static __global__ void attention_backward_kernel(const float* __restrict__ qkv,
   __syncthreads();  // dS rows (global) complete and visible to the whole block; As, Bs free
 
   // Phase 2, per key row j: dK_j = Σ_{i≥j} dS_ij Q_i, dV_j = Σ_{i≥j} P_ij dO_i.
-  detail::attn_load_head<Rotate>(base, ld, h * dh, n, dh, As, rope, start);
+  detail::attn_load_head<Rotate>(base, ldq, h * dh, n, dh, As, rope, start);
   for (int idx = threadIdx.x; idx < n * dh; idx += blockDim.x) {
     const int i = idx / dh, k = idx - i * dh;
-    Bs[i * sp + k] = dob[static_cast<std::int64_t>(i) * D + h * dh + k];
+    Bs[i * sp + k] = load_as(dob + static_cast<std::int64_t>(i) * lddo + h * dh + k);
   }
   __syncthreads();
   for (int j = warp; j < n; j += detail::kAttnWarps) {
@@ -314,8 +326,8 @@ static __global__ void attention_backward_kernel(const float* __restrict__ qkv,
       if constexpr (Rotate)
         ow[k] = dk;
       else
-        dbase[static_cast<std::int64_t>(j) * ld + D + h * dh + k] = dk;
-      dbase[static_cast<std::int64_t>(j) * ld + 2 * D + h * dh + k] = dv;
+        store_as(dbase + static_cast<std::int64_t>(j) * ld + D + h * dh + k, dk);
+      store_as(dbase + static_cast<std::int64_t>(j) * ld + 2 * D + h * dh + k, dv);
     }
     if constexpr (Rotate) {
       __syncwarp();
@@ -370,7 +382,9 @@ RopeView attention_rope(const Shape& s, const RopeTable* rope, const std::int32_
 
 /// Shape: ops::AttentionShape (attention_cpu.hpp) or any struct with batch, length, dim, heads.
 /// qkv (B·L, 3D), tokens (B·L), out (B·L, D), probs (B, H, L, L); device pointers. OutT is
-/// float, or __nv_bfloat16 for a bf16 activation; ldo is out's leading dimension (0: D).
+/// float, or __nv_bfloat16 for a bf16 activation; ldo is out's leading dimension (0: D). QT is
+/// float, or __nv_bfloat16 for the bf16 model's qkv (widened as loaded: the result is the fp32
+/// call's on the widened values, bit for bit); ldq is its leading dimension (0: 3D).
 /// Packed layout (seg non-null, B + 1 offsets): qkv, tokens and out hold only the packed rows,
 /// sequence b owning rows seg[b] … seg[b+1]−1 in window order — every non-padding position of its
 /// window must be among them (padding keys are masked, so the others change nothing); a block
@@ -380,35 +394,39 @@ RopeView attention_rope(const Shape& s, const RopeTable* rope, const std::int32_
 /// rope_apply's floats, so the result is bit for bit that of rope_apply(+1) on qkv followed by the
 /// unfused call, while qkv itself stays unrotated (the backward takes it so). rope_rows is
 /// rope_apply's row map: packed row r sits at slot rope_rows[r] mod L (null: r mod L).
-template <typename Shape, typename OutT>
-void attention_forward(Backend& be, const Shape& s, const float* qkv, const std::int32_t* tokens,
+template <typename Shape, typename QT, typename OutT>
+void attention_forward(Backend& be, const Shape& s, const QT* qkv, const std::int32_t* tokens,
                        std::int32_t pad_token, OutT* out, float* probs, std::int64_t ldo = 0,
                        const std::int32_t* seg = nullptr, const RopeTable* rope = nullptr,
-                       const std::int32_t* rope_rows = nullptr) {
+                       const std::int32_t* rope_rows = nullptr, std::int64_t ldq = 0) {
   if (s.batch == 0) return;
   const RopeView view = detail::attention_rope(s, rope, rope_rows);
-  auto* kernel = rope != nullptr ? &attention_forward_kernel<OutT, true>
-                                 : &attention_forward_kernel<OutT, false>;
+  auto* kernel = rope != nullptr ? &attention_forward_kernel<OutT, true, QT>
+                                 : &attention_forward_kernel<OutT, false, QT>;
   const std::size_t smem = detail::attention_prepare(be, s, reinterpret_cast<const void*>(kernel));
   const float scale = 1.f / std::sqrt(static_cast<float>(s.dim / s.heads));
   kernel<<<static_cast<unsigned>(s.batch * s.heads), 32 * detail::kAttnWarps, smem, be.stream()>>>(
-      qkv, tokens, pad_token, out, ldo > 0 ? ldo : s.dim, probs, seg, static_cast<int>(s.length),
-      static_cast<int>(s.dim), static_cast<int>(s.heads), scale, view);
+      qkv, ldq > 0 ? ldq : 3 * s.dim, tokens, pad_token, out, ldo > 0 ? ldo : s.dim, probs, seg,
+      static_cast<int>(s.length), static_cast<int>(s.dim), static_cast<int>(s.heads), scale, view);
   SEQREC_CUDA_CHECK_LAUNCH();
 }
 
 /// dout (B·L, D) → dqkv (B·L, 3D), overwritten; qkv and probs as saved by the forward. With seg
 /// (the forward's packed layout), dout and dqkv hold the packed rows. With rope (as the forward
 /// had it), qkv is the unrotated input and dqkv the gradient with respect to it: bit for bit the
-/// unfused backward on the rotated qkv followed by rope_apply(−1) on dqkv.
-template <typename Shape>
-void attention_backward(Backend& be, const Shape& s, const float* qkv, const float* probs,
-                        const float* dout, float* dqkv, const std::int32_t* seg = nullptr,
-                        const RopeTable* rope = nullptr, const std::int32_t* rope_rows = nullptr) {
+/// unfused backward on the rotated qkv followed by rope_apply(−1) on dqkv. qkv's type and ldq as
+/// the forward's. GT: dout and dqkv both fp32, or both bf16 (the bf16 model's: dout widened as
+/// loaded, dqkv rounded once as stored, so the result is the rounding of the fp32 call's on the
+/// widened dout, bit for bit); lddo and lddq are their leading dimensions (0: D and 3D).
+template <typename Shape, typename QT, typename GT>
+void attention_backward(Backend& be, const Shape& s, const QT* qkv, const float* probs,
+                        const GT* dout, GT* dqkv, const std::int32_t* seg = nullptr,
+                        const RopeTable* rope = nullptr, const std::int32_t* rope_rows = nullptr,
+                        std::int64_t ldq = 0, std::int64_t lddo = 0, std::int64_t lddq = 0) {
   if (s.batch == 0) return;
   const RopeView view = detail::attention_rope(s, rope, rope_rows);
-  auto* kernel =
-      rope != nullptr ? &attention_backward_kernel<true> : &attention_backward_kernel<false>;
+  auto* kernel = rope != nullptr ? &attention_backward_kernel<true, QT, GT>
+                                 : &attention_backward_kernel<false, QT, GT>;
   const std::size_t smem =
       detail::attention_prepare(be, s, reinterpret_cast<const void*>(kernel), true);
   const bool local = smem > detail::attention_smem_bytes(s.length, s.dim / s.heads);
@@ -417,8 +435,9 @@ void attention_backward(Backend& be, const Shape& s, const float* qkv, const flo
   if (!local)
     ds = be.buffer<float>(static_cast<std::size_t>(s.batch * s.heads * s.length * s.length));
   kernel<<<static_cast<unsigned>(s.batch * s.heads), 32 * detail::kAttnWarps, smem, be.stream()>>>(
-      qkv, probs, dout, dqkv, ds.data(), seg, static_cast<int>(s.length), static_cast<int>(s.dim),
-      static_cast<int>(s.heads), scale, view, local ? 1 : 0);
+      qkv, ldq > 0 ? ldq : 3 * s.dim, probs, dout, lddo > 0 ? lddo : s.dim, dqkv,
+      lddq > 0 ? lddq : 3 * s.dim, ds.data(), seg, static_cast<int>(s.length),
+      static_cast<int>(s.dim), static_cast<int>(s.heads), scale, view, local ? 1 : 0);
   SEQREC_CUDA_CHECK_LAUNCH();
 }
 

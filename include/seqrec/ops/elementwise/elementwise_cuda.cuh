@@ -1,12 +1,13 @@
 // Small element-wise and reduction kernels of the CUDA model, fp32, all on the backend's stream:
 //
-//   column_sum_add          db (C) += Σ_rows dy (N, C)               (linear layers' bias gradient)
-//   column_sum_add_cast     the same, and bf16(dy) in the same pass   (bf16 mode's GEMM operand)
-//   add_into                y (n) += x (n)                           (residual gradients)
+//   column_sum_add          db (C) += Σ_rows dy (N, C), dy fp32 or bf16 (linear layers' bias
+//   gradient) column_sum_add_cast     the same, and bf16(dy) in the same pass   (bf16 mode's GEMM
+//   operand) add_into                y (n) += x (n)                           (residual gradients)
 //   position_add            x (B, L, D) += P (L, D)                  (learned positions)
 //   position_add_backward   dP (L, D) += Σ_b dx (B, L, D)
 //   activation_forward      y = f(x);  activation_backward  d *= f'(x)     (ReLU, SiLU)
-//   activation_backward_sum_cast   g = d·f'(x): db += Σ_rows g and bf16(g), one pass (bf16 MLP)
+//   activation_backward_sum_cast   g = d·f'(x): db += Σ_rows g and bf16(g), one pass (bf16 MLP;
+//                                  x and d fp32, or both bf16)
 //   dropout_backward_sum_cast      the same for g = drop(d) (bf16 linears before a residual add)
 //
 // No atomics anywhere: every sum has a fixed order, so results repeat bit for bit. The column sum
@@ -54,16 +55,18 @@ __device__ inline float act_df(float x) {
   }
 }
 
-/// What column_sum_partial_kernel sums of element i = r·cols + j (row r, column j): x[i] itself …
+/// What column_sum_partial_kernel sums of the element v at row r, column j: v itself …
 struct SumPlain {
-  __device__ float operator()(float v, std::int64_t, std::int64_t, std::int64_t) const { return v; }
+  __device__ float operator()(float v, std::int64_t, std::int64_t) const { return v; }
 };
-/// … or the gradient through an activation, x[i] · f'(pre[i]): activation_backward's float …
-template <Activation A>
+/// … or the gradient through an activation, v · f'(pre[r, j]) with pre fp32 or bf16 (leading
+/// dimension ld): activation_backward's float …
+template <Activation A, typename PreT = float>
 struct SumThroughActivation {
-  const float* pre;
-  __device__ float operator()(float v, std::int64_t, std::int64_t, std::int64_t i) const {
-    return __fmul_rn(v, act_df<A>(pre[i]));
+  const PreT* pre;
+  std::int64_t ld;
+  __device__ float operator()(float v, std::int64_t r, std::int64_t j) const {
+    return __fmul_rn(v, act_df<A>(load_as(pre + r * ld + j)));
   }
 };
 /// … or the gradient through a dropout, keep ? x[i] · scale : 0 with the mask of (key, p) at the
@@ -74,7 +77,7 @@ struct SumThroughDropout {
   int active = 0;
   const std::int32_t* rows = nullptr;
   std::int64_t cols = 0;
-  __device__ float operator()(float v, std::int64_t r, std::int64_t j, std::int64_t) const {
+  __device__ float operator()(float v, std::int64_t r, std::int64_t j) const {
     if (!active) return v;
     const std::int64_t full = (rows != nullptr ? static_cast<std::int64_t>(rows[r]) : r) * cols + j;
     return dropout_keep(key, full, threshold) ? __fmul_rn(v, scale) : 0.f;
@@ -82,11 +85,11 @@ struct SumThroughDropout {
 };
 }  // namespace detail
 
-/// partial (gridDim.y, C): chunk blockIdx.y's column sums of value(x), rows in ascending order.
-/// Cast: also x16 (rows, ld16) = bf16(value(x)), in the same pass (the rows each thread reads, it
-/// rounds).
-template <bool Cast, typename Value>
-static __global__ void column_sum_partial_kernel(const float* __restrict__ x,
+/// partial (gridDim.y, C): chunk blockIdx.y's column sums of value(x), rows in ascending order;
+/// x (rows, cols) fp32 or bf16 with leading dimension ldx. Cast: also x16 (rows, ld16) =
+/// bf16(value(x)), in the same pass (the rows each thread reads, it rounds).
+template <bool Cast, typename XT, typename Value>
+static __global__ void column_sum_partial_kernel(const XT* __restrict__ x, std::int64_t ldx,
                                                  float* __restrict__ partial, std::int64_t rows,
                                                  std::int64_t cols, std::int64_t chunk,
                                                  __nv_bfloat16* __restrict__ x16, std::int64_t ld16,
@@ -97,7 +100,7 @@ static __global__ void column_sum_partial_kernel(const float* __restrict__ x,
   const std::int64_t r1 = r0 + chunk < rows ? r0 + chunk : rows;
   float s = 0.f;
   for (std::int64_t r = r0; r < r1; ++r) {
-    const float v = value(x[r * cols + j], r, j, r * cols + j);
+    const float v = value(load_as(x + r * ldx + j), r, j);
     s += v;
     if constexpr (Cast) x16[r * ld16 + j] = __float2bfloat16_rn(v);
   }
@@ -138,16 +141,17 @@ static __global__ void activation_forward_kernel(const float* __restrict__ x, fl
     y[i] = detail::act_f<A>(x[i]);
 }
 
-/// y (rows, cols) with leading dimension ldy, as OutT, = f(x) (rows, cols) contiguous: the
-/// bf16-activation form (same f, so y equals the rounding of the fp32 kernel's output). One block
-/// per row at a time, threads along the row.
-template <Activation A, typename OutT>
-static __global__ void activation_forward_rows_kernel(const float* __restrict__ x,
+/// y (rows, cols) with leading dimension ldy, as OutT, = f(x) (rows, cols) with leading dimension
+/// ldx, x fp32 or bf16: the bf16-activation form (same f, so y equals the rounding of the fp32
+/// kernel's output on the same, widened, inputs). One block per row at a time, threads along the
+/// row.
+template <Activation A, typename InT, typename OutT>
+static __global__ void activation_forward_rows_kernel(const InT* __restrict__ x, std::int64_t ldx,
                                                       OutT* __restrict__ y, std::int64_t rows,
                                                       std::int64_t cols, std::int64_t ldy) {
   for (std::int64_t r = blockIdx.x; r < rows; r += gridDim.x)
     for (std::int64_t c = threadIdx.x; c < cols; c += blockDim.x)
-      store_as(y + r * ldy + c, detail::act_f<A>(x[r * cols + c]));
+      store_as(y + r * ldy + c, detail::act_f<A>(load_as(x + r * ldx + c)));
 }
 
 template <Activation A>
@@ -159,8 +163,8 @@ static __global__ void activation_backward_kernel(const float* __restrict__ x,
 }
 
 namespace detail {
-template <typename Value = SumPlain>
-void column_sum_add_impl(Backend& be, const float* x, float* out, std::int64_t rows,
+template <typename Value = SumPlain, typename XT = float>
+void column_sum_add_impl(Backend& be, const XT* x, std::int64_t ldx, float* out, std::int64_t rows,
                          std::int64_t cols, __nv_bfloat16* x16, std::int64_t ld16,
                          Value value = {}) {
   if (rows == 0 || cols == 0) return;
@@ -170,11 +174,11 @@ void column_sum_add_impl(Backend& be, const float* x, float* out, std::int64_t r
   auto partial = be.buffer<float>(static_cast<std::size_t>(chunks) * cols);
   const dim3 grid(static_cast<unsigned>((cols + 255) / 256), static_cast<unsigned>(chunks));
   if (x16 != nullptr)
-    column_sum_partial_kernel<true, Value>
-        <<<grid, 256, 0, be.stream()>>>(x, partial.data(), rows, cols, chunk, x16, ld16, value);
+    column_sum_partial_kernel<true, XT, Value><<<grid, 256, 0, be.stream()>>>(
+        x, ldx, partial.data(), rows, cols, chunk, x16, ld16, value);
   else
-    column_sum_partial_kernel<false, Value>
-        <<<grid, 256, 0, be.stream()>>>(x, partial.data(), rows, cols, chunk, nullptr, 0, value);
+    column_sum_partial_kernel<false, XT, Value><<<grid, 256, 0, be.stream()>>>(
+        x, ldx, partial.data(), rows, cols, chunk, nullptr, 0, value);
   SEQREC_CUDA_CHECK_LAUNCH();
   partial_sums_add(be, partial.data(), out, chunks, cols);
 }
@@ -183,7 +187,15 @@ void column_sum_add_impl(Backend& be, const float* x, float* out, std::int64_t r
 /// out (cols) += Σ_rows x (rows, cols), deterministic.
 inline void column_sum_add(Backend& be, const float* x, float* out, std::int64_t rows,
                            std::int64_t cols) {
-  detail::column_sum_add_impl(be, x, out, rows, cols, nullptr, 0);
+  detail::column_sum_add_impl(be, x, cols, out, rows, cols, nullptr, 0);
+}
+
+/// out (cols) += Σ_rows x for a bf16 x (rows, cols) with leading dimension ld: the sums of the
+/// widened values, in column_sum_add's order (a bias gradient whose output gradient a kernel wrote
+/// in bf16 as its GEMM operand).
+inline void column_sum_add(Backend& be, const __nv_bfloat16* x, std::int64_t ld, float* out,
+                           std::int64_t rows, std::int64_t cols) {
+  detail::column_sum_add_impl(be, x, ld, out, rows, cols, nullptr, 0);
 }
 
 /// column_sum_add, and x16 (rows, ld16) = bf16(x) in the same pass over x (a linear's output
@@ -191,7 +203,7 @@ inline void column_sum_add(Backend& be, const float* x, float* out, std::int64_t
 /// have column_sum_add's bits, the copy cast_to_bf16's.
 inline void column_sum_add_cast(Backend& be, const float* x, float* out, std::int64_t rows,
                                 std::int64_t cols, __nv_bfloat16* x16, std::int64_t ld16) {
-  detail::column_sum_add_impl(be, x, out, rows, cols, x16, ld16);
+  detail::column_sum_add_impl(be, x, cols, out, rows, cols, x16, ld16);
 }
 
 /// activation_backward then column_sum_add_cast in one pass, without writing d back: with
@@ -202,8 +214,19 @@ template <Activation A>
 void activation_backward_sum_cast(Backend& be, const float* pre, const float* d, float* out,
                                   std::int64_t rows, std::int64_t cols, __nv_bfloat16* x16,
                                   std::int64_t ld16) {
-  detail::column_sum_add_impl(be, d, out, rows, cols, x16, ld16,
-                              detail::SumThroughActivation<A>{pre});
+  detail::column_sum_add_impl(be, d, cols, out, rows, cols, x16, ld16,
+                              detail::SumThroughActivation<A>{pre, cols});
+}
+
+/// activation_backward_sum_cast with pre and d in bf16 (leading dimension ld, as bf16_ld(cols)
+/// gives): the bf16 MLP whose first linear writes its output in bf16 (gemm_rm_bf16_out) and whose
+/// second linear's input gradient is bf16 too. Bits: those of the fp32 form on the widened inputs.
+template <Activation A>
+void activation_backward_sum_cast(Backend& be, const __nv_bfloat16* pre, const __nv_bfloat16* d,
+                                  std::int64_t ld, float* out, std::int64_t rows, std::int64_t cols,
+                                  __nv_bfloat16* x16, std::int64_t ld16) {
+  detail::column_sum_add_impl(be, d, ld, out, rows, cols, x16, ld16,
+                              detail::SumThroughActivation<A, __nv_bfloat16>{pre, ld});
 }
 
 /// dropout_backward then column_sum_add_cast in one pass, without storing the dropped-out
@@ -224,7 +247,7 @@ inline void dropout_backward_sum_cast(Backend& be, const float* d, float* out, s
   }
   value.rows = row_map;
   value.cols = cols;
-  detail::column_sum_add_impl(be, d, out, rows, cols, x16, ld16, value);
+  detail::column_sum_add_impl(be, d, cols, out, rows, cols, x16, ld16, value);
 }
 
 /// y (n) += x (n).
@@ -268,8 +291,19 @@ void activation_forward(Backend& be, const float* x, __nv_bfloat16* y, std::int6
                         std::int64_t cols, std::int64_t ldy) {
   if (rows == 0 || cols == 0) return;
   const auto blocks = static_cast<unsigned>(rows < 65535 * 8 ? rows : 65535 * 8);
-  activation_forward_rows_kernel<A, __nv_bfloat16>
-      <<<blocks, 256, 0, be.stream()>>>(x, y, rows, cols, ldy);
+  activation_forward_rows_kernel<A, float, __nv_bfloat16>
+      <<<blocks, 256, 0, be.stream()>>>(x, cols, y, rows, cols, ldy);
+  SEQREC_CUDA_CHECK_LAUNCH();
+}
+
+/// The same from a bf16 x (rows, cols) with leading dimension ldx: f of the widened x, rounded.
+template <Activation A>
+void activation_forward(Backend& be, const __nv_bfloat16* x, std::int64_t ldx, __nv_bfloat16* y,
+                        std::int64_t rows, std::int64_t cols, std::int64_t ldy) {
+  if (rows == 0 || cols == 0) return;
+  const auto blocks = static_cast<unsigned>(rows < 65535 * 8 ? rows : 65535 * 8);
+  activation_forward_rows_kernel<A, __nv_bfloat16, __nv_bfloat16>
+      <<<blocks, 256, 0, be.stream()>>>(x, ldx, y, rows, cols, ldy);
   SEQREC_CUDA_CHECK_LAUNCH();
 }
 

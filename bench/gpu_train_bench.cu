@@ -3,7 +3,7 @@
 // (RoPE, RMSNorm, SiLU MLP; random init — the title init of OursConfig costs nothing per step).
 //
 //   gpu_train_bench [--steps N] [--warmup N] [--profile N] [--data DIR] [--bf16]
-//                   [--fp32-activations] [--tiny]
+//                   [--fp32-activations] [--fp32-gemm-outputs] [--tiny]
 //
 // --tiny runs every part at dim 64, 2 layers, 2 heads, ffn 256, batch 32 (same catalogue): not a
 // benchmark but a check that the bench itself works, for the host emulator (tests/emu), where a
@@ -11,8 +11,11 @@
 //
 // --bf16 switches the backend to bf16 GEMM operands with fp32 accumulation (Backend::set_bf16),
 // with the GEMM-only activations stored in bf16 (--fp32-activations keeps them in fp32 and rounds
-// them at each GEMM instead: same bits, for an A/B of the storage); MFU is then taken against the
-// card's dense bf16 tensor peak instead of its fp32 peak.
+// them at each GEMM instead: same bits, for an A/B of the storage) and the qkv, fc1, d(act) and
+// d(ctx) GEMMs and attention's d(qkv) writing bf16 (--fp32-gemm-outputs keeps them fp32, as
+// before the ninth session: an A/B of that change, which also moves the numbers by a few bf16
+// roundings); MFU is then taken against the card's dense bf16 tensor peak instead of its fp32
+// peak.
 //
 // --profile N (default 5, 0 = off): after the timed steps, N more steps with the backend's
 // profiler on (CUDA events around each phase of the step: cuda::ProfileScope in model_cuda.cuh),
@@ -297,10 +300,13 @@ void synthetic_part(seqrec::cuda::Backend& be, int steps, int warmup, int profil
       "dropout %.2f, %s\n",
       GpuModel::describe().c_str(), shape.dim, shape.layers, shape.heads, shape.ffn_dim,
       shape.max_len, B, shape.vocab_size, shape.dropout,
-      !be.bf16()              ? "fp32 (no TF32)"
-      : be.bf16_activations() ? "bf16 GEMM operands and GEMM-only activations, fp32 accumulation"
-                              : "bf16 GEMM operands (activations fp32, rounded per GEMM), fp32 "
-                                "accumulation");
+      !be.bf16() ? "fp32 (no TF32)"
+      : !be.bf16_activations()
+          ? "bf16 GEMM operands (activations fp32, rounded per GEMM), fp32 accumulation"
+      : be.bf16_gemm_outputs()
+          ? "bf16 GEMM operands, GEMM-only activations and qkv/fc1/d(act) outputs, fp32 "
+            "accumulation"
+          : "bf16 GEMM operands and GEMM-only activations (GEMM outputs fp32), fp32 accumulation");
   std::printf("parameters: %.1f M total, %.1f M non-embedding (P)\n",
               double(store.num_parameters()) / 1e6, P / 1e6);
   std::printf(
@@ -432,7 +438,7 @@ void data_part(seqrec::cuda::Backend& be, const std::string& dir, Summary& out) 
 
 int main(int argc, char** argv) {
   int steps = 30, warmup = 3, profile = 5;
-  bool bf16 = false, fp32_activations = false;
+  bool bf16 = false, fp32_activations = false, fp32_outputs = false;
   std::string data_dir;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -440,6 +446,8 @@ int main(int argc, char** argv) {
       bf16 = true;
     } else if (a == "--fp32-activations") {
       fp32_activations = true;
+    } else if (a == "--fp32-gemm-outputs") {
+      fp32_outputs = true;
     } else if (a == "--tiny") {
       g_tiny = true;
     } else if ((a == "--steps" || a == "--warmup" || a == "--profile" || a == "--data") &&
@@ -453,7 +461,7 @@ int main(int argc, char** argv) {
       const bool help = a == "--help" || a == "-h";
       std::fprintf(help ? stdout : stderr,
                    "usage: %s [--steps N] [--warmup N] [--profile N] [--data DIR] [--bf16] "
-                   "[--fp32-activations] [--tiny]\n",
+                   "[--fp32-activations] [--fp32-gemm-outputs] [--tiny]\n",
                    argv[0]);
       return help ? 0 : 1;
     }
@@ -467,6 +475,7 @@ int main(int argc, char** argv) {
     seqrec::cuda::Backend be(0);
     be.set_bf16(bf16);
     be.set_bf16_activations(!fp32_activations);
+    be.set_bf16_gemm_outputs(!fp32_outputs);
     cudaDeviceProp prop{};
     SEQREC_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     std::printf("device: %s (sm_%d%d, %d SMs, %.1f GiB)\n", prop.name, prop.major, prop.minor,
@@ -474,8 +483,10 @@ int main(int argc, char** argv) {
     Summary sum;
     synthetic_part(be, steps, warmup, profile, sum);
     if (!data_dir.empty()) data_part(be, data_dir, sum);
-    const std::string mode =
-        !bf16 ? "fp32" : (fp32_activations ? "bf16, fp32 activations" : "bf16");
+    const std::string mode = !bf16              ? "fp32"
+                             : fp32_activations ? "bf16, fp32 activations"
+                             : fp32_outputs     ? "bf16, fp32 GEMM outputs"
+                                                : "bf16";
     std::string epoch = "-", twelve = "-";
     if (sum.epoch_s >= 0) {
       char buf[64];

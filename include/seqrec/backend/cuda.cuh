@@ -10,9 +10,10 @@
 // operands and multiply on the tensor cores with fp32 accumulation and an fp32 result. Operands
 // marked as weights are rounded once per weight version and cached: the model calls
 // weights_changed() after every optimiser step or upload, which drops the cache. Activations that
-// only GEMMs read are written in bf16 by the kernels that produce them (set_bf16_activations);
-// the rest — the residual stream, GEMM outputs, gradients, master weights, optimiser state —
-// stays fp32.
+// only GEMMs read are written in bf16 by the kernels that produce them (set_bf16_activations),
+// and so are the GEMM outputs that only widening kernels read (set_bf16_gemm_outputs: qkv, the
+// MLP's pre-activation and d(act), d(ctx); and attention's d(qkv)); the rest — the residual stream,
+// the other GEMM outputs, gradients, master weights, optimiser state — stays fp32.
 //
 // Everything runs on the backend's single stream, which is what makes the allocator simple: a
 // buffer freed after a kernel was queued on the stream may be handed to the next request at once,
@@ -395,6 +396,15 @@ class Backend {
   /// the bf16 form skips the rounding passes and halves those buffers. Tests compare the two.
   void set_bf16_activations(bool on) noexcept { bf16_activations_ = on; }
   bool bf16_activations() const noexcept { return bf16_activations_; }
+  /// With bf16 activations, whether models also have the GEMMs whose outputs only kernels that
+  /// widen them read write those outputs in bf16 (default): the attention's qkv, the MLP's
+  /// pre-activation and d(act), and d(ctx), rounded once in cuBLASLt's epilogue
+  /// (gemm_rm_bf16_out); attention then writes d(qkv) in bf16 too. Unlike the storage switch above
+  /// this changes the numbers (five more bf16 roundings per block, as PyTorch's autocast rounds
+  /// every linear's output and gradient); off keeps them fp32, which is what tests compare the
+  /// activation storage against bit for bit, and what benchmarks A/B against.
+  void set_bf16_gemm_outputs(bool on) noexcept { bf16_gemm_outputs_ = on; }
+  bool bf16_gemm_outputs() const noexcept { return bf16_gemm_outputs_; }
 
   /// Per-phase timing of the model's steps (see Profiler); off (null) by default, and then a
   /// ProfileScope costs one pointer test.
@@ -450,6 +460,7 @@ class Backend {
   int max_smem_optin_ = 0;
   bool bf16_ = false;
   bool bf16_activations_ = true;
+  bool bf16_gemm_outputs_ = true;
   using WeightKey = std::tuple<const float*, std::int64_t, std::int64_t, std::int64_t>;
   std::map<WeightKey, DeviceBuffer<__nv_bfloat16>> weight_cache_;  // after alloc_: freed first
   std::map<GemmKey, GemmPlan> gemm_plans_;

@@ -40,7 +40,11 @@
 // Linear layers are cuBLASLt GEMMs (gemm_rm): fp32 without TF32 by default, bf16 operands with
 // fp32 accumulation when the backend is in bf16 mode (weights marked WeightOperand::B are rounded
 // once per optimiser step), biases in the GEMM's epilogue where aligned; every other reduction
-// has a fixed order, so a step repeats bit for bit in either mode.
+// has a fixed order, so a step repeats bit for bit in either mode. In bf16 mode with bf16 GEMM
+// outputs (the backend's default) the qkv GEMM, the MLP's fc1 GEMM and the d(act) and d(ctx)
+// GEMMs write their results in bf16 (gemm_rm_bf16_out), since only widening kernels read them,
+// and attention writes d(qkv) in bf16 (the qkv linear's GEMM operand; its bias gradient sums the
+// bf16 values).
 #pragma once
 
 #include <algorithm>
@@ -48,6 +52,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "seqrec/backend/cuda.cuh"
@@ -513,7 +518,9 @@ class Model<Cfg, cuda::Backend> {
   /// fp32: its layer reads it).
   struct BlockCache {
     cuda::DeviceBuffer<float> a1, stats1, qkv, probs, ctx, x_mid, a2, stats2, pre, gate, up, act;
-    cuda::DeviceBuffer<__nv_bfloat16> a1_16, ctx16, a2_16, act16;
+    // With bf16 GEMM outputs (out16_) the GEMMs write qkv and the MLP's pre in bf16: qkv16 and
+    // pre16, 16-byte rows, in place of qkv and pre.
+    cuda::DeviceBuffer<__nv_bfloat16> a1_16, ctx16, a2_16, act16, pre16, qkv16;
   };
 
   float* value(ParamId id) { return values_.data() + store_.entry(id).offset; }
@@ -636,8 +643,9 @@ class Model<Cfg, cuda::Backend> {
   /// bf16 mode's linear backward: sum_cast(g16, ld16) writes the output gradient's bf16 operand
   /// (N, out) at leading dimension ld16 and adds its bias gradient, in one pass over whatever it
   /// is formed from; then both GEMMs read the operand.
-  template <typename SumCast>
-  void linear_backward_bf16(const cuda::Operand& x, const float* w, float* dx, float* dw,
+  /// dx is fp32, or bf16 with leading dimension bf16_ld(in) (the GEMM's epilogue rounds it).
+  template <typename DX, typename SumCast>
+  void linear_backward_bf16(const cuda::Operand& x, const float* w, DX* dx, float* dw,
                             std::int64_t n, std::int64_t in, std::int64_t out, SumCast&& sum_cast) {
     const std::int64_t ld16 = cuda::bf16_ld(out);
     auto g16 = be_->buffer<__nv_bfloat16>(static_cast<std::size_t>(n * ld16));
@@ -667,17 +675,30 @@ class Model<Cfg, cuda::Backend> {
       linear_backward(x, w, materialize(g, n, out), dx, dw, db, n, in, out);
       return;
     }
-    linear_backward_bf16(x, w, dx, dw, n, in, out, [&](__nv_bfloat16* g16, std::int64_t ld16) {
+    linear_backward_bf16(x, w, dx, dw, n, in, out, branch_sum_cast(g, db, n, out));
+  }
+  /// linear_backward_bf16's sum_cast for a branch gradient g of `out` columns: the dropout
+  /// backward inside the bias sum (db) and the bf16 operand (dropout_backward_sum_cast).
+  auto branch_sum_cast(const BranchGrad& g, float* db, std::int64_t n, std::int64_t out) {
+    return [this, g, db, n, out](__nv_bfloat16* g16, std::int64_t ld16) {
       cuda::dropout_backward_sum_cast(*be_, g.res, db, n, out, g.p, g.key, g.rows, g16, ld16);
-    });
+    };
   }
   /// dx (N, in) = g · W, overwritten or added (beta = 1) when accumulate_dx; dW += gᵀ · x; g is
-  /// the output gradient as a GEMM operand.
-  void linear_backward_gemms(const cuda::Operand& x, const float* w, const cuda::Operand& g,
-                             float* dx, float* dw, std::int64_t n, std::int64_t in,
-                             std::int64_t out, bool accumulate_dx) {
-    cuda::gemm_rm(*be_, false, false, n, in, out, 1.f, g, cuda::Operand(w, in),
-                  accumulate_dx ? 1.f : 0.f, dx, in, cuda::WeightOperand::B);
+  /// the output gradient as a GEMM operand. A bf16 dx (bf16 mode, overwritten only) has leading
+  /// dimension bf16_ld(in).
+  template <typename DX>
+  void linear_backward_gemms(const cuda::Operand& x, const float* w, const cuda::Operand& g, DX* dx,
+                             float* dw, std::int64_t n, std::int64_t in, std::int64_t out,
+                             bool accumulate_dx) {
+    if constexpr (std::is_same_v<DX, __nv_bfloat16>) {
+      SEQREC_CHECK(!accumulate_dx, "linear_backward_gemms: a bf16 dx is overwritten, not added to");
+      cuda::gemm_rm_bf16_out(*be_, false, false, n, in, out, 1.f, g, cuda::Operand(w, in), dx,
+                             cuda::bf16_ld(in), cuda::WeightOperand::B);
+    } else {
+      cuda::gemm_rm(*be_, false, false, n, in, out, 1.f, g, cuda::Operand(w, in),
+                    accumulate_dx ? 1.f : 0.f, dx, in, cuda::WeightOperand::B);
+    }
     cuda::gemm_rm(*be_, true, false, out, in, n, 1.f, g, x, 1.f, dw, in);
   }
 
@@ -719,14 +740,25 @@ class Model<Cfg, cuda::Backend> {
         cuda::swiglu_forward(*be_, c.gate.data(), c.up.data(), c.act.data(), n * F);
       linear_forward_nobias(act, value(blk.down_w), tmp_.data(), n, F, d);
     } else {
-      // As Mlp::Layer::forward: pre = a2·W1ᵀ + b1, act = act(pre), y = act·W2ᵀ + b2.
-      ensure(c.pre, n * F);
-      linear_forward(a2, value(blk.fc1_w), value(blk.fc1_b), c.pre.data(), n, d, F);
+      // As Mlp::Layer::forward: pre = a2·W1ᵀ + b1, act = act(pre), y = act·W2ᵀ + b2. With bf16
+      // GEMM outputs fc1's GEMM writes pre in bf16 (its epilogue rounds pre + b1 once): its only
+      // readers are the activation and its backward, which widen it.
       const cuda::Operand act = act_operand(c.act, c.act16, n, F);
-      if (act16_)
-        cuda::activation_forward<kAct>(*be_, c.pre.data(), c.act16.data(), n, F, act.ld);
-      else
-        cuda::activation_forward<kAct>(*be_, c.pre.data(), c.act.data(), n * F);
+      if (out16_) {
+        const std::int64_t ldf = cuda::bf16_ld(F);
+        ensure(c.pre16, n * ldf);
+        cuda::gemm_rm_bf16_out(*be_, false, true, n, F, d, 1.f, a2,
+                               cuda::Operand(value(blk.fc1_w), d), c.pre16.data(), ldf,
+                               cuda::WeightOperand::B, value(blk.fc1_b));
+        cuda::activation_forward<kAct>(*be_, c.pre16.data(), ldf, c.act16.data(), n, F, act.ld);
+      } else {
+        ensure(c.pre, n * F);
+        linear_forward(a2, value(blk.fc1_w), value(blk.fc1_b), c.pre.data(), n, d, F);
+        if (act16_)
+          cuda::activation_forward<kAct>(*be_, c.pre.data(), c.act16.data(), n, F, act.ld);
+        else
+          cuda::activation_forward<kAct>(*be_, c.pre.data(), c.act.data(), n * F);
+      }
       linear_forward(act, value(blk.fc2_w), value(blk.fc2_b), tmp_.data(), n, F, d);
     }
   }
@@ -743,8 +775,8 @@ class Model<Cfg, cuda::Backend> {
     }
     const cuda::Operand a2 = act_operand(c.a2, c.a2_16, d);
     const cuda::Operand act = act_operand(c.act, c.act16, F);
-    ensure(dact_, n * F);
     if constexpr (kFfn == detail::CudaFfnKind::Gated) {
+      ensure(dact_, n * F);
       // As GatedMlp::Layer::backward: d(act) = dy·Wd (dWd += dyᵀ·act); then in place
       // d(gate) = d(act) ⊙ up ⊙ silu'(gate) and d(up) = d(act) ⊙ silu(gate); then
       // dx = d(gate)·Wg (dWg += d(gate)ᵀ·a2) and dx += d(up)·Wu (dWu += d(up)ᵀ·a2). The CPU adds
@@ -757,7 +789,22 @@ class Model<Cfg, cuda::Backend> {
       linear_backward_nobias(a2, value(blk.gate_w), dact_.data(), dx, grad(blk.gate_w), n, d, F,
                              false);
       linear_backward_nobias(a2, value(blk.up_w), dup_.data(), dx, grad(blk.up_w), n, d, F, true);
+    } else if (out16_) {
+      // bf16 GEMM outputs: fc2's input-gradient GEMM writes d(act) in bf16; the gradient through
+      // the activation (at the bf16 pre the forward used) then goes straight into fc1's bias
+      // gradient and bf16 GEMM operand. No (N, F) tensor in fp32.
+      const std::int64_t ldf = cuda::bf16_ld(F);
+      ensure(dact16_, n * ldf);
+      linear_backward_bf16(act, value(blk.fc2_w), dact16_.data(), grad(blk.fc2_w), n, F, d,
+                           branch_sum_cast(dy_g, grad(blk.fc2_b), n, d));
+      linear_backward_bf16(a2, value(blk.fc1_w), dx, grad(blk.fc1_w), n, d, F,
+                           [&](__nv_bfloat16* g16, std::int64_t ld16) {
+                             cuda::activation_backward_sum_cast<kAct>(
+                                 *be_, c.pre16.data(), dact16_.data(), ldf, grad(blk.fc1_b), n, F,
+                                 g16, ld16);
+                           });
     } else {
+      ensure(dact_, n * F);
       linear_backward(act, value(blk.fc2_w), dy_g, dact_.data(), grad(blk.fc2_w), grad(blk.fc2_b),
                       n, F, d);
       if (!be_->bf16()) {
@@ -846,6 +893,7 @@ class Model<Cfg, cuda::Backend> {
     const float eps = static_cast<float>(shape_.norm_eps);
     sel_ = {};  // a selected_backward() must follow its own forward
     act16_ = be_->bf16() && be_->bf16_activations();  // the backward reads the same buffers
+    out16_ = act16_ && be_->bf16_gemm_outputs();
     ensure(tokens_, N);
     SEQREC_CUDA_CHECK(cudaMemcpyAsync(tokens_.data(), tokens, sizeof(std::int32_t) * N,
                                       cudaMemcpyHostToDevice, be_->stream()));
@@ -904,7 +952,13 @@ class Model<Cfg, cuda::Backend> {
       const std::uint64_t key = attn_key(dropout_key, l);
       const float* x_in = resid_[l].data();
       ensure(c.stats1, M * kStatsPerRow);
-      ensure(c.qkv, M * 3 * D);  // packed rows too: attention reads them through seg_
+      // qkv: packed rows too (attention reads them through seg_); in bf16 with bf16 GEMM outputs,
+      // as its GEMM's epilogue rounds it (its readers are the attention kernels, which widen it).
+      const std::int64_t ldq = out16_ ? cuda::bf16_ld(3 * D) : 3 * D;
+      if (out16_)
+        ensure(c.qkv16, M * ldq);
+      else
+        ensure(c.qkv, M * 3 * D);
       ensure(c.probs, B * H * L * L);
       ensure(c.x_mid, M * D);
       ensure(c.stats2, M * kStatsPerRow);
@@ -925,13 +979,22 @@ class Model<Cfg, cuda::Backend> {
       }
       {
         const cuda::ProfileScope prof(*be_, "qkv linear (fwd)");
-        linear_forward(a1, value(blk.qkv_w), value(blk.qkv_b), c.qkv.data(), M, D, 3 * D);
+        if (out16_)
+          cuda::gemm_rm_bf16_out(*be_, false, true, M, 3 * D, D, 1.f, a1,
+                                 cuda::Operand(value(blk.qkv_w), D), c.qkv16.data(), ldq,
+                                 cuda::WeightOperand::B, value(blk.qkv_b));
+        else
+          linear_forward(a1, value(blk.qkv_w), value(blk.qkv_b), c.qkv.data(), M, D, 3 * D);
       }
       {
         // Packed: each (sequence, head) block attends over that sequence's packed rows. RoPE is
-        // fused: the kernel rotates Q and K as it loads them, c.qkv stays unrotated.
+        // fused: the kernel rotates Q and K as it loads them, qkv stays unrotated.
         const cuda::ProfileScope prof(*be_, "attention (fwd)");
-        if (act16_)
+        if (out16_)
+          cuda::attention_forward(*be_, as, c.qkv16.data(), attn_tokens(), kPadToken,
+                                  c.ctx16.data(), c.probs.data(), ctx.ld, attn_seg(), rope(), rmap,
+                                  ldq);
+        else if (act16_)
           cuda::attention_forward(*be_, as, c.qkv.data(), attn_tokens(), kPadToken, c.ctx16.data(),
                                   c.probs.data(), ctx.ld, attn_seg(), rope(), rmap);
         else
@@ -978,7 +1041,6 @@ class Model<Cfg, cuda::Backend> {
     const std::int64_t B = batch, L = len, N = B * L, D = shape_.dim, H = shape_.heads, M = rows_n_;
     const double p = last_p_;
     const std::int32_t* rmap = row_map();
-    ensure(dqkv_, M * 3 * D);
     float* dx = dx_.data();
     float* dbranch = dh_.data();  // dh_ is free after the final norm: branch gradients
     float* tmp = tmp_.data();
@@ -1003,22 +1065,50 @@ class Model<Cfg, cuda::Backend> {
         norm_backward(blk.norm2, c.x_mid.data(), c.stats2.data(), tmp, dx, M, D, true);
       }
       // x_mid = x_in + drop(Wo · attn(rope(Wqkv · norm1(x_in))))
-      {
-        const cuda::ProfileScope prof(*be_, "out linear (bwd)");
-        linear_backward(act_operand(c.ctx, c.ctx16, D), value(blk.out_w),
-                        BranchGrad{dx, p, key, rmap, dbranch}, tmp, grad(blk.out_w),
-                        grad(blk.out_b), M, D, D);
-      }
-      {
-        const cuda::ProfileScope prof(*be_, "attention (bwd)");
-        // RoPE fused: dqkv is the gradient with respect to the unrotated qkv.
-        cuda::attention_backward(*be_, as, c.qkv.data(), c.probs.data(), tmp, dqkv_.data(),
-                                 attn_seg(), rope(), rmap);
-      }
-      {
-        const cuda::ProfileScope prof(*be_, "qkv linear (bwd)");
-        linear_backward(act_operand(c.a1, c.a1_16, D), value(blk.qkv_w), dqkv_.data(), tmp,
-                        grad(blk.qkv_w), grad(blk.qkv_b), M, D, 3 * D);
+      const BranchGrad attn_g{dx, p, key, rmap, dbranch};
+      if (out16_) {
+        // bf16 GEMM outputs: d(ctx) comes out of the out linear's input-gradient GEMM in bf16,
+        // attention reads it and writes d(qkv) in bf16, which is then both the qkv linear's GEMM
+        // operand and what its bias gradient sums. No (N, D) or (N, 3D) gradient in fp32.
+        const std::int64_t ldd = cuda::bf16_ld(D), ldq = cuda::bf16_ld(3 * D);
+        ensure(dctx16_, M * ldd);
+        ensure(dqkv16_, M * ldq);
+        {
+          const cuda::ProfileScope prof(*be_, "out linear (bwd)");
+          linear_backward_bf16(act_operand(c.ctx, c.ctx16, D), value(blk.out_w), dctx16_.data(),
+                               grad(blk.out_w), M, D, D,
+                               branch_sum_cast(attn_g, grad(blk.out_b), M, D));
+        }
+        {
+          const cuda::ProfileScope prof(*be_, "attention (bwd)");
+          cuda::attention_backward(*be_, as, c.qkv16.data(), c.probs.data(), dctx16_.data(),
+                                   dqkv16_.data(), attn_seg(), rope(), rmap, ldq, ldd, ldq);
+        }
+        {
+          const cuda::ProfileScope prof(*be_, "qkv linear (bwd)");
+          cuda::column_sum_add(*be_, dqkv16_.data(), ldq, grad(blk.qkv_b), M, 3 * D);
+          linear_backward_gemms(act_operand(c.a1, c.a1_16, D), value(blk.qkv_w),
+                                cuda::Operand(dqkv16_.data(), ldq), tmp, grad(blk.qkv_w), M, D,
+                                3 * D, false);
+        }
+      } else {
+        {
+          const cuda::ProfileScope prof(*be_, "out linear (bwd)");
+          linear_backward(act_operand(c.ctx, c.ctx16, D), value(blk.out_w), attn_g, tmp,
+                          grad(blk.out_w), grad(blk.out_b), M, D, D);
+        }
+        {
+          const cuda::ProfileScope prof(*be_, "attention (bwd)");
+          // RoPE fused: dqkv is the gradient with respect to the unrotated qkv.
+          ensure(dqkv_, M * 3 * D);
+          cuda::attention_backward(*be_, as, c.qkv.data(), c.probs.data(), tmp, dqkv_.data(),
+                                   attn_seg(), rope(), rmap);
+        }
+        {
+          const cuda::ProfileScope prof(*be_, "qkv linear (bwd)");
+          linear_backward(act_operand(c.a1, c.a1_16, D), value(blk.qkv_w), dqkv_.data(), tmp,
+                          grad(blk.qkv_w), grad(blk.qkv_b), M, D, 3 * D);
+        }
       }
       {
         const cuda::ProfileScope prof(*be_, "norms (bwd)");
@@ -1068,6 +1158,9 @@ class Model<Cfg, cuda::Backend> {
   std::vector<BlockCache> caches_;
   // dact_: d(act) (N, F or F'), for GatedMlp then d(gate) in place; dup_: d(up) (GatedMlp).
   cuda::DeviceBuffer<float> h_, stats_f_, tmp_, dx_, dh_, dqkv_, dact_, dup_, scores_;
+  // With bf16 GEMM outputs: d(act) (N, bf16_ld(F)) of the Mlp, d(ctx) (N, bf16_ld(D)) and
+  // d(qkv) (N, bf16_ld(3D)).
+  cuda::DeviceBuffer<__nv_bfloat16> dact16_, dctx16_, dqkv16_;
   // Packed rows (training): the row list on host and device, its length, attention's segments
   // and packed tokens, and the embeddings' full-layout scratch.
   bool packed_ = false;
@@ -1088,6 +1181,7 @@ class Model<Cfg, cuda::Backend> {
   double last_p_ = 0.0;
   std::uint64_t last_key_ = 0;
   bool act16_ = false;  // the last forward kept its GEMM-only activations in bf16
+  bool out16_ = false;  // … and bf16 GEMM outputs (qkv, pre, d(act), d(ctx), d(qkv))
   // The last selected_log_probs() (batch 0: none pending) and its host and device arrays.
   struct Selection {
     std::int32_t batch = 0, len = 0, per_row = 0;

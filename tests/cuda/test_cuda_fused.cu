@@ -18,7 +18,8 @@
 //                                   the bits a fresh backend gives each
 // Fusions that must keep the bits of the unfused ops they replace:
 //   rmsnorm / layernorm backward with accumulate == overwrite into scratch, then add_into (dx),
-//                                   and the same parameter gradients
+//                                   and the same parameter gradients; with a bf16 dy == the fp32
+//                                   call on the widened dy
 //   column_sum_add_cast          sums == column_sum_add's; copy == cast_to_bf16's, padding
 //   untouched
 //   activation_backward_sum_cast == activation_backward then column_sum_add_cast (ReLU, SiLU);
@@ -258,6 +259,32 @@ void test_fused_backward(Backend& be, Rng& rng, std::int64_t n, std::int64_t d) 
                     "accumulate vs overwrite then add_into");
     check_identical(op + ".accumulate.dg", shape, download(be, dg_got), download(be, dg_ref),
                     "the same parameter gradient");
+
+    // dy in bf16 (a GEMM's bf16 output, padded rows) against the fp32 call on the widened dy.
+    const std::int64_t ldy = bf16_ld(d);
+    auto dy16 = be.buffer<bf16>(n * ldy);
+    seqrec::cuda::cast_to_bf16(be, dy.data(), n, d, d, dy16.data(), ldy);
+    auto dyw = upload(be, widen(bits(be, dy16.data(), n, ldy), n, d, ldy));
+    auto dx_w = upload(be, dx0), dx_16 = upload(be, dx0);
+    auto dg_w = upload(be, p0), dg_16 = upload(be, p0), db_w = upload(be, p0),
+         db_16 = upload(be, p0);
+    if (layer) {
+      seqrec::cuda::layernorm_backward(be, x.data(), g.data(), stats.data(), dyw.data(),
+                                       dx_w.data(), dg_w.data(), db_w.data(), n, d, true);
+      seqrec::cuda::layernorm_backward(be, x.data(), g.data(), stats.data(), dy16.data(),
+                                       dx_16.data(), dg_16.data(), db_16.data(), n, d, true, ldy);
+      check_identical(op + ".bf16_dy.db", shape, download(be, db_16), download(be, db_w),
+                      "the same sums of the widened dy");
+    } else {
+      seqrec::cuda::rmsnorm_backward(be, x.data(), g.data(), stats.data(), dyw.data(), dx_w.data(),
+                                     dg_w.data(), n, d, true);
+      seqrec::cuda::rmsnorm_backward(be, x.data(), g.data(), stats.data(), dy16.data(),
+                                     dx_16.data(), dg_16.data(), n, d, true, ldy);
+    }
+    check_identical(op + ".bf16_dy.dx", shape, download(be, dx_16), download(be, dx_w),
+                    "bf16 dy vs the fp32 call on the widened dy");
+    check_identical(op + ".bf16_dy.dg", shape, download(be, dg_16), download(be, dg_w),
+                    "the same sums of the widened dy");
   }
   // The bias gradient's column sum with the bf16 copy in the same pass.
   const std::int64_t ld = bf16_ld(d);

@@ -129,8 +129,8 @@ void test_layernorm_limit(Backend& be) {
   const std::int64_t d = seqrec::cuda::detail::kLnMaxDim + 1;
   const std::string shape = shape_str({{"N", 1}, {"D", d}});
   try {
-    seqrec::cuda::layernorm_backward(be, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
-                                     nullptr, 1, d);
+    seqrec::cuda::layernorm_backward<float>(be, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                            nullptr, nullptr, 1, d);
     record(false, "layernorm.dim_limit", shape, "no exception for D above the limit");
   } catch (const seqrec::Error& e) {
     const std::string msg = e.what();

@@ -591,15 +591,18 @@ class Model<Cfg, cuda::Backend> {
                   : cuda::Operand(f32.data(), cols);
   }
   /// dx (N, D) overwritten from dy, or added to when accumulate (the residual stream's gradient:
-  /// the bits of an overwrite then add_into); the norm's parameter gradients accumulated.
-  void norm_backward(const NormIds& n, const float* x, const float* stats, const float* dy,
-                     float* dx, std::int64_t rows, std::int64_t d, bool accumulate = false) {
+  /// the bits of an overwrite then add_into); the norm's parameter gradients accumulated. dy is
+  /// fp32, or bf16 (a GEMM's bf16 output) with leading dimension lddy.
+  template <typename DyT = float>
+  void norm_backward(const NormIds& n, const float* x, const float* stats, const DyT* dy, float* dx,
+                     std::int64_t rows, std::int64_t d, bool accumulate = false,
+                     std::int64_t lddy = 0) {
     if constexpr (kNorm == detail::CudaNorm::LayerNorm)
       cuda::layernorm_backward(*be_, x, value(n.weight), stats, dy, dx, grad(n.weight),
-                               grad(n.bias), rows, d, accumulate);
+                               grad(n.bias), rows, d, accumulate, lddy);
     else
       cuda::rmsnorm_backward(*be_, x, value(n.weight), stats, dy, dx, grad(n.weight), rows, d,
-                             accumulate);
+                             accumulate, lddy);
   }
 
   ops::CrossEntropyShape ce_shape(std::int64_t rows) const {
@@ -764,8 +767,10 @@ class Model<Cfg, cuda::Backend> {
   }
   /// dx (N, D) overwritten = d loss / d a2 from dy = d loss / d ffn output (N, D), given as the
   /// branch gradient dy_g; the FFN's parameter gradients accumulated. dy_g.res is not modified.
+  /// With bf16 GEMM outputs the Mlp writes dx into dx16 (N, bf16_ld(D)) instead, in bf16 (the
+  /// norm backward that reads it widens it); the other FFNs ignore dx16.
   void ffn_backward(std::size_t l, const Block& blk, const BlockCache& c, const BranchGrad& dy_g,
-                    float* dx, std::int64_t n, std::int64_t d) {
+                    float* dx, __nv_bfloat16* dx16, std::int64_t n, std::int64_t d) {
     const std::int64_t F = ffn_inner_;
     if constexpr (kFfn == detail::CudaFfnKind::Moe) {
       // Includes the router gradient of the auxiliary losses, as the CPU layer's backward does.
@@ -797,7 +802,8 @@ class Model<Cfg, cuda::Backend> {
       ensure(dact16_, n * ldf);
       linear_backward_bf16(act, value(blk.fc2_w), dact16_.data(), grad(blk.fc2_w), n, F, d,
                            branch_sum_cast(dy_g, grad(blk.fc2_b), n, d));
-      linear_backward_bf16(a2, value(blk.fc1_w), dx, grad(blk.fc1_w), n, d, F,
+      SEQREC_CHECK(dx16 != nullptr, "ffn_backward: bf16 GEMM outputs need the bf16 dx");
+      linear_backward_bf16(a2, value(blk.fc1_w), dx16, grad(blk.fc1_w), n, d, F,
                            [&](__nv_bfloat16* g16, std::int64_t ld16) {
                              cuda::activation_backward_sum_cast<kAct>(
                                  *be_, c.pre16.data(), dact16_.data(), ldf, grad(blk.fc1_b), n, F,
@@ -1044,6 +1050,11 @@ class Model<Cfg, cuda::Backend> {
     float* dx = dx_.data();
     float* dbranch = dh_.data();  // dh_ is free after the final norm: branch gradients
     float* tmp = tmp_.data();
+    // With bf16 GEMM outputs the input gradients of the qkv linear and the Mlp reach their norm's
+    // backward in bf16, through dn16_ (N, bf16_ld(D)).
+    const bool ffn16 = out16_ && kFfn == detail::CudaFfnKind::Mlp;
+    const std::int64_t ldd = cuda::bf16_ld(D);
+    if (out16_) ensure(dn16_, M * ldd);
     {
       const cuda::ProfileScope prof(*be_, "norms (bwd)");
       norm_backward(norm_f_, resid_[blocks_.size()].data(), stats_f_.data(), dh_.data(), dx, M, D);
@@ -1057,20 +1068,26 @@ class Model<Cfg, cuda::Backend> {
       // their first consumers (BranchGrad): its time shows in the FFN and out-linear phases.
       {
         const cuda::ProfileScope prof(*be_, "ffn (bwd)");
-        ffn_backward(li, blk, c, {dx, p, mix64(key ^ 0x5bd1e995), rmap, dbranch}, tmp, M, D);
+        ffn_backward(li, blk, c, {dx, p, mix64(key ^ 0x5bd1e995), rmap, dbranch}, tmp,
+                     ffn16 ? dn16_.data() : nullptr, M, D);
       }
       {
         const cuda::ProfileScope prof(*be_, "norms (bwd)");
         // dx += the norm's input gradient: dx is now d x_mid.
-        norm_backward(blk.norm2, c.x_mid.data(), c.stats2.data(), tmp, dx, M, D, true);
+        if (ffn16)
+          norm_backward(blk.norm2, c.x_mid.data(), c.stats2.data(), dn16_.data(), dx, M, D, true,
+                        ldd);
+        else
+          norm_backward(blk.norm2, c.x_mid.data(), c.stats2.data(), tmp, dx, M, D, true);
       }
       // x_mid = x_in + drop(Wo · attn(rope(Wqkv · norm1(x_in))))
       const BranchGrad attn_g{dx, p, key, rmap, dbranch};
       if (out16_) {
         // bf16 GEMM outputs: d(ctx) comes out of the out linear's input-gradient GEMM in bf16,
         // attention reads it and writes d(qkv) in bf16, which is then both the qkv linear's GEMM
-        // operand and what its bias gradient sums. No (N, D) or (N, 3D) gradient in fp32.
-        const std::int64_t ldd = cuda::bf16_ld(D), ldq = cuda::bf16_ld(3 * D);
+        // operand and what its bias gradient sums; the qkv linear's input gradient comes out in
+        // bf16 too, for norm1's backward. No (N, D) or (N, 3D) gradient in fp32.
+        const std::int64_t ldq = cuda::bf16_ld(3 * D);
         ensure(dctx16_, M * ldd);
         ensure(dqkv16_, M * ldq);
         {
@@ -1088,8 +1105,8 @@ class Model<Cfg, cuda::Backend> {
           const cuda::ProfileScope prof(*be_, "qkv linear (bwd)");
           cuda::column_sum_add(*be_, dqkv16_.data(), ldq, grad(blk.qkv_b), M, 3 * D);
           linear_backward_gemms(act_operand(c.a1, c.a1_16, D), value(blk.qkv_w),
-                                cuda::Operand(dqkv16_.data(), ldq), tmp, grad(blk.qkv_w), M, D,
-                                3 * D, false);
+                                cuda::Operand(dqkv16_.data(), ldq), dn16_.data(), grad(blk.qkv_w),
+                                M, D, 3 * D, false);
         }
       } else {
         {
@@ -1113,7 +1130,11 @@ class Model<Cfg, cuda::Backend> {
       {
         const cuda::ProfileScope prof(*be_, "norms (bwd)");
         // dx += the norm's input gradient: dx is now d x_in.
-        norm_backward(blk.norm1, resid_[li].data(), c.stats1.data(), tmp, dx, M, D, true);
+        if (out16_)
+          norm_backward(blk.norm1, resid_[li].data(), c.stats1.data(), dn16_.data(), dx, M, D, true,
+                        ldd);
+        else
+          norm_backward(blk.norm1, resid_[li].data(), c.stats1.data(), tmp, dx, M, D, true);
       }
     }
     // The embedding dropout and the table on the computed rows (as the forward); learned
@@ -1158,9 +1179,10 @@ class Model<Cfg, cuda::Backend> {
   std::vector<BlockCache> caches_;
   // dact_: d(act) (N, F or F'), for GatedMlp then d(gate) in place; dup_: d(up) (GatedMlp).
   cuda::DeviceBuffer<float> h_, stats_f_, tmp_, dx_, dh_, dqkv_, dact_, dup_, scores_;
-  // With bf16 GEMM outputs: d(act) (N, bf16_ld(F)) of the Mlp, d(ctx) (N, bf16_ld(D)) and
-  // d(qkv) (N, bf16_ld(3D)).
-  cuda::DeviceBuffer<__nv_bfloat16> dact16_, dctx16_, dqkv16_;
+  // With bf16 GEMM outputs: d(act) (N, bf16_ld(F)) of the Mlp, d(ctx) (N, bf16_ld(D)), d(qkv)
+  // (N, bf16_ld(3D)), and dn16_ (N, bf16_ld(D)): the input gradient the qkv linear and the Mlp
+  // hand their norm's backward.
+  cuda::DeviceBuffer<__nv_bfloat16> dact16_, dctx16_, dqkv16_, dn16_;
   // Packed rows (training): the row list on host and device, its length, attention's segments
   // and packed tokens, and the embeddings' full-layout scratch.
   bool packed_ = false;

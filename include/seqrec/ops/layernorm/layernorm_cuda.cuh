@@ -65,13 +65,14 @@ static __global__ void layernorm_forward_kernel(const float* __restrict__ x,
 /// dx (N, D) overwritten (dx may be the same buffer as dy: each element is read before it is
 /// written, by the same lane), or added to when Accumulate (then dx must not be dy); partial
 /// (2, gridDim.x, D) receives this block's Σ dy·x̂ (first half) and Σ dy (second half) per column.
-/// Dynamic shared memory: 2·4·D floats.
-template <bool Accumulate>
+/// dy fp32 or bf16 (widened as read), leading dimension lddy. Dynamic shared memory: 2·4·D floats.
+template <bool Accumulate, typename DyT>
 static __global__ void layernorm_backward_kernel(const float* __restrict__ x,
                                                  const float* __restrict__ g,
-                                                 const float* __restrict__ stats, const float* dy,
-                                                 float* dx, float* __restrict__ partial,
-                                                 std::int64_t n, std::int64_t d) {
+                                                 const float* __restrict__ stats, const DyT* dy,
+                                                 std::int64_t lddy, float* dx,
+                                                 float* __restrict__ partial, std::int64_t n,
+                                                 std::int64_t d) {
   extern __shared__ float smem[];  // (2, 4, D): per warp one row of dg sums, then of db sums
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   float* acc_g = smem + warp * d;
@@ -84,13 +85,13 @@ static __global__ void layernorm_backward_kernel(const float* __restrict__ x,
   for (std::int64_t r = static_cast<std::int64_t>(blockIdx.x) * detail::kLnBackwardWarps + warp;
        r < n; r += stride) {
     const float* xr = x + r * d;
-    const float* dyr = dy + r * d;
+    const DyT* dyr = dy + r * lddy;
     float* dxr = dx + r * d;
     const float mean = stats[2 * r], rstd = stats[2 * r + 1];
     float mu = 0.f, mux = 0.f;
     for (std::int64_t j = lane; j < d; j += 32) {
       const float xh = (xr[j] - mean) * rstd;
-      const float dyj = dyr[j];
+      const float dyj = load_as(dyr + j);
       // u rounded explicitly (no FMA contraction with the sums below): the second loop subtracts
       // mean(u) from this same rounded u, so a row whose x̂ is 0 (D = 1, constant rows) gets
       // dx = 0 exactly, as the CPU op does. Contracted, g·dy − mu kept the product's unrounded
@@ -106,7 +107,7 @@ static __global__ void layernorm_backward_kernel(const float* __restrict__ x,
     mux = warp_sum(mux) / static_cast<float>(d);
     for (std::int64_t j = lane; j < d; j += 32) {
       const float xh = (xr[j] - mean) * rstd;
-      write_or_add<Accumulate>(dxr + j, rstd * (__fmul_rn(g[j], dyr[j]) - mu - xh * mux));
+      write_or_add<Accumulate>(dxr + j, rstd * (__fmul_rn(g[j], load_as(dyr + j)) - mu - xh * mux));
     }
   }
   __syncthreads();
@@ -142,11 +143,15 @@ void layernorm_forward(Backend& be, const float* x, const float* g, const float*
 /// input gradient, with the bits of add_into after an overwrite; dx must not be dy then); dg, db
 /// (D) accumulated (+=), deterministically. stats as written by layernorm_forward (or the CPU
 /// op). 1 ≤ D ≤ 1536: the backward keeps 2·4·D floats in shared memory, within the default
-/// 48 KiB.
-inline void layernorm_backward(Backend& be, const float* x, const float* g, const float* stats,
-                               const float* dy, float* dx, float* dg, float* db, std::int64_t n,
-                               std::int64_t d, bool accumulate = false) {
-  SEQREC_CHECK(!accumulate || dx != dy, "layernorm_backward: accumulating into dy itself");
+/// 48 KiB. DyT: dy fp32, or bf16 (a GEMM's bf16 output gradient, widened as read: the bits of the
+/// fp32 call on the widened dy) with leading dimension lddy (0: D).
+template <typename DyT = float>
+void layernorm_backward(Backend& be, const float* x, const float* g, const float* stats,
+                        const DyT* dy, float* dx, float* dg, float* db, std::int64_t n,
+                        std::int64_t d, bool accumulate = false, std::int64_t lddy = 0) {
+  SEQREC_CHECK(!accumulate || static_cast<const void*>(dx) != static_cast<const void*>(dy),
+               "layernorm_backward: accumulating into dy itself");
+  if (lddy == 0) lddy = d;
   SEQREC_CHECK(d >= 1 && d <= detail::kLnMaxDim,
                "layernorm_backward (CUDA) supports 1 <= D <= " + std::to_string(detail::kLnMaxDim) +
                    ", got D = " + std::to_string(d));
@@ -158,11 +163,13 @@ inline void layernorm_backward(Backend& be, const float* x, const float* g, cons
   const std::size_t smem =
       sizeof(float) * 2 * detail::kLnBackwardWarps * static_cast<std::size_t>(d);
   if (accumulate)
-    layernorm_backward_kernel<true><<<blocks, 32 * detail::kLnBackwardWarps, smem, be.stream()>>>(
-        x, g, stats, dy, dx, partial.data(), n, d);
+    layernorm_backward_kernel<true, DyT>
+        <<<blocks, 32 * detail::kLnBackwardWarps, smem, be.stream()>>>(x, g, stats, dy, lddy, dx,
+                                                                       partial.data(), n, d);
   else
-    layernorm_backward_kernel<false><<<blocks, 32 * detail::kLnBackwardWarps, smem, be.stream()>>>(
-        x, g, stats, dy, dx, partial.data(), n, d);
+    layernorm_backward_kernel<false, DyT>
+        <<<blocks, 32 * detail::kLnBackwardWarps, smem, be.stream()>>>(x, g, stats, dy, lddy, dx,
+                                                                       partial.data(), n, d);
   SEQREC_CUDA_CHECK_LAUNCH();
   partial_sums_add(be, partial.data(), dg, blocks, d);
   partial_sums_add(be, partial.data() + static_cast<std::int64_t>(blocks) * d, db, blocks, d);

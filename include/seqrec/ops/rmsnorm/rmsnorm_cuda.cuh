@@ -45,14 +45,15 @@ static __global__ void rmsnorm_forward_kernel(const float* __restrict__ x,
 }
 
 /// dx (N, D) overwritten (Accumulate: added to); partial (gridDim.x, D) receives this block's
-/// Σ dy·x·rstd per column. Dynamic shared memory: 8·D floats.
-template <bool Accumulate>
+/// Σ dy·x·rstd per column. dy (N, D) fp32 or bf16 (widened) with leading dimension lddy. Dynamic
+/// shared memory: 8·D floats.
+template <bool Accumulate, typename DyT>
 static __global__ void rmsnorm_backward_kernel(const float* __restrict__ x,
                                                const float* __restrict__ g,
                                                const float* __restrict__ rstd,
-                                               const float* __restrict__ dy, float* __restrict__ dx,
-                                               float* __restrict__ partial, std::int64_t n,
-                                               std::int64_t d) {
+                                               const DyT* __restrict__ dy, std::int64_t lddy,
+                                               float* __restrict__ dx, float* __restrict__ partial,
+                                               std::int64_t n, std::int64_t d) {
   extern __shared__ float smem[];  // (8, D): one row of column sums per warp
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   float* acc = smem + warp * d;
@@ -61,18 +62,19 @@ static __global__ void rmsnorm_backward_kernel(const float* __restrict__ x,
   for (std::int64_t r = static_cast<std::int64_t>(blockIdx.x) * detail::kRmsWarps + warp; r < n;
        r += stride) {
     const float* xr = x + r * d;
-    const float* dyr = dy + r * d;
+    const DyT* dyr = dy + r * lddy;
     float* dxr = dx + r * d;
     const float inv = rstd[r];
     float dot = 0.f;
     for (std::int64_t j = lane; j < d; j += 32) {
-      dot += g[j] * dyr[j] * xr[j];
-      acc[j] += dyr[j] * xr[j] * inv;
+      const float dyj = load_as(dyr + j);
+      dot += g[j] * dyj * xr[j];
+      acc[j] += dyj * xr[j] * inv;
     }
     dot = warp_sum(dot);
     const float c = dot * inv * inv * inv / static_cast<float>(d);
     for (std::int64_t j = lane; j < d; j += 32)
-      write_or_add<Accumulate>(dxr + j, g[j] * dyr[j] * inv - xr[j] * c);
+      write_or_add<Accumulate>(dxr + j, g[j] * load_as(dyr + j) * inv - xr[j] * c);
   }
   __syncthreads();
   for (std::int64_t j = threadIdx.x; j < d; j += blockDim.x) {
@@ -99,12 +101,17 @@ void rmsnorm_forward(Backend& be, const float* x, const float* g, OutT* y, float
 /// stream's sum, with the bits of add_into after an overwrite); dg (D) accumulated (+=),
 /// deterministically. dx must not alias dy or x (the kernel's pointers are __restrict__).
 /// D ≤ 1536 (the backward keeps 8·D floats in shared memory, within the default 48 KiB).
-inline void rmsnorm_backward(Backend& be, const float* x, const float* g, const float* rstd,
-                             const float* dy, float* dx, float* dg, std::int64_t n, std::int64_t d,
-                             bool accumulate = false) {
+/// DyT: dy fp32, or bf16 (a GEMM's bf16 output gradient, widened as read: the bits of the fp32
+/// call on the widened dy) with leading dimension lddy (0: D).
+template <typename DyT = float>
+void rmsnorm_backward(Backend& be, const float* x, const float* g, const float* rstd, const DyT* dy,
+                      float* dx, float* dg, std::int64_t n, std::int64_t d, bool accumulate = false,
+                      std::int64_t lddy = 0) {
   SEQREC_CHECK(d >= 1 && d <= 1536,
                "rmsnorm_backward (CUDA) supports 1 <= D <= 1536, got D = " + std::to_string(d));
-  SEQREC_CHECK(dx != dy && dx != x, "rmsnorm_backward (CUDA): dx must not alias dy or x");
+  SEQREC_CHECK(static_cast<const void*>(dx) != static_cast<const void*>(dy) && dx != x,
+               "rmsnorm_backward (CUDA): dx must not alias dy or x");
+  if (lddy == 0) lddy = d;
   if (n == 0) return;
   const std::int64_t needed = (n + detail::kRmsWarps - 1) / detail::kRmsWarps;
   const int blocks =
@@ -112,11 +119,11 @@ inline void rmsnorm_backward(Backend& be, const float* x, const float* g, const 
   auto partial = be.buffer<float>(static_cast<std::size_t>(blocks) * d);
   const std::size_t smem = sizeof(float) * detail::kRmsWarps * static_cast<std::size_t>(d);
   if (accumulate)
-    rmsnorm_backward_kernel<true><<<blocks, 32 * detail::kRmsWarps, smem, be.stream()>>>(
-        x, g, rstd, dy, dx, partial.data(), n, d);
+    rmsnorm_backward_kernel<true, DyT><<<blocks, 32 * detail::kRmsWarps, smem, be.stream()>>>(
+        x, g, rstd, dy, lddy, dx, partial.data(), n, d);
   else
-    rmsnorm_backward_kernel<false><<<blocks, 32 * detail::kRmsWarps, smem, be.stream()>>>(
-        x, g, rstd, dy, dx, partial.data(), n, d);
+    rmsnorm_backward_kernel<false, DyT><<<blocks, 32 * detail::kRmsWarps, smem, be.stream()>>>(
+        x, g, rstd, dy, lddy, dx, partial.data(), n, d);
   SEQREC_CUDA_CHECK_LAUNCH();
   partial_sums_add(be, partial.data(), dg, blocks, d);
 }

@@ -3,7 +3,7 @@
 // (RoPE, RMSNorm, SiLU MLP; random init — the title init of OursConfig costs nothing per step).
 //
 //   gpu_train_bench [--steps N] [--warmup N] [--profile N] [--data DIR] [--bf16]
-//                   [--fp32-activations] [--fp32-gemm-outputs] [--tiny]
+//                   [--fp32-activations] [--fp32-gemm-outputs] [--autotune] [--tiny]
 //
 // --tiny runs every part at dim 64, 2 layers, 2 heads, ffn 256, batch 32 (same catalogue): not a
 // benchmark but a check that the bench itself works, for the host emulator (tests/emu), where a
@@ -16,6 +16,11 @@
 // before the ninth session: an A/B of that change, which also moves the numbers by a few bf16
 // roundings); MFU is then taken against the card's dense bf16 tensor peak instead of its fp32
 // peak.
+//
+// --autotune turns on the backend's GEMM autotuning (Backend::set_gemm_autotune): each GEMM class
+// times cuBLASLt's candidates once and keeps the fastest; the warm-up then covers every synthetic
+// batch (at least 8 steps), so that the timed steps meet no new class. The real epoch's batches
+// may still meet a few new row counts.
 //
 // --profile N (default 5, 0 = off): after the timed steps, N more steps with the backend's
 // profiler on (CUDA events around each phase of the step: cuda::ProfileScope in model_cuda.cuh),
@@ -324,6 +329,9 @@ void synthetic_part(seqrec::cuda::Backend& be, int steps, int warmup, int profil
   std::printf("synthetic batches: mean %.2f scored tokens per row of %d (%.1f%% padding)\n",
               scored_total / (8.0 * B), L, 100.0 * (1.0 - scored_total / (8.0 * B * L)));
 
+  // Autotuning times each new GEMM class once, on first sight: every batch goes through the
+  // warm-up, so that no timed step pays for it.
+  if (be.gemm_autotune()) warmup = std::max(warmup, static_cast<int>(batches.size()));
   const seqrec::train::AdamWOptions opt;
   std::vector<double> ms;
   double tokens = 0, flops_model = 0, flops_exec = 0, last_loss = 0;
@@ -438,7 +446,7 @@ void data_part(seqrec::cuda::Backend& be, const std::string& dir, Summary& out) 
 
 int main(int argc, char** argv) {
   int steps = 30, warmup = 3, profile = 5;
-  bool bf16 = false, fp32_activations = false, fp32_outputs = false;
+  bool bf16 = false, fp32_activations = false, fp32_outputs = false, autotune = false;
   std::string data_dir;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -448,6 +456,8 @@ int main(int argc, char** argv) {
       fp32_activations = true;
     } else if (a == "--fp32-gemm-outputs") {
       fp32_outputs = true;
+    } else if (a == "--autotune") {
+      autotune = true;
     } else if (a == "--tiny") {
       g_tiny = true;
     } else if ((a == "--steps" || a == "--warmup" || a == "--profile" || a == "--data") &&
@@ -461,7 +471,7 @@ int main(int argc, char** argv) {
       const bool help = a == "--help" || a == "-h";
       std::fprintf(help ? stdout : stderr,
                    "usage: %s [--steps N] [--warmup N] [--profile N] [--data DIR] [--bf16] "
-                   "[--fp32-activations] [--fp32-gemm-outputs] [--tiny]\n",
+                   "[--fp32-activations] [--fp32-gemm-outputs] [--autotune] [--tiny]\n",
                    argv[0]);
       return help ? 0 : 1;
     }
@@ -476,6 +486,7 @@ int main(int argc, char** argv) {
     be.set_bf16(bf16);
     be.set_bf16_activations(!fp32_activations);
     be.set_bf16_gemm_outputs(!fp32_outputs);
+    be.set_gemm_autotune(autotune);
     cudaDeviceProp prop{};
     SEQREC_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     std::printf("device: %s (sm_%d%d, %d SMs, %.1f GiB)\n", prop.name, prop.major, prop.minor,
@@ -483,10 +494,16 @@ int main(int argc, char** argv) {
     Summary sum;
     synthetic_part(be, steps, warmup, profile, sum);
     if (!data_dir.empty()) data_part(be, data_dir, sum);
-    const std::string mode = !bf16              ? "fp32"
-                             : fp32_activations ? "bf16, fp32 activations"
-                             : fp32_outputs     ? "bf16, fp32 GEMM outputs"
-                                                : "bf16";
+    const std::string mode = std::string(!bf16              ? "fp32"
+                                         : fp32_activations ? "bf16, fp32 activations"
+                                         : fp32_outputs     ? "bf16, fp32 GEMM outputs"
+                                                            : "bf16") +
+                             (autotune ? ", autotuned GEMMs" : "");
+    if (autotune)
+      std::printf(
+          "GEMM autotuning: %zu classes timed, %zu of them won by another candidate than "
+          "the heuristic's first\n",
+          be.gemm_classes_tuned(), be.gemm_classes_retuned());
     std::string epoch = "-", twelve = "-";
     if (sum.epoch_s >= 0) {
       char buf[64];

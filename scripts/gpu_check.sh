@@ -9,7 +9,7 @@
 # training benchmark at the study's config in fp32 and in bf16, each with a per-phase step profile
 # (SEQREC_DATA: a folder with interactions.tsv, e.g. amazon18_games carried next to the build,
 # adds a timed real epoch), and bf16 twice more, with fp32 activations (an A/B of the storage) and
-# with fp32 GEMM outputs (an A/B of the bf16 qkv, fc1 and d(act) outputs); and
+# with fp32 GEMM outputs (an A/B of the bf16 GEMM outputs), then with GEMM autotuning; and
 # the trainer binaries end to end with --device cuda on the embedded dataset (train_ours in bf16,
 # then dpo_finetune on its checkpoint); last, the PyTorch reference on the same card at the
 # study's dims, eager and compiled (needs torch and SEQREC_DATA). A failing step
@@ -104,6 +104,9 @@ run_step bench "gpu_train_bench bf16, fp32 acts" "$build/bench/gpu_train_bench" 
 # A/B of the bf16 qkv, fc1 and d(act) GEMM outputs (ninth session; one more rounding each).
 run_step bench "gpu_train_bench bf16, fp32 outs" "$build/bench/gpu_train_bench" --bf16 \
   --fp32-gemm-outputs --steps 20 --profile 0
+# A/B of GEMM autotuning (ninth session; off by default: it costs run-to-run reproducibility).
+run_step bench "gpu_train_bench bf16, autotune" "$build/bench/gpu_train_bench" --bf16 \
+  --autotune --steps 20 --profile 0
 
 section "trainer binaries on the GPU (embedded dataset): train_ours, then DPO on its checkpoint"
 # The test and bench executables report "skipped" themselves; the trainers would just fail.

@@ -29,6 +29,8 @@
 //                                   not fused (fallback); within one bf16 unit where cuBLASLt's
 //                                   epilogue rounds (another algorithm may sum in another order)
 //   dropout_backward_sum_cast    == dropout_backward (row map) then column_sum_add_cast
+//   gemm autotuning              within fp32 rounding of the default plan (bit for bit on the
+//                                   emulator); its cached plan repeats; it ran
 //   profiler                     ranges are timed (> 0 ms, one total per name, in order),
 //   a nested
 //                                range is refused, and profiling off records nothing
@@ -36,6 +38,8 @@
 // Prints PASS/FAIL lines and a summary; exits 0 iff all pass, 77 (ctest: skipped) without a GPU.
 #include <cuda_bf16.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -548,6 +552,56 @@ void test_plan_cache(Rng& rng, bool bf16) {
   }
 }
 
+/// GEMM autotuning: a backend that times the heuristic's candidates (the emulator answers three
+/// placeholders that compute alike) against a default one, fp32 and bf16, with and without the
+/// bias epilogue. The tuned plan may be another algorithm, summing in another order, so the
+/// results agree to fp32 rounding of the sums: within 1e-5 of the row's Σ|a·b| (bit for bit on
+/// the emulator, where every algorithm is one). A repeat on the tuned backend (its plan now
+/// cached) must repeat its first result bit for bit, and tuning must have run.
+void test_gemm_autotune(Rng& rng, bool bf16) {
+  const std::int64_t M = 1000, N = 384, K = 512;
+  const std::string shape = shape_str({{"M", M}, {"N", N}, {"K", K}}) + (bf16 ? " bf16" : " fp32");
+  const auto a = normal(rng, M * K), b = normal(rng, N * K), bias = normal(rng, N);
+  // Σ_k |a_ik b_jk| bounds the rounding error of every algorithm's sum for element (i, j); its
+  // largest value over the matrix scales the tolerance.
+  double scale = 0;
+  for (std::int64_t i = 0; i < M; i += 97)
+    for (std::int64_t j = 0; j < N; j += 31) {
+      double s = 0;
+      for (std::int64_t k = 0; k < K; ++k) s += std::fabs(double(a[i * K + k]) * b[j * K + k]);
+      scale = std::max(scale, s);
+    }
+  auto run = [&](Backend& be, bool with_bias) {
+    auto da = upload(be, a), db = upload(be, b), dbias = upload(be, bias);
+    auto dc = be.buffer<float>(static_cast<std::size_t>(M * N));
+    seqrec::cuda::gemm_rm(be, false, true, M, N, K, 1.f, da.data(), K, db.data(), K, 0.f, dc.data(),
+                          N, seqrec::cuda::WeightOperand::None, with_bias ? dbias.data() : nullptr);
+    return download(be, dc);
+  };
+  Backend tuned(0), plain(0);
+  tuned.set_bf16(bf16);
+  plain.set_bf16(bf16);
+  tuned.set_gemm_autotune(true);
+  for (const bool with_bias : {false, true}) {
+    const std::string what = std::string("gemm_rm.autotune") + (with_bias ? " bias" : "");
+    const auto got = run(tuned, with_bias), again = run(tuned, with_bias),
+               want = run(plain, with_bias);
+    double worst = 0;
+    for (std::size_t i = 0; i < got.size(); ++i)
+      worst = std::max(worst, std::fabs(double(got[i]) - double(want[i])));
+    record(worst <= 1e-5 * scale, what, shape,
+           "max |tuned - default| = " + std::to_string(worst) + " (tol 1e-5 * " +
+               std::to_string(scale) + ")");
+    check_identical(what + " (repeat)", shape, again, got, "the tuned plan from the cache");
+  }
+  record(tuned.gemm_classes_tuned() >= 2 && plain.gemm_classes_tuned() == 0, "gemm_rm.autotune.ran",
+         shape,
+         std::to_string(tuned.gemm_classes_tuned()) + " classes tuned (" +
+             std::to_string(tuned.gemm_classes_retuned()) +
+             " to another algorithm than the heuristic's first) on the tuned backend, " +
+             std::to_string(plain.gemm_classes_tuned()) + " on the default one");
+}
+
 void test_profiler(Backend& be, Rng& rng) {
   const std::int64_t n = 4096, d = 1024;
   auto x = upload(be, normal(rng, n * d)), g = upload(be, normal(rng, d, 0.1, 1.0));
@@ -628,6 +682,8 @@ int main() {
               [&] { test_fused_backward(be, rng, n, d); });
     for (const bool bf16 : {false, true})
       guarded("gemm_rm.plan_cache", bf16 ? "bf16" : "fp32", [&] { test_plan_cache(rng, bf16); });
+    for (const bool bf16 : {false, true})
+      guarded("gemm_rm.autotune", bf16 ? "bf16" : "fp32", [&] { test_gemm_autotune(rng, bf16); });
     guarded("profiler", "-", [&] { test_profiler(be, rng); });
   });
 }

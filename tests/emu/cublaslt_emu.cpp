@@ -7,12 +7,12 @@
 // is fp32, as on the tensor cores. Everything is synchronous: the stream is ignored.
 //
 // Not emulated: the tensor cores' accumulation order (results match a GPU to fp32 rounding, not
-// bit for bit), algorithm selection (the heuristic always answers one placeholder algorithm that
-// needs no workspace; the algorithm and workspace passed to cublasLtMatmul are ignored), batched
-// layouts, orders other than column-major, epilogues other than DEFAULT and BIAS, compute types
-// other than fp32 (TF32 and the other "fast" modes would round differently), vector pointer modes,
-// and the attributes gemm_lt does not set beyond the basic ones (refused, so that a new use shows
-// up as an error instead of silently computing something else).
+// bit for bit), algorithm selection (the heuristic answers up to three placeholder algorithms that
+// need no workspace and compute alike; the algorithm and workspace passed to cublasLtMatmul are
+// ignored), batched layouts, orders other than column-major, epilogues other than DEFAULT and
+// BIAS, compute types other than fp32 (TF32 and the other "fast" modes would round differently),
+// vector pointer modes, and the attributes gemm_lt does not set beyond the basic ones (refused,
+// so that a new use shows up as an error instead of silently computing something else).
 
 #include <cublasLt.h>
 #include <cuda_bf16.h>
@@ -457,8 +457,15 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(
       check_problem(*get<MatmulDesc>(operationDesc), *get<Layout>(Adesc), *get<Layout>(Bdesc),
                     *get<Layout>(Cdesc), *get<Layout>(Ddesc), p);
   if (st != CUBLAS_STATUS_SUCCESS) return st;
-  fill_result(heuristicResultsArray[0], true);
-  *returnAlgoCount = 1;
+  // Up to kAlgos answers, as a GPU gives several: all compute the same (the algorithm is ignored),
+  // and differ only in their first opaque byte, the first answer's bytes being all zero.
+  constexpr int kAlgos = 3;
+  const int count = requestedAlgoCount < kAlgos ? requestedAlgoCount : kAlgos;
+  for (int i = 0; i < count; ++i) {
+    fill_result(heuristicResultsArray[i], true);
+    std::memcpy(&heuristicResultsArray[i].algo, &i, 1);
+  }
+  *returnAlgoCount = count;
   return CUBLAS_STATUS_SUCCESS;
 }
 

@@ -398,13 +398,33 @@ class Backend {
   bool bf16_activations() const noexcept { return bf16_activations_; }
   /// With bf16 activations, whether models also have the GEMMs whose outputs only kernels that
   /// widen them read write those outputs in bf16 (default): the attention's qkv, the MLP's
-  /// pre-activation and d(act), and d(ctx), rounded once in cuBLASLt's epilogue
-  /// (gemm_rm_bf16_out); attention then writes d(qkv) in bf16 too. Unlike the storage switch above
-  /// this changes the numbers (five more bf16 roundings per block, as PyTorch's autocast rounds
+  /// pre-activation and d(act), d(ctx), and the input gradients that norms' backward reads (qkv
+  /// linear, MLP), rounded once in cuBLASLt's epilogue (gemm_rm_bf16_out); attention then writes
+  /// d(qkv) in bf16 too. Unlike the storage switch above this changes the numbers (seven more bf16
+  /// roundings per block, as PyTorch's autocast rounds
   /// every linear's output and gradient); off keeps them fp32, which is what tests compare the
   /// activation storage against bit for bit, and what benchmarks A/B against.
   void set_bf16_gemm_outputs(bool on) noexcept { bf16_gemm_outputs_ = on; }
   bool bf16_gemm_outputs() const noexcept { return bf16_gemm_outputs_; }
+  /// GEMM autotuning (off by default): the first time gemm_lt meets a problem class it times up to
+  /// kGemmTuneCandidates of cuBLASLt's heuristic answers on that problem (real operands, a scratch
+  /// C) and keeps the fastest for the class, instead of the heuristic's first answer. Costs a few
+  /// milliseconds per class, once. The price is run-to-run reproducibility: which algorithm wins
+  /// can change with timing noise, and another algorithm may sum in another order, so two runs
+  /// may differ in the last bits (each run is still deterministic once its plans are made).
+  /// Plans made before the switch are kept; set it before the first GEMM.
+  void set_gemm_autotune(bool on) noexcept { gemm_autotune_ = on; }
+  bool gemm_autotune() const noexcept { return gemm_autotune_; }
+  static constexpr int kGemmTuneCandidates = 8;
+
+  /// How many problem classes autotuning has timed (those with two or more candidates), and in
+  /// how many of them a candidate other than the heuristic's first won.
+  std::size_t gemm_classes_tuned() const noexcept { return gemm_tuned_; }
+  std::size_t gemm_classes_retuned() const noexcept { return gemm_retuned_; }
+  void note_gemm_tuned(bool changed) noexcept {
+    ++gemm_tuned_;
+    if (changed) ++gemm_retuned_;
+  }
 
   /// Per-phase timing of the model's steps (see Profiler); off (null) by default, and then a
   /// ProfileScope costs one pointer test.
@@ -461,6 +481,8 @@ class Backend {
   bool bf16_ = false;
   bool bf16_activations_ = true;
   bool bf16_gemm_outputs_ = true;
+  bool gemm_autotune_ = false;
+  std::size_t gemm_tuned_ = 0, gemm_retuned_ = 0;
   using WeightKey = std::tuple<const float*, std::int64_t, std::int64_t, std::int64_t>;
   std::map<WeightKey, DeviceBuffer<__nv_bfloat16>> weight_cache_;  // after alloc_: freed first
   std::map<GemmKey, GemmPlan> gemm_plans_;
@@ -604,16 +626,22 @@ inline bool gemm_lt(Backend& be, cudaDataType_t ab_type, bool trans_a, bool tran
                              al_second,
                              al_c,
                              fused};
-  // The heuristic for layouts (a, b, c) with the bias epilogue when wanted and available.
+  // The heuristic for layouts (a, b, c) with the bias epilogue when wanted and available: its
+  // first answer; with autotuning on, its usable answers also go to `candidates`.
+  // (A fixed array: nvcc 13's front end fails on a std::vector of this type here.)
+  constexpr int kMaxCandidates = Backend::kGemmTuneCandidates;
+  cublasLtMatmulAlgo_t candidates[kMaxCandidates];
+  int n_candidates = 0;
   auto ask = [&](cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t c,
                  std::int64_t m, std::int64_t n, std::int64_t k) {
-    cublasLtMatmulHeuristicResult_t heur{};
+    const int want = be.gemm_autotune() ? kMaxCandidates : 1;
+    cublasLtMatmulHeuristicResult_t heur[kMaxCandidates]{};
     int found = 0;
     bool with_bias = bias != nullptr && reinterpret_cast<std::uintptr_t>(bias) % 16 == 0;
     if (with_bias) {
       set_bias_epilogue(true);
       const cublasStatus_t st =
-          cublasLtMatmulAlgoGetHeuristic(be.lt(), op, a, b, c, c, pref, 1, &heur, &found);
+          cublasLtMatmulAlgoGetHeuristic(be.lt(), op, a, b, c, c, pref, want, heur, &found);
       if (st != CUBLAS_STATUS_SUCCESS || found == 0) {  // no algorithm with it: plain GEMM
         with_bias = false;
         found = 0;
@@ -622,7 +650,7 @@ inline bool gemm_lt(Backend& be, cudaDataType_t ab_type, bool trans_a, bool tran
     if (!with_bias) {
       set_bias_epilogue(false);
       SEQREC_CUBLAS_CHECK(
-          cublasLtMatmulAlgoGetHeuristic(be.lt(), op, a, b, c, c, pref, 1, &heur, &found));
+          cublasLtMatmulAlgoGetHeuristic(be.lt(), op, a, b, c, c, pref, want, heur, &found));
     }
     if (found == 0) {
       throw ::seqrec::Error(std::string("cuBLASLt found no ") +
@@ -630,13 +658,69 @@ inline bool gemm_lt(Backend& be, cudaDataType_t ab_type, bool trans_a, bool tran
                             " algorithm for M=" + std::to_string(m) + " N=" + std::to_string(n) +
                             " K=" + std::to_string(k));
     }
-    return Backend::GemmPlan{heur.algo, with_bias};
+    n_candidates = 0;
+    for (int i = 0; i < found && want > 1; ++i)
+      if (heur[i].state == CUBLAS_STATUS_SUCCESS && heur[i].workspaceSize <= ws)
+        candidates[n_candidates++] = heur[i].algo;
+    return Backend::GemmPlan{heur[0].algo, with_bias};
+  };
+  // Autotuning: times each candidate on this exact problem — the real A and B, a scratch C that
+  // is also D, so nothing the caller sees is written — and keeps the fastest in p. A candidate that
+  // fails cublasLtMatmulAlgoCheck for the exact sizes, or fails to run, is passed over.
+  auto tune = [&](Backend::GemmPlan& p) {
+    if (n_candidates < 2) return;
+    set_bias_epilogue(p.fused_bias);
+    const std::size_t elem = c_type == CUDA_R_16BF ? 2 : 4;
+    auto scratch =
+        be.buffer<std::byte>(static_cast<std::size_t>(ldc) * static_cast<std::size_t>(M) * elem);
+    cudaEvent_t t0 = nullptr, t1 = nullptr;
+    struct Events {
+      cudaEvent_t &a, &b;
+      ~Events() {
+        if (a) cudaEventDestroy(a);
+        if (b) cudaEventDestroy(b);
+      }
+    } events{t0, t1};
+    SEQREC_CUDA_CHECK(cudaEventCreate(&t0));
+    SEQREC_CUDA_CHECK(cudaEventCreate(&t1));
+    constexpr int kRuns = 3;
+    float best = 0.f;
+    bool have = false;
+    int winner = 0;
+    for (int ci = 0; ci < n_candidates; ++ci) {
+      const cublasLtMatmulAlgo_t& algo = candidates[ci];
+      cublasLtMatmulHeuristicResult_t check{};
+      if (cublasLtMatmulAlgoCheck(be.lt(), op, la, lb, lc, lc, &algo, &check) !=
+              CUBLAS_STATUS_SUCCESS ||
+          check.workspaceSize > ws)
+        continue;
+      auto run = [&] {
+        return cublasLtMatmul(be.lt(), op, &alpha, B, la, A, lb, &beta, scratch.data(), lc,
+                              scratch.data(), lc, &algo, be.workspace(), ws, be.stream());
+      };
+      if (run() != CUBLAS_STATUS_SUCCESS) continue;  // warm-up, and a check that it runs
+      SEQREC_CUDA_CHECK(cudaEventRecord(t0, be.stream()));
+      bool ok = true;
+      for (int r = 0; r < kRuns && ok; ++r) ok = run() == CUBLAS_STATUS_SUCCESS;
+      SEQREC_CUDA_CHECK(cudaEventRecord(t1, be.stream()));
+      SEQREC_CUDA_CHECK(cudaEventSynchronize(t1));
+      float ms = 0.f;
+      SEQREC_CUDA_CHECK(cudaEventElapsedTime(&ms, t0, t1));
+      if (ok && (!have || ms < best)) {
+        best = ms;
+        p.algo = algo;
+        have = true;
+        winner = ci;
+      }
+    }
+    if (have) be.note_gemm_tuned(winner != 0);
   };
   Backend::GemmPlan plan{};
   if (const Backend::GemmPlan* known = be.find_gemm_plan(key)) {
     plan = *known;
   } else if (exact) {
     plan = ask(la, lb, lc, M, N, K);
+    tune(plan);
     be.add_gemm_plan(key, plan);
   } else {
     cublasLtMatrixLayout_t qa = nullptr, qb = nullptr, qc = nullptr;
@@ -654,6 +738,7 @@ inline bool gemm_lt(Backend& be, cudaDataType_t ab_type, bool trans_a, bool tran
         cublasLtMatrixLayoutCreate(&qb, ab_type, trans_a ? Mq : Kq, trans_a ? Kq : Mq, lda));
     SEQREC_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&qc, c_type, Nq, Mq, ldc));
     plan = ask(qa, qb, qc, Mq, Nq, Kq);
+    tune(plan);  // on the exact problem: the class's sizes are only for the heuristic
     be.add_gemm_plan(key, plan);
   }
   set_bias_epilogue(plan.fused_bias);

@@ -110,9 +110,8 @@ seqrec::ModelShape study_shape(std::int32_t vocab) {
   s.heads = g_tiny ? 2 : 8;
   s.ffn_dim = g_tiny ? 256 : 4096;
   s.dropout = 0.1;
-  // Logits of up to 2^26 elements at once (256 MiB): ~3980 rows per chunk at I = 16859, so the
-  // loss is 2–3 large GEMM triples per step rather than the CPU default's 37 small ones.
-  s.loss_chunk_elems = std::int64_t{1} << 26;
+  // The loss's chunks come from the backend's logits budget (Backend::loss_chunk_elems, 2^27:
+  // two chunks of ~4600 rows per step here), as in the trainers.
   return s;
 }
 

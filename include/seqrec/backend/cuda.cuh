@@ -417,6 +417,16 @@ class Backend {
   bool gemm_autotune() const noexcept { return gemm_autotune_; }
   static constexpr int kGemmTuneCandidates = 8;
 
+  /// The most logits the CUDA model's loss keeps at once (its rows per chunk are this over the
+  /// item count); default 2^27, 512 MiB of fp32 logits, so the study's step (9188 scored rows,
+  /// 16859 items) takes 2 chunks. A GPU's memory, not a cache, is what bounds it, so it is the
+  /// backend's setting: ModelShape::loss_chunk_elems is the CPU model's (default 2^22, sized for
+  /// caches), which on the GPU cut the study's loss into 37 chunks of small GEMMs.
+  void set_loss_chunk_elems(std::int64_t n) {
+    SEQREC_CHECK(n >= 1, "loss chunk must be >= 1 logits, got " + std::to_string(n));
+    loss_chunk_elems_ = n;
+  }
+  std::int64_t loss_chunk_elems() const noexcept { return loss_chunk_elems_; }
   /// How many problem classes autotuning has timed (those with two or more candidates), and in
   /// how many of them a candidate other than the heuristic's first won.
   std::size_t gemm_classes_tuned() const noexcept { return gemm_tuned_; }
@@ -482,6 +492,7 @@ class Backend {
   bool bf16_activations_ = true;
   bool bf16_gemm_outputs_ = true;
   bool gemm_autotune_ = false;
+  std::int64_t loss_chunk_elems_ = std::int64_t{1} << 27;
   std::size_t gemm_tuned_ = 0, gemm_retuned_ = 0;
   using WeightKey = std::tuple<const float*, std::int64_t, std::int64_t, std::int64_t>;
   std::map<WeightKey, DeviceBuffer<__nv_bfloat16>> weight_cache_;  // after alloc_: freed first

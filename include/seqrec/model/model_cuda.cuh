@@ -605,8 +605,12 @@ class Model<Cfg, cuda::Backend> {
                              accumulate, lddy);
   }
 
+  /// The loss's shape, its chunk taken from the backend's logits budget (not ModelShape's, which
+  /// is the CPU model's; see Backend::set_loss_chunk_elems).
   ops::CrossEntropyShape ce_shape(std::int64_t rows) const {
-    return detail::loss_shape(shape_, rows);
+    ops::CrossEntropyShape s = detail::loss_shape(shape_, rows);
+    s.chunk_rows = std::max<std::int64_t>(1, be_->loss_chunk_elems() / s.num_items);
+    return s;
   }
   void check_tokens(const std::int32_t* tokens, std::int32_t batch, std::int32_t len) const {
     detail::check_model_input(shape_, Cfg::Position::extrapolates, tokens, batch, len);

@@ -25,7 +25,9 @@ struct ModelShape {
   double rope_base = 10000.0;      // RoPE frequency base (used by pos::RoPE only)
   double moe_balance_coef = 0.01;  // MoE Switch load-balancing loss weight (ffn::MoE only)
   double moe_z_coef = 0.001;       // MoE router z-loss weight
-  std::int64_t loss_chunk_elems = std::int64_t{1} << 22;  // max logits alive at once
+  // Max logits alive at once in the CPU model's loss (cache-sized); the CUDA model takes its
+  // budget from its backend instead (cuda::Backend::set_loss_chunk_elems).
+  std::int64_t loss_chunk_elems = std::int64_t{1} << 22;
 
   void validate() const {
     auto bad = [](const std::string& what, const std::string& v) {

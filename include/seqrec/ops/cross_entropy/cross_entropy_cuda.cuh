@@ -172,7 +172,11 @@ inline void softmax_head(Backend& be, std::int64_t N, std::int64_t D, std::int64
   if (dh != nullptr && N > 0)
     SEQREC_CUDA_CHECK(cudaMemsetAsync(dh, 0, sizeof(float) * N * D, be.stream()));
   if (P == 0) return;
+  // Balanced chunks: as few as C allows, of equal size (P = 9188, C = 7961: two of 4594, not 7961
+  // and 1227), so no chunk's GEMMs run on a sliver of rows.
   C = std::max<std::int64_t>(1, std::min<std::int64_t>(C, P));
+  const std::int64_t n_chunks = (P + C - 1) / C;
+  C = (P + n_chunks - 1) / n_chunks;
   std::size_t smem = sizeof(std::int32_t) * static_cast<std::size_t>(r.per_row);
   SEQREC_CHECK(smem <= 48 * 1024, "softmax head (CUDA): at most 12288 columns per row, got " +
                                       std::to_string(r.per_row));

@@ -29,6 +29,7 @@
 //                                   not fused (fallback); within one bf16 unit where cuBLASLt's
 //                                   epilogue rounds (another algorithm may sum in another order)
 //   dropout_backward_sum_cast    == dropout_backward (row map) then column_sum_add_cast
+//   dropout_add_rmsnorm / _layernorm == dropout_add then the norm's forward (out, y, stats)
 //   gemm autotuning              within fp32 rounding of the default plan (bit for bit on the
 //                                   emulator); its cached plan repeats; it ran
 //   profiler                     ranges are timed (> 0 ms, one total per name, in order),
@@ -59,6 +60,7 @@
 #include "seqrec/ops/attention/attention_cpu.hpp"
 #include "seqrec/ops/attention/attention_cuda.cuh"
 #include "seqrec/ops/dropout/dropout_cuda.cuh"
+#include "seqrec/ops/dropout/residual_norm_cuda.cuh"
 #include "seqrec/ops/elementwise/elementwise_cuda.cuh"
 #include "seqrec/ops/elementwise/rows_cuda.cuh"
 #include "seqrec/ops/layernorm/layernorm_cuda.cuh"
@@ -188,6 +190,66 @@ void test_activations(Backend& be, Rng& rng, std::int64_t rows, std::int64_t f) 
   };
   fused.template operator()<Activation::Relu>("relu");
   fused.template operator()<Activation::Silu>("silu");
+}
+
+/// The residual add fused into the norm that reads it (dropout_add_rmsnorm / _layernorm) against
+/// dropout_add then the norm's forward: out, y (fp32, and bf16 with padded rows) and the stats
+/// bit for bit; with a row map and p 0.1 (the training step), and without one at p 0.
+void test_residual_norm(Backend& be, Rng& rng, std::int64_t n, std::int64_t d) {
+  const std::string shape = shape_str({{"N", n}, {"D", d}});
+  auto res = upload(be, normal(rng, n * d, 1.5, 0.2)), branch = upload(be, normal(rng, n * d));
+  auto g = upload(be, normal(rng, d, 0.1, 1.0)), b = upload(be, normal(rng, d, 0.1));
+  std::vector<std::int32_t> row_map(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i)
+    row_map[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(2 * i + (i % 3 == 0 ? 1 : 0));
+  auto drows = upload(be, row_map);
+  const std::int64_t ld = bf16_ld(d);
+  const std::uint64_t key = 0x243f6a8885a308d3ULL;
+  for (const bool layer : {false, true})
+    for (const bool mapped : {true, false})
+      for (const bool b16 : {false, true}) {
+        const double p = mapped ? 0.1 : 0.0;
+        const std::int32_t* rows = mapped ? drows.data() : nullptr;
+        const std::string op =
+            std::string(layer ? "dropout_add_layernorm" : "dropout_add_rmsnorm") +
+            (mapped ? ".rows.p0.1" : ".p0") + (b16 ? ".bf16" : "");
+        auto out_ref = be.buffer<float>(n * d), out_got = be.buffer<float>(n * d);
+        auto st_ref = be.buffer<float>(2 * n), st_got = be.buffer<float>(2 * n);
+        SEQREC_CUDA_CHECK(cudaMemsetAsync(st_ref.data(), 0, st_ref.bytes(), be.stream()));
+        SEQREC_CUDA_CHECK(cudaMemsetAsync(st_got.data(), 0, st_got.bytes(), be.stream()));
+        seqrec::cuda::dropout_add(be, out_ref.data(), res.data(), branch.data(), n * d, p, key,
+                                  rows, d);
+        auto run = [&](auto* y_ref, auto* y_got, std::int64_t ldy) {
+          if (layer) {
+            seqrec::cuda::layernorm_forward(be, out_ref.data(), g.data(), b.data(), y_ref,
+                                            st_ref.data(), n, d, 1e-5f, ldy);
+            seqrec::cuda::dropout_add_layernorm(be, out_got.data(), res.data(), branch.data(), p,
+                                                key, rows, g.data(), b.data(), y_got, st_got.data(),
+                                                n, d, 1e-5f, ldy);
+          } else {
+            seqrec::cuda::rmsnorm_forward(be, out_ref.data(), g.data(), y_ref, st_ref.data(), n, d,
+                                          1e-6f, ldy);
+            seqrec::cuda::dropout_add_rmsnorm(be, out_got.data(), res.data(), branch.data(), p, key,
+                                              rows, g.data(), y_got, st_got.data(), n, d, 1e-6f,
+                                              ldy);
+          }
+        };
+        if (b16) {
+          auto y_ref = sentinel_buffer(be, n, ld), y_got = sentinel_buffer(be, n, ld);
+          run(y_ref.data(), y_got.data(), ld);
+          check_identical(op + ".y", shape, bits(be, y_got.data(), n, ld),
+                          bits(be, y_ref.data(), n, ld), "the same norm of the same sums");
+        } else {
+          auto y_ref = be.buffer<float>(n * d), y_got = be.buffer<float>(n * d);
+          run(y_ref.data(), y_got.data(), 0);
+          check_identical(op + ".y", shape, download(be, y_got), download(be, y_ref),
+                          "the same norm of the same sums");
+        }
+        check_identical(op + ".out", shape, download(be, out_got), download(be, out_ref),
+                        "dropout_add's sums and masks");
+        check_identical(op + ".stats", shape, download(be, st_got), download(be, st_ref),
+                        "the same row statistics");
+      }
 }
 
 /// The bf16 MLP with its pre-activation and d(act) in bf16 (fc1 and fc2's input gradient written
@@ -677,6 +739,9 @@ int main() {
          {std::tuple<std::int64_t, std::int64_t, std::int64_t>{37, 172, 29}, {2048, 4096, 1024}})
       guarded("gemm_rm_bf16_out", shape_str({{"M", m}, {"N", n}, {"K", k}}),
               [&] { test_gemm_bf16_out(be, rng, m, n, k); });
+    for (auto [n, d] : {std::pair<std::int64_t, std::int64_t>{301, 37}, {2048, 1024}})
+      guarded("residual_norm", shape_str({{"N", n}, {"D", d}}),
+              [&] { test_residual_norm(be, rng, n, d); });
     for (auto [n, d] : {std::pair<std::int64_t, std::int64_t>{301, 37}, {8192, 1024}})
       guarded("fused_backward", shape_str({{"N", n}, {"D", d}}),
               [&] { test_fused_backward(be, rng, n, d); });

@@ -62,6 +62,7 @@
 #include "seqrec/ops/attention/attention_cuda.cuh"
 #include "seqrec/ops/cross_entropy/cross_entropy_cuda.cuh"
 #include "seqrec/ops/dropout/dropout_cuda.cuh"
+#include "seqrec/ops/dropout/residual_norm_cuda.cuh"
 #include "seqrec/ops/elementwise/elementwise_cuda.cuh"
 #include "seqrec/ops/elementwise/rows_cuda.cuh"
 #include "seqrec/ops/embedding/embedding_cuda.cuh"
@@ -573,6 +574,20 @@ class Model<Cfg, cuda::Backend> {
     else
       cuda::rmsnorm_forward(*be_, x, value(n.weight), y, stats, rows, d, eps, ldy);
   }
+  /// norm_forward of out = residual + drop(branch), made in the same pass (dropout_add under
+  /// (p, key) and the row map, then the norm: their bits, without reading out back).
+  template <typename OutT>
+  void residual_norm_forward(const NormIds& n, float* out, const float* residual,
+                             const float* branch, double p, std::uint64_t key,
+                             const std::int32_t* rmap, OutT* y, float* stats, std::int64_t rows,
+                             std::int64_t d, float eps, std::int64_t ldy = 0) {
+    if constexpr (kNorm == detail::CudaNorm::LayerNorm)
+      cuda::dropout_add_layernorm(*be_, out, residual, branch, p, key, rmap, value(n.weight),
+                                  value(n.bias), y, stats, rows, d, eps, ldy);
+    else
+      cuda::dropout_add_rmsnorm(*be_, out, residual, branch, p, key, rmap, value(n.weight), y,
+                                stats, rows, d, eps, ldy);
+  }
   /// Where a GEMM-only activation of `cols` columns lives: its bf16 buffer with 16-byte rows
   /// under bf16 activations, else its fp32 buffer. Sizes them for `rows` rows.
   cuda::Operand act_operand(cuda::DeviceBuffer<float>& f32, cuda::DeviceBuffer<__nv_bfloat16>& b16,
@@ -956,12 +971,30 @@ class Model<Cfg, cuda::Backend> {
     }
     const std::int32_t* rmap = row_map();
     const ops::AttentionShape as{B, L, D, H};
+    // Each block's norm1 runs at the end of the block before it, fused with that block's last
+    // residual add (residual_norm_forward), so every block's norm1 buffers exist up front; block
+    // 0's reads the embeddings and runs alone.
+    for (BlockCache& c : caches_) {
+      ensure(c.stats1, M * kStatsPerRow);
+      (void)act_operand(c.a1, c.a1_16, M, D);
+    }
+    {
+      const cuda::ProfileScope prof(*be_, "norms (fwd)");
+      if (!blocks_.empty()) {
+        BlockCache& c0 = caches_[0];
+        if (act16_)
+          norm_forward(blocks_[0].norm1, resid_[0].data(), c0.a1_16.data(), c0.stats1.data(), M, D,
+                       eps, cuda::bf16_ld(D));
+        else
+          norm_forward(blocks_[0].norm1, resid_[0].data(), c0.a1.data(), c0.stats1.data(), M, D,
+                       eps);
+      }
+    }
     for (std::size_t l = 0; l < blocks_.size(); ++l) {
       const Block& blk = blocks_[l];
       BlockCache& c = caches_[l];
       const std::uint64_t key = attn_key(dropout_key, l);
       const float* x_in = resid_[l].data();
-      ensure(c.stats1, M * kStatsPerRow);
       // qkv: packed rows too (attention reads them through seg_); in bf16 with bf16 GEMM outputs,
       // as its GEMM's epilogue rounds it (its readers are the attention kernels, which widen it).
       const std::int64_t ldq = out16_ ? cuda::bf16_ld(3 * D) : 3 * D;
@@ -979,14 +1012,7 @@ class Model<Cfg, cuda::Backend> {
       if (a2_fp32) ensure(c.a2, M * D);
       const cuda::Operand a2 =
           a2_fp32 ? cuda::Operand(c.a2.data(), D) : act_operand(c.a2, c.a2_16, M, D);
-      // x_mid = x_in + drop(Wo · attn(rope(Wqkv · norm1(x_in))))
-      {
-        const cuda::ProfileScope prof(*be_, "norms (fwd)");
-        if (act16_)
-          norm_forward(blk.norm1, x_in, c.a1_16.data(), c.stats1.data(), M, D, eps, a1.ld);
-        else
-          norm_forward(blk.norm1, x_in, c.a1.data(), c.stats1.data(), M, D, eps);
-      }
+      // x_mid = x_in + drop(Wo · attn(rope(Wqkv · norm1(x_in)))); norm1(x_in) is in c.a1 already.
       {
         const cuda::ProfileScope prof(*be_, "qkv linear (fwd)");
         if (out16_)
@@ -1016,31 +1042,45 @@ class Model<Cfg, cuda::Backend> {
         linear_forward(ctx, value(blk.out_w), value(blk.out_b), tmp_.data(), M, D, D);
       }
       {
-        const cuda::ProfileScope prof(*be_, "dropout + residual (fwd)");
-        cuda::dropout_add(*be_, c.x_mid.data(), x_in, tmp_.data(), M * D, p, key, rmap, D);
+        // x_mid = x_in + drop(out linear), and norm2(x_mid), in one pass.
+        const cuda::ProfileScope prof(*be_, "residual + norm (fwd)");
+        if (a2_fp32)
+          residual_norm_forward(blk.norm2, c.x_mid.data(), x_in, tmp_.data(), p, key, rmap,
+                                c.a2.data(), c.stats2.data(), M, D, eps);
+        else
+          residual_norm_forward(blk.norm2, c.x_mid.data(), x_in, tmp_.data(), p, key, rmap,
+                                c.a2_16.data(), c.stats2.data(), M, D, eps, a2.ld);
       }
       // x_out = x_mid + drop(ffn(norm2(x_mid)))
-      {
-        const cuda::ProfileScope prof(*be_, "norms (fwd)");
-        if (a2_fp32)
-          norm_forward(blk.norm2, c.x_mid.data(), c.a2.data(), c.stats2.data(), M, D, eps);
-        else
-          norm_forward(blk.norm2, c.x_mid.data(), c.a2_16.data(), c.stats2.data(), M, D, eps,
-                       a2.ld);
-      }
       {
         const cuda::ProfileScope prof(*be_, "ffn (fwd)");
         ffn_forward(l, blk, c, a2, M, D);  // → tmp_
       }
       {
-        const cuda::ProfileScope prof(*be_, "dropout + residual (fwd)");
-        cuda::dropout_add(*be_, resid_[l + 1].data(), c.x_mid.data(), tmp_.data(), M * D, p,
-                          mix64(key ^ 0x5bd1e995), rmap, D);
+        // x_out, and the norm that reads it (the next block's norm1, or the final norm into h_),
+        // in one pass.
+        const cuda::ProfileScope prof(*be_, "residual + norm (fwd)");
+        const std::uint64_t key2 = mix64(key ^ 0x5bd1e995);
+        float* x_out = resid_[l + 1].data();
+        if (l + 1 == blocks_.size()) {
+          residual_norm_forward(norm_f_, x_out, c.x_mid.data(), tmp_.data(), p, key2, rmap,
+                                h_.data(), stats_f_.data(), M, D, eps);
+        } else {
+          BlockCache& next = caches_[l + 1];
+          const NormIds& n1 = blocks_[l + 1].norm1;
+          if (act16_)
+            residual_norm_forward(n1, x_out, c.x_mid.data(), tmp_.data(), p, key2, rmap,
+                                  next.a1_16.data(), next.stats1.data(), M, D, eps,
+                                  cuda::bf16_ld(D));
+          else
+            residual_norm_forward(n1, x_out, c.x_mid.data(), tmp_.data(), p, key2, rmap,
+                                  next.a1.data(), next.stats1.data(), M, D, eps);
+        }
       }
     }
-    {
+    if (blocks_.empty()) {
       const cuda::ProfileScope prof(*be_, "norms (fwd)");
-      norm_forward(norm_f_, resid_[blocks_.size()].data(), h_.data(), stats_f_.data(), M, D, eps);
+      norm_forward(norm_f_, resid_[0].data(), h_.data(), stats_f_.data(), M, D, eps);
     }
     last_p_ = p;
     last_key_ = dropout_key;

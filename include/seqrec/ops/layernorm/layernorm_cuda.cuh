@@ -21,6 +21,7 @@
 
 #include "seqrec/backend/cuda.cuh"
 #include "seqrec/ops/elementwise/partial_sums_cuda.cuh"
+#include "seqrec/ops/rmsnorm/rmsnorm_cuda.cuh"  // detail::NormRows
 
 namespace seqrec::cuda {
 
@@ -31,11 +32,11 @@ constexpr int kLnPartialBlocks = 512;  // fixed grid of the backward: fixes the 
 constexpr std::int64_t kLnMaxDim = 1536;  // 2·4·1536 floats = 48 KiB, the default dynamic limit
 }  // namespace detail
 
-/// x (N, D); y (N, D) with leading dimension ldy, float or bf16 (store_as); g, b (D); stats
-/// (N, 2) = (mean, rstd). Grid: ceil(N / 8) blocks of 8 warps, one warp per row.
-template <typename OutT>
-static __global__ void layernorm_forward_kernel(const float* __restrict__ x,
-                                                const float* __restrict__ g,
+/// x (N, D) given by its rows (detail::NormRows of rmsnorm_cuda.cuh, or a source that makes
+/// them); y (N, D) with leading dimension ldy, float or bf16 (store_as); g, b (D); stats (N, 2) =
+/// (mean, rstd). Grid: ceil(N / 8) blocks of 8 warps, one warp per row.
+template <typename OutT, typename Rows>
+static __global__ void layernorm_forward_kernel(Rows x, const float* __restrict__ g,
                                                 const float* __restrict__ b, OutT* __restrict__ y,
                                                 float* __restrict__ stats, std::int64_t n,
                                                 std::int64_t d, std::int64_t ldy, float eps) {
@@ -43,7 +44,7 @@ static __global__ void layernorm_forward_kernel(const float* __restrict__ x,
   const std::int64_t r =
       static_cast<std::int64_t>(blockIdx.x) * detail::kLnForwardWarps + (threadIdx.x >> 5);
   if (r >= n) return;  // whole warps leave together: r is uniform within a warp
-  const float* xr = x + r * d;
+  const float* xr = x.row(r, d, lane);
   float s = 0.f;
   for (std::int64_t j = lane; j < d; j += 32) s += xr[j];
   const float mean = warp_sum(s) / static_cast<float>(d);
@@ -134,8 +135,9 @@ void layernorm_forward(Backend& be, const float* x, const float* g, const float*
   if (n == 0) return;
   const auto blocks =
       static_cast<unsigned>((n + detail::kLnForwardWarps - 1) / detail::kLnForwardWarps);
-  layernorm_forward_kernel<OutT><<<blocks, 32 * detail::kLnForwardWarps, 0, be.stream()>>>(
-      x, g, b, y, stats, n, d, ldy > 0 ? ldy : d, eps);
+  layernorm_forward_kernel<OutT, detail::NormRows>
+      <<<blocks, 32 * detail::kLnForwardWarps, 0, be.stream()>>>(
+          detail::NormRows{x}, g, b, y, stats, n, d, ldy > 0 ? ldy : d, eps);
   SEQREC_CUDA_CHECK_LAUNCH();
 }
 

@@ -21,20 +21,29 @@ constexpr int kRmsWarps = 8;  // warps (rows in flight) per block
 // D 1024 fit an H100 in one wave, ~46 warps per SM where 256 blocks left it at ~16 warps, too few
 // loads in flight for a kernel bound by memory.
 constexpr int kRmsPartialBlocks = 768;
+
+/// Where a norm's forward kernel gets row r of its input: row(r, d, lane) returns it, after
+/// making the lane's columns (lane, lane + 32, …) of it if it makes them (the residual add fused
+/// into the norm: ops/dropout/residual_norm_cuda.cuh). Plain: the rows of x.
+struct NormRows {
+  const float* x;
+  __device__ const float* row(std::int64_t r, std::int64_t d, int) const { return x + r * d; }
+};
 }  // namespace detail
 
-/// x (N, D); y (N, D) with leading dimension ldy, float or bf16 (store_as); g (D); rstd (N).
-/// Grid: ceil(N / 8) blocks of 8 warps, one warp per row.
-template <typename OutT>
-static __global__ void rmsnorm_forward_kernel(const float* __restrict__ x,
-                                              const float* __restrict__ g, OutT* __restrict__ y,
-                                              float* __restrict__ rstd, std::int64_t n,
-                                              std::int64_t d, std::int64_t ldy, float eps) {
+/// x (N, D) given by its rows (detail::NormRows, or a source that makes them); y (N, D) with
+/// leading dimension ldy, float or bf16 (store_as); g (D); rstd (N). Grid: ceil(N / 8) blocks of
+/// 8 warps, one warp per row.
+template <typename OutT, typename Rows>
+static __global__ void rmsnorm_forward_kernel(Rows x, const float* __restrict__ g,
+                                              OutT* __restrict__ y, float* __restrict__ rstd,
+                                              std::int64_t n, std::int64_t d, std::int64_t ldy,
+                                              float eps) {
   const int lane = threadIdx.x & 31;
   const std::int64_t r =
       static_cast<std::int64_t>(blockIdx.x) * detail::kRmsWarps + (threadIdx.x >> 5);
   if (r >= n) return;
-  const float* xr = x + r * d;
+  const float* xr = x.row(r, d, lane);
   float ss = 0.f;
   for (std::int64_t j = lane; j < d; j += 32) ss += xr[j] * xr[j];
   ss = warp_sum(ss);
@@ -92,8 +101,9 @@ void rmsnorm_forward(Backend& be, const float* x, const float* g, OutT* y, float
                      std::int64_t n, std::int64_t d, float eps, std::int64_t ldy = 0) {
   if (n == 0) return;
   const auto blocks = static_cast<unsigned>((n + detail::kRmsWarps - 1) / detail::kRmsWarps);
-  rmsnorm_forward_kernel<OutT><<<blocks, 32 * detail::kRmsWarps, 0, be.stream()>>>(
-      x, g, y, rstd, n, d, ldy > 0 ? ldy : d, eps);
+  rmsnorm_forward_kernel<OutT, detail::NormRows>
+      <<<blocks, 32 * detail::kRmsWarps, 0, be.stream()>>>(detail::NormRows{x}, g, y, rstd, n, d,
+                                                           ldy > 0 ? ldy : d, eps);
   SEQREC_CUDA_CHECK_LAUNCH();
 }
 

@@ -498,6 +498,8 @@ int main(int argc, char** argv) {
                                          : fp32_outputs     ? "bf16, fp32 GEMM outputs"
                                                             : "bf16") +
                              (autotune ? ", autotuned GEMMs" : "");
+    std::printf("bias epilogue: %zu GEMM calls with a bias added it in a separate pass\n",
+                be.bias_passes());
     if (autotune)
       std::printf(
           "GEMM autotuning: %zu classes timed, %zu of them won by another candidate than "

@@ -531,8 +531,13 @@ void test_gemm_bf16_out(Backend& be, Rng& rng, std::int64_t M, std::int64_t N, s
         seqrec::cuda::gemm_rm(be, false, forward, M, N, K, 1.f, fa, fw, 0.f, c.data(), N,
                               seqrec::cuda::WeightOperand::B, bias);
         auto got = sentinel_buffer(be, M, ld);
+        const std::size_t passes0 = be.bias_passes();
         seqrec::cuda::gemm_rm_bf16_out(be, false, forward, M, N, K, 1.f, fa, fw, got.data(), ld,
                                        seqrec::cuda::WeightOperand::B, bias);
+        if (forward && !aligned)
+          record(be.bias_passes() > passes0, "gemm_rm_bf16_out.bias_pass_counted", shape,
+                 "the unfusable bias shows in Backend::bias_passes (" +
+                     std::to_string(be.bias_passes() - passes0) + " more)");
         const std::string op =
             std::string("gemm_rm_bf16_out.") +
             (forward ? (aligned ? "forward_bias" : "forward_unaligned_bias") : "backward");

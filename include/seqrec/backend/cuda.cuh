@@ -435,6 +435,11 @@ class Backend {
     ++gemm_tuned_;
     if (changed) ++gemm_retuned_;
   }
+  /// How many gemm_rm / gemm_rm_bf16_out calls with a bias could not add it in cuBLASLt's
+  /// epilogue (unaligned, no algorithm with it, or — for a bf16 C — no bf16-output algorithm
+  /// with an fp32 bias): each cost a separate pass over C. Benchmarks print it.
+  std::size_t bias_passes() const noexcept { return bias_passes_; }
+  void note_bias_pass() noexcept { ++bias_passes_; }
 
   /// Per-phase timing of the model's steps (see Profiler); off (null) by default, and then a
   /// ProfileScope costs one pointer test.
@@ -493,7 +498,7 @@ class Backend {
   bool bf16_gemm_outputs_ = true;
   bool gemm_autotune_ = false;
   std::int64_t loss_chunk_elems_ = std::int64_t{1} << 27;
-  std::size_t gemm_tuned_ = 0, gemm_retuned_ = 0;
+  std::size_t gemm_tuned_ = 0, gemm_retuned_ = 0, bias_passes_ = 0;
   using WeightKey = std::tuple<const float*, std::int64_t, std::int64_t, std::int64_t>;
   std::map<WeightKey, DeviceBuffer<__nv_bfloat16>> weight_cache_;  // after alloc_: freed first
   std::map<GemmKey, GemmPlan> gemm_plans_;

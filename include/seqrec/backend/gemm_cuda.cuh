@@ -146,7 +146,10 @@ inline void gemm_rm(Backend& be, bool trans_a, bool trans_b, std::int64_t M, std
     fused = detail::gemm_rm_bf16(be, trans_a, trans_b, M, N, K, alpha, A, B, beta, C, ldc,
                                  CUDA_R_32F, weight, bias);
   }
-  if (bias != nullptr && !fused) bias_add_strided(be, C, ldc, bias, M, N);
+  if (bias != nullptr && !fused) {
+    be.note_bias_pass();
+    bias_add_strided(be, C, ldc, bias, M, N);
+  }
 }
 
 /// gemm_rm with a bf16 C and beta 0, bf16 mode only: C (M, N) with leading dimension ldc (a
@@ -166,6 +169,7 @@ inline void gemm_rm_bf16_out(Backend& be, bool trans_a, bool trans_b, std::int64
                            weight, bias) ||
       bias == nullptr)
     return;
+  be.note_bias_pass();  // counted here, and again below if the fp32 GEMM cannot fuse it either
   auto c32 = be.buffer<float>(static_cast<std::size_t>(M * N));
   gemm_rm(be, trans_a, trans_b, M, N, K, alpha, A, B, 0.f, c32.data(), N, weight, bias);
   cast_to_bf16(be, c32.data(), M, N, N, C, ldc);

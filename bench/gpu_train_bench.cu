@@ -25,8 +25,12 @@
 // --profile N (default 5, 0 = off): after the timed steps, N more steps with the backend's
 // profiler on (CUDA events around each phase of the step: cuda::ProfileScope in model_cuda.cuh),
 // printed as GPU ms per step and share per phase, plus the part of the step's wall time outside
-// every range (host work, launch gaps, the loss's synchronisation). The events perturb the step
-// slightly, so the timed figures above come from unprofiled steps.
+// every range (host work, launch gaps, the loss's synchronisation). Then the GEMMs alone (the
+// profiler also times every cuBLASLt call): per phase and problem class, calls, ms and TFLOP/s
+// per step, and a "GEMMS |" line with their total, their share of the step, and the MFU the
+// step would reach if everything but its GEMMs took no time — the ceiling that faster non-GEMM
+// kernels alone can reach. The events perturb the step slightly, so the timed figures above
+// come from unprofiled steps.
 //
 // Part 1, synthetic: 8 pre-built batches of random items with realistic left padding (sequence
 // length 1 + ⌊Exp(mean 10)⌋, so a row holds min(n, 20) targets, about 9.1 of 20 on average),
@@ -168,14 +172,17 @@ double non_embedding_params(const GpuModel& m) {
   return p;
 }
 
-/// N profiled steps over `batches`: GPU time per phase (the backend's profiler), per step.
+/// N profiled steps over `batches`: GPU time per phase (the backend's profiler), per step; then
+/// the GEMMs alone (the profiler times each cuBLASLt call), per phase and class, and what the
+/// step's MFU would be if nothing but its GEMMs took time (per_token: model FLOPs per scored
+/// token; peak: the precision's flop/s).
 void profile_part(seqrec::cuda::Backend& be, GpuModel& model, const std::vector<Batch>& batches,
-                  int steps, int first_step) {
+                  int steps, int first_step, double per_token, double peak) {
   if (steps <= 0) return;
   const seqrec::train::AdamWOptions opt;
   be.enable_profiling(true);
   be.profiler()->reset_totals();
-  double wall_ms = 0;
+  double wall_ms = 0, tokens = 0;
   for (int s = 0; s < steps; ++s) {
     const Batch& b = batches[static_cast<std::size_t>(s) % batches.size()];
     const std::uint64_t key = seqrec::ops::dropout_key(42, std::uint64_t(first_step + s), 0) | 1;
@@ -188,8 +195,10 @@ void profile_part(seqrec::cuda::Backend& be, GpuModel& model, const std::vector<
     be.synchronize();
     wall_ms += std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
     be.profiler()->collect();
+    tokens += double(nt);
   }
   auto totals = be.profiler()->totals();
+  auto gemms = be.profiler()->gemm_totals();
   be.enable_profiling(false);
   double gpu_ms = 0;
   for (const auto& t : totals) gpu_ms += t.second;
@@ -204,6 +213,42 @@ void profile_part(seqrec::cuda::Backend& be, GpuModel& model, const std::vector<
   std::printf("  %-30s %9.3f  (%.1f%% of the wall time outside every phase)\n",
               "wall time per profiled step", wall_ms / steps,
               wall_ms > 0 ? 100.0 * (wall_ms - gpu_ms) / wall_ms : 0.0);
+
+  // The GEMMs alone: each cuBLASLt call between its own pair of events.
+  std::sort(gemms.begin(), gemms.end(), [](const auto& a, const auto& b) { return a.ms > b.ms; });
+  double gemm_ms = 0, gemm_flops = 0, gemm_calls = 0;
+  for (const auto& g : gemms) {
+    gemm_ms += g.ms;
+    gemm_flops += g.flops;
+    gemm_calls += double(g.calls);
+  }
+  std::printf(
+      "\nGEMMs of the profiled steps (CUDA events around each cuBLASLt call; per step; M x N x K "
+      "the calls' mean; %% of the %.0f TFLOP/s peak):\n",
+      peak / 1e12);
+  std::printf("  %-26s %-44s %6s %8s %8s %6s\n", "phase", "GEMM", "calls", "ms", "TFLOP/s", "peak");
+  for (const auto& g : gemms) {
+    const double c = double(g.calls);
+    // The label without its class sizes (the bucketed ones): the calls' mean sizes instead.
+    const std::string what = g.label.substr(0, g.label.find(" [class"));
+    char shape[96];
+    std::snprintf(shape, sizeof shape, "%.0fx%.0fx%.0f %s", g.m / c, g.n / c, g.k / c,
+                  what.c_str());
+    const double rate = g.ms > 0 ? g.flops / (g.ms / 1e3) : 0.0;
+    std::printf("  %-26s %-44s %6.1f %8.3f %8.1f %5.1f%%\n",
+                g.phase.empty() ? "(no phase)" : g.phase.c_str(), shape, c / steps, g.ms / steps,
+                rate / 1e12, 100.0 * rate / peak);
+  }
+  const double gemm_rate = gemm_ms > 0 ? gemm_flops / (gemm_ms / 1e3) : 0.0;
+  const double model_flops = tokens * per_token;
+  // One line for gpu_check.sh's results: the GEMMs' share of the step, their rate, and the MFU
+  // the step would reach if everything but its GEMMs took no time.
+  std::printf(
+      "GEMMS | %.1f calls/step | %.3f ms/step of %.3f (%.1f%%) | %.1f TFLOP/s (%.1f%% of peak) | "
+      "MFU with only the GEMMs %.1f%%\n",
+      gemm_calls / steps, gemm_ms / steps, gpu_ms / steps,
+      gpu_ms > 0 ? 100.0 * gemm_ms / gpu_ms : 0.0, gemm_rate / 1e12, 100.0 * gemm_rate / peak,
+      gemm_ms > 0 ? 100.0 * model_flops / (gemm_ms / 1e3) / peak : 0.0);
 }
 
 /// DPO steps on the same model and batches: one pair per row at its last position (the chosen
@@ -388,7 +433,7 @@ void synthetic_part(seqrec::cuda::Backend& be, int steps, int warmup, int profil
   out.mfu = 100.0 * tflops * 1e12 / peak;
   out.hfu = 100.0 * tflops_exec * 1e12 / peak;
   out.peak_gib = mem_peak / kGiB;
-  profile_part(be, model, batches, profile_steps, warmup + steps + 1);
+  profile_part(be, model, batches, profile_steps, warmup + steps + 1, per_token, peak);
   dpo_part(be, model, batches, std::min(steps, 10), std::min(warmup, 2), out);
 }
 

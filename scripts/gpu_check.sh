@@ -9,7 +9,9 @@
 # training benchmark at the study's config in fp32 and in bf16, each with a per-phase step profile
 # (SEQREC_DATA: a folder with interactions.tsv, e.g. amazon18_games carried next to the build,
 # adds a timed real epoch), and bf16 twice more, with fp32 activations (an A/B of the storage) and
-# with fp32 GEMM outputs (an A/B of the bf16 GEMM outputs), then with GEMM autotuning; and
+# with fp32 GEMM outputs (an A/B of the bf16 GEMM outputs), then with GEMM autotuning (the fp32
+# and bf16 runs also time every GEMM of their profiled steps alone: the results end with each
+# one's GEMM time and the MFU its GEMMs alone would allow); and
 # the trainer binaries end to end with --device cuda on the embedded dataset (train_ours in bf16,
 # then dpo_finetune on its checkpoint); last, the PyTorch reference on the same card at the
 # study's dims, eager and compiled (needs torch and SEQREC_DATA). A failing step
@@ -160,6 +162,18 @@ if grep -qh '^RESULT ' "$logs"/gpu_train_bench*.log 2>/dev/null; then
 else
   echo "   (none: no training benchmark ran)"
 fi
+echo
+echo "GEMM time in the profiled steps (gpu_train_bench --profile: each cuBLASLt call timed alone;"
+echo "the last figure is the MFU the step would reach if everything but its GEMMs took no time):"
+gemm_lines=0
+for f in "$logs"/gpu_train_bench*.log; do
+  [[ -f $f ]] || continue
+  line="$(grep -h '^GEMMS ' "$f" || true)"
+  [[ -n $line ]] || continue
+  echo "   $(basename "$f" .log): ${line#GEMMS | }"
+  gemm_lines=1
+done
+[[ $gemm_lines -eq 1 ]] || echo "   (none: no profiled training benchmark ran)"
 if compgen -G "$logs/torch_*.json" >/dev/null; then
   echo
   echo "PyTorch reference, same card (one epoch of the same split after an untimed warm-up):"

@@ -710,6 +710,34 @@ void test_profiler(Backend& be, Rng& rng) {
   p->collect();
   record(refused, "profiler.nesting", "-",
          refused ? "a range opened inside another is refused" : "nested range accepted");
+
+  // GEMMs are timed on their own, inside a range or outside every range, per (phase, class).
+  p->reset_totals();
+  const std::int64_t gm = 300, gn = 64, gk = 96;
+  auto ga = upload(be, normal(rng, gm * gk)), gb = upload(be, normal(rng, gn * gk));
+  auto gc = be.buffer<float>(gm * gn);
+  {
+    const seqrec::cuda::ProfileScope in(be, "linear");
+    for (int rep = 0; rep < 2; ++rep)
+      seqrec::cuda::gemm_rm(be, false, true, gm, gn, gk, 1.f, ga.data(), gk, gb.data(), gk, 0.f,
+                            gc.data(), gn);
+  }
+  seqrec::cuda::gemm_rm(be, false, true, gm - 1, gn, gk, 1.f, ga.data(), gk, gb.data(), gk, 0.f,
+                        gc.data(), gn);
+  p->collect();
+  const auto& gt = p->gemm_totals();
+  const double flops = 2.0 * gm * gn * gk;
+  const bool gemm_ok = gt.size() == 2 && gt[0].phase == "linear" && gt[0].calls == 2 &&
+                       gt[0].flops == 2 * flops && gt[0].m == 2.0 * gm && gt[0].n == 2.0 * gn &&
+                       gt[0].k == 2.0 * gk && gt[0].ms > 0 && gt[1].phase.empty() &&
+                       gt[1].calls == 1 && gt[1].m == double(gm - 1) &&
+                       gt[1].label.find(" A*B^T -> fp32 [class 299x64x96]") != std::string::npos &&
+                       p->totals().size() == 1 && p->totals()[0].first == "linear";
+  std::snprintf(buf, sizeof buf, "%zu GEMM totals; first '%s' / '%s' %lld calls %.4f ms", gt.size(),
+                gt.empty() ? "" : gt[0].phase.c_str(), gt.empty() ? "" : gt[0].label.c_str(),
+                gt.empty() ? -1LL : static_cast<long long>(gt[0].calls),
+                gt.empty() ? -1.0 : gt[0].ms);
+  record(gemm_ok, "profiler.gemms", "-", buf);
   be.enable_profiling(false);
 }
 

@@ -37,6 +37,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <map>
 #include <memory>
 #include <string>
@@ -270,6 +271,11 @@ class DeviceBuffer {
 /// between begin(name) and end() records a pair of events on the stream; collect() waits for
 /// them and adds each range's elapsed time to its name's total. Ranges must not nest (the totals
 /// are then disjoint and sum to the stream's busy time inside ranges). Event pairs are pooled.
+///
+/// GEMMs are timed on their own as well: gemm_lt brackets each cuBLASLt call with gemm_begin() /
+/// gemm_end() while profiling is on (inside a range or not), and collect() adds each call to the
+/// total of its (phase, class): the range open around it and the GEMM's problem class. So a
+/// report can say how much of a phase, and of the step, is GEMM time, and at what rate.
 class Profiler {
  public:
   explicit Profiler(cudaStream_t stream) : stream_(stream) {}
@@ -296,7 +302,7 @@ class Profiler {
   }
   /// Synchronises the stream, adds the recorded ranges to the totals and recycles their events.
   void collect() {
-    SEQREC_CHECK(open_ < 0, "Profiler: collect() inside an open range");
+    SEQREC_CHECK(open_ < 0 && !gemm_open_, "Profiler: collect() inside an open range");
     SEQREC_CUDA_CHECK(std::exchange(record_error_, cudaSuccess));
     SEQREC_CUDA_CHECK(cudaStreamSynchronize(stream_));
     for (const Range& r : ranges_) {
@@ -312,12 +318,65 @@ class Profiler {
       free_.push_back(r.stop);
     }
     ranges_.clear();
+    for (const GemmRange& g : gemms_) {
+      float ms = 0.f;
+      SEQREC_CUDA_CHECK(cudaEventElapsedTime(&ms, g.start, g.stop));
+      auto it = std::find_if(gemm_totals_.begin(), gemm_totals_.end(), [&](const GemmTotal& t) {
+        return t.phase == g.phase && t.label == g.label;
+      });
+      if (it == gemm_totals_.end()) {
+        gemm_totals_.push_back(GemmTotal{g.phase, g.label});
+        it = gemm_totals_.end() - 1;
+      }
+      it->calls += 1;
+      it->ms += double(ms);
+      it->flops += 2.0 * double(g.m) * double(g.n) * double(g.k);
+      it->m += double(g.m);
+      it->n += double(g.n);
+      it->k += double(g.k);
+      free_.push_back(g.start);
+      free_.push_back(g.stop);
+    }
+    gemms_.clear();
   }
   /// (name, total ms) in order of first appearance.
   const std::vector<std::pair<std::string, double>>& totals() const noexcept { return totals_; }
   /// Whether a range is open (begin() without its end()).
   bool in_range() const noexcept { return open_ >= 0; }
-  void reset_totals() { totals_.clear(); }
+  /// Clears the phase and GEMM totals.
+  void reset_totals() {
+    totals_.clear();
+    gemm_totals_.clear();
+  }
+
+  /// One GEMM class's total within one phase: `phase` is the range open around the calls (empty:
+  /// none), `label` the class as gemm_lt names it (operand and result types, transposes, bias
+  /// epilogue, the class's rounded sizes); m, n, k sum the calls' exact sizes (divide by calls
+  /// for their mean) and flops their 2·M·N·K.
+  struct GemmTotal {
+    std::string phase, label;
+    std::int64_t calls = 0;
+    double ms = 0, flops = 0, m = 0, n = 0, k = 0;
+  };
+  /// Starts timing one GEMM of class `label` and exact size (M, N, K): records its start event.
+  /// gemm_end() must follow (gemm_lt's guard calls it on every path).
+  void gemm_begin(std::string label, std::int64_t M, std::int64_t N, std::int64_t K) {
+    SEQREC_CHECK(!gemm_open_, "Profiler: gemm_begin() while a GEMM is being timed");
+    std::string phase = open_ >= 0 ? ranges_[static_cast<std::size_t>(open_)].name : "";
+    gemms_.push_back(GemmRange{std::move(phase), std::move(label), M, N, K, event(), event()});
+    gemm_open_ = true;
+    SEQREC_CUDA_CHECK(cudaEventRecord(gemms_.back().start, stream_));
+  }
+  /// Records the stop event of the GEMM gemm_begin() started (no-op without one); a failed record
+  /// is reported by the next collect().
+  void gemm_end() noexcept {
+    if (!gemm_open_) return;
+    const cudaError_t e = cudaEventRecord(gemms_.back().stop, stream_);
+    if (e != cudaSuccess && record_error_ == cudaSuccess) record_error_ = e;
+    gemm_open_ = false;
+  }
+  /// The GEMM totals, in order of first appearance.
+  const std::vector<GemmTotal>& gemm_totals() const noexcept { return gemm_totals_; }
 
  private:
   struct Range {
@@ -335,12 +394,20 @@ class Profiler {
     pool_.push_back(e);
     return e;
   }
+  struct GemmRange {
+    std::string phase, label;
+    std::int64_t m, n, k;
+    cudaEvent_t start, stop;
+  };
   cudaStream_t stream_;
   std::vector<cudaEvent_t> pool_, free_;
   std::vector<Range> ranges_;
+  std::vector<GemmRange> gemms_;
   int open_ = -1;
+  bool gemm_open_ = false;
   cudaError_t record_error_ = cudaSuccess;
   std::vector<std::pair<std::string, double>> totals_;
+  std::vector<GemmTotal> gemm_totals_;
 };
 
 /// The CUDA backend: device, stream, cuBLASLt handle + workspace, caching allocator.
@@ -769,6 +836,22 @@ inline bool gemm_lt(Backend& be, cudaDataType_t ab_type, bool trans_a, bool tran
   }
   fused = plan.fused_bias;
   if (bias != nullptr && !fused && c_type != CUDA_R_32F) return false;  // see above: not run
+  // While profiling, the call is timed as one GEMM of its class (Profiler::gemm_begin).
+  struct GemmTiming {
+    Profiler* p;
+    ~GemmTiming() {
+      if (p != nullptr) p->gemm_end();
+    }
+  } timing{be.profiler()};
+  if (timing.p != nullptr) {
+    auto type = [](cudaDataType_t t) { return t == CUDA_R_16BF ? "bf16" : "fp32"; };
+    char label[160];
+    std::snprintf(label, sizeof label, "%s A%s*B%s -> %s%s [class %lldx%lldx%lld]", type(ab_type),
+                  trans_a ? "^T" : "", trans_b ? "^T" : "", type(c_type), fused ? " +bias" : "",
+                  static_cast<long long>(Mq), static_cast<long long>(Nq),
+                  static_cast<long long>(Kq));
+    timing.p->gemm_begin(label, M, N, K);
+  }
   SEQREC_CUBLAS_CHECK(cublasLtMatmul(be.lt(), op, &alpha, B, la, A, lb, &beta, C, lc, C, lc,
                                      &plan.algo, be.workspace(), ws, be.stream()));
   return fused;

@@ -175,9 +175,10 @@ void bench_gemm_bf16(Backend& be, Rng& rng, const std::string& what, bool ta, bo
 }
 
 /// The fused cross-entropy, forward + backward; with bf16, in the backend's bf16 mode (the
-/// training step's in --bf16), as a share of the bf16 peak.
+/// training step's in --bf16), as a share of the bf16 peak: with bf16 logits (the default since
+/// the tenth session), or fp32 ones with fp32_logits (bf16 GEMM outputs off).
 void bench_cross_entropy(Backend& be, Rng& rng, std::int64_t n, std::int64_t d, std::int64_t items,
-                         std::int64_t chunk, bool bf16 = false) {
+                         std::int64_t chunk, bool bf16 = false, bool fp32_logits = false) {
   std::vector<std::int32_t> tgt(static_cast<std::size_t>(n));
   for (auto& t : tgt) t = std::int32_t(4 + rng.below(items));
   auto h = random(be, rng, n * d), w = random(be, rng, items * d, 1.0 / std::sqrt(double(d)));
@@ -185,17 +186,23 @@ void bench_cross_entropy(Backend& be, Rng& rng, std::int64_t n, std::int64_t d, 
   SEQREC_CUDA_CHECK(cudaMemsetAsync(dw.data(), 0, dw.bytes(), be.stream()));
   CeShape s{n, d, items, 4, chunk};
   std::int64_t count = 0;
-  struct Fp32Again {  // the other benchmarks run in fp32 mode, also after a throw
+  struct Fp32Again {  // the other benchmarks run in fp32 mode (defaults), also after a throw
     Backend& be;
-    ~Fp32Again() { be.set_bf16(false); }
+    ~Fp32Again() {
+      be.set_bf16(false);
+      be.set_bf16_gemm_outputs(true);
+    }
   } fp32_again{be};
   be.set_bf16(bf16);
+  be.set_bf16_gemm_outputs(!fp32_logits);
   const double ms = time_ms(be, [&] {
     (void)seqrec::cuda::cross_entropy_forward_backward(be, s, h.data(), tgt.data(), w.data(),
                                                        dh.data(), dw.data(), 1.f / n, &count);
   });
   // Three GEMMs of N·I·D multiply-adds (logits, dh, dW).
-  row(bf16 ? "cross_entropy fwd+bwd bf16" : "cross_entropy fwd+bwd",
+  row(!bf16         ? "cross_entropy fwd+bwd"
+      : fp32_logits ? "cross_entropy fwd+bwd bf16, fp32 logits"
+                    : "cross_entropy fwd+bwd bf16",
       "N=" + std::to_string(n) + " D=" + std::to_string(d) + " I=" + std::to_string(items) +
           " chunk=" + std::to_string(chunk),
       ms, 6.0 * n * items * d, true, bf16 ? kPeakBf16 : kPeakFp32);
@@ -363,6 +370,8 @@ int main(int argc, char** argv) {
       guarded("gemm bf16",
               [&] { bench_gemm_bf16(be, rng, "CE dW", true, false, 1001, 64, 40, 1.f); });
       guarded("cross_entropy bf16", [&] { bench_cross_entropy(be, rng, 67, 32, 1001, 16, true); });
+      guarded("cross_entropy bf16, fp32 logits",
+              [&] { bench_cross_entropy(be, rng, 67, 32, 1001, 16, true, true); });
       return 0;
     }
     guarded("rmsnorm", [&] { bench_rmsnorm(be, rng, 25600, 64); });
@@ -416,6 +425,9 @@ int main(int argc, char** argv) {
             [&] { bench_cross_entropy(be, rng, 9188, 1024, 16859, 7961, true); });
     guarded("cross_entropy bf16",
             [&] { bench_cross_entropy(be, rng, 9188, 1024, 16859, 248, true); });
+    // The tenth session's bf16 logits against the fp32 logits before them, at the model's chunk.
+    guarded("cross_entropy bf16, fp32 logits",
+            [&] { bench_cross_entropy(be, rng, 9188, 1024, 16859, 7961, true, true); });
   } catch (const std::exception& e) {
     std::printf("bench setup failed: %s\n", e.what());
     return 1;

@@ -12,10 +12,10 @@
 // --bf16 switches the backend to bf16 GEMM operands with fp32 accumulation (Backend::set_bf16),
 // with the GEMM-only activations stored in bf16 (--fp32-activations keeps them in fp32 and rounds
 // them at each GEMM instead: same bits, for an A/B of the storage) and the qkv, fc1, d(act) and
-// d(ctx) GEMMs and attention's d(qkv) writing bf16 (--fp32-gemm-outputs keeps them fp32, as
-// before the ninth session: an A/B of that change, which also moves the numbers by a few bf16
-// roundings); MFU is then taken against the card's dense bf16 tensor peak instead of its fp32
-// peak.
+// d(ctx) GEMMs, attention's d(qkv) and the loss's logits GEMM writing bf16 (--fp32-gemm-outputs
+// keeps them fp32, as before the ninth session — the logits before the tenth: an A/B of that
+// change, which also moves the numbers by a few bf16 roundings); MFU is then taken against the
+// card's dense bf16 tensor peak instead of its fp32 peak.
 //
 // --autotune turns on the backend's GEMM autotuning (Backend::set_gemm_autotune): each GEMM class
 // times cuBLASLt's candidates once and keeps the fastest; the warm-up then covers every synthetic
@@ -353,7 +353,7 @@ void synthetic_part(seqrec::cuda::Backend& be, int steps, int warmup, int profil
       : !be.bf16_activations()
           ? "bf16 GEMM operands (activations fp32, rounded per GEMM), fp32 accumulation"
       : be.bf16_gemm_outputs()
-          ? "bf16 GEMM operands, GEMM-only activations and qkv/fc1/d(act) outputs, fp32 "
+          ? "bf16 GEMM operands, GEMM-only activations and qkv/fc1/d(act)/logits outputs, fp32 "
             "accumulation"
           : "bf16 GEMM operands and GEMM-only activations (GEMM outputs fp32), fp32 accumulation");
   std::printf("parameters: %.1f M total, %.1f M non-embedding (P)\n",

@@ -32,6 +32,8 @@
 //   dropout_add_rmsnorm / _layernorm == dropout_add then the norm's forward (out, y, stats)
 //   gemm autotuning              within fp32 rounding of the default plan (bit for bit on the
 //                                   emulator); its cached plan repeats; it ran
+//   loss softmax over a bf16 Z   == the fp32 kernel over the widened Z (log-probabilities, and
+//                                   G in place vs into its own bf16 buffer, pad columns zero)
 //   profiler                     ranges are timed (> 0 ms, one total per name, in order),
 //   a nested
 //                                range is refused, and profiling off records nothing
@@ -59,6 +61,7 @@
 #include "seqrec/ops/activation/swiglu_cuda.cuh"
 #include "seqrec/ops/attention/attention_cpu.hpp"
 #include "seqrec/ops/attention/attention_cuda.cuh"
+#include "seqrec/ops/cross_entropy/cross_entropy_cuda.cuh"
 #include "seqrec/ops/dropout/dropout_cuda.cuh"
 #include "seqrec/ops/dropout/residual_norm_cuda.cuh"
 #include "seqrec/ops/elementwise/elementwise_cuda.cuh"
@@ -287,6 +290,75 @@ void test_activations_bf16_in(Backend& be, Rng& rng, std::int64_t rows, std::int
   };
   from16.template operator()<Activation::Relu>("relu");
   from16.template operator()<Activation::Silu>("silu");
+}
+
+/// The loss's softmax kernel over a bf16 Z (the logits GEMM's bf16 output), G written over Z in
+/// place, against the fp32 kernel over the widened Z writing G into its own bf16 buffer: the same
+/// log-probabilities and G bit for bit, G's pad columns [I, ldz) zero in both; with the row kept
+/// on chip and read from Z, and forward only (Z left alone). Logits ~ N(0, 3²); Z's pad columns
+/// hold 5, not the GEMM's zeros, so that the in-place G must clear them itself.
+void test_softmax_bf16_z(Backend& be, Rng& rng, std::int64_t c, std::int64_t items, int per_row) {
+  const std::string shape = shape_str({{"rows", c}, {"I", items}, {"J", per_row}});
+  const std::int64_t ldz = (items + 7) / 8 * 8;
+  auto zf = normal(rng, c * ldz, 3.0);
+  for (std::int64_t r = 0; r < c; ++r)
+    for (std::int64_t i = items; i < ldz; ++i) zf[static_cast<std::size_t>(r * ldz + i)] = 5.f;
+  auto z32 = upload(be, zf);
+  auto z16 = be.buffer<bf16>(c * ldz);
+  seqrec::cuda::cast_to_bf16(be, z32.data(), c, ldz, ldz, z16.data(), ldz);
+  const auto z16_bits = bits(be, z16.data(), c, ldz);
+  const auto zw = widen(z16_bits, c, ldz, ldz);
+  std::vector<std::int32_t> cols(static_cast<std::size_t>(c * per_row));
+  for (auto& v : cols) v = static_cast<std::int32_t>(rng.below(static_cast<std::uint64_t>(items)));
+  std::vector<float> weights(static_cast<std::size_t>(c * (per_row + 1)));
+  for (std::int64_t r = 0; r < c; ++r) {
+    float total = 0.f;
+    for (int j = 0; j < per_row; ++j) {
+      const float w = static_cast<float>(rng.uniform() - 0.5);
+      weights[static_cast<std::size_t>(r * (per_row + 1) + 1 + j)] = w;
+      total += w;
+    }
+    weights[static_cast<std::size_t>(r * (per_row + 1))] = total;
+  }
+  auto d_cols = upload(be, cols);
+  auto d_w = upload(be, weights);
+  for (const int cache : {0, 1}) {
+    for (const int with_grad : {1, 0}) {
+      const std::string op = std::string("softmax_head.bf16_z") + (cache ? ".cached" : ".from_z") +
+                             (with_grad ? "" : ".forward_only");
+      const std::size_t smem = sizeof(std::int32_t) * static_cast<std::size_t>(per_row) +
+                               (cache ? sizeof(float) * static_cast<std::size_t>(items) : 0);
+      for (const void* k :
+           {reinterpret_cast<const void*>(&seqrec::cuda::softmax_head_kernel<bf16>),
+            reinterpret_cast<const void*>(&seqrec::cuda::softmax_head_kernel<float>)})
+        SEQREC_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               static_cast<int>(smem)));
+      auto zin16 = be.buffer<bf16>(c * ldz);
+      SEQREC_CUDA_CHECK(cudaMemcpyAsync(zin16.data(), z16_bits.data(), zin16.bytes(),
+                                        cudaMemcpyHostToDevice, be.stream()));
+      auto zin32 = upload(be, zw);
+      auto g_ref = sentinel_buffer(be, c, ldz);
+      auto out16 = be.buffer<float>(c * per_row), out32 = be.buffer<float>(c * per_row);
+      seqrec::cuda::softmax_head_kernel<bf16><<<static_cast<unsigned>(c), 256, smem, be.stream()>>>(
+          zin16.data(), items, ldz, d_cols.data(), per_row, out16.data(), d_w.data(), 0.f,
+          with_grad, nullptr, cache);
+      SEQREC_CUDA_CHECK(cudaGetLastError());
+      seqrec::cuda::softmax_head_kernel<float>
+          <<<static_cast<unsigned>(c), 256, smem, be.stream()>>>(
+              zin32.data(), items, ldz, d_cols.data(), per_row, out32.data(), d_w.data(), 0.f,
+              with_grad, with_grad ? g_ref.data() : nullptr, cache);
+      SEQREC_CUDA_CHECK(cudaGetLastError());
+      check_identical(op + ".logp", shape, download(be, out16), download(be, out32),
+                      "the same widened logits, the same fp32 operations");
+      if (with_grad)
+        check_identical(op + ".g", shape, bits(be, zin16.data(), c, ldz),
+                        bits(be, g_ref.data(), c, ldz),
+                        "G in place over Z vs into its own buffer, pad columns zero");
+      else
+        check_identical(op + ".z_untouched", shape, bits(be, zin16.data(), c, ldz), z16_bits,
+                        "forward only leaves Z alone");
+    }
+  }
 }
 
 /// Norm backward accumulating into dx against overwrite-then-add_into; the bias-gradient column
@@ -782,6 +854,10 @@ int main() {
       guarded("gemm_rm.plan_cache", bf16 ? "bf16" : "fp32", [&] { test_plan_cache(rng, bf16); });
     for (const bool bf16 : {false, true})
       guarded("gemm_rm.autotune", bf16 ? "bf16" : "fp32", [&] { test_gemm_autotune(rng, bf16); });
+    for (auto [c, i, j] :
+         {std::tuple<std::int64_t, std::int64_t, int>{37, 1001, 3}, {64, 16859, 1}})
+      guarded("softmax_head.bf16_z", shape_str({{"rows", c}, {"I", i}, {"J", j}}),
+              [&] { test_softmax_bf16_z(be, rng, c, i, j); });
     guarded("profiler", "-", [&] { test_profiler(be, rng); });
   });
 }

@@ -117,10 +117,33 @@ void test_embedding(Backend& be, Rng& rng, std::int64_t n, std::int64_t d, std::
 // ---- Cross-entropy ------------------------------------------------------------------------------
 /// bf16: the backend's bf16 mode (operands of the three GEMMs rounded to bf16, fp32 accumulation)
 /// against the fp32 CPU op, with tolerances for 8-bit mantissas.
+/// The loss's precisions: fp32; bf16 GEMM operands with fp32 logits (bf16 GEMM outputs off); bf16
+/// operands and bf16 logits (the backend's default in bf16 mode).
+enum class Prec { Fp32, Bf16, Bf16Logits };
+constexpr Prec kPrecs[] = {Prec::Fp32, Prec::Bf16, Prec::Bf16Logits};
+const char* prec_suffix(Prec p) {
+  return p == Prec::Fp32 ? "" : p == Prec::Bf16 ? " bf16" : " bf16 logits";
+}
+/// The backend in precision `p` for the scope; fp32 with bf16 GEMM outputs on (its defaults) after.
+struct PrecScope {
+  Backend& be;
+  PrecScope(Backend& b, Prec p) : be(b) {
+    be.set_bf16(p != Prec::Fp32);
+    be.set_bf16_gemm_outputs(p == Prec::Bf16Logits);
+  }
+  PrecScope(const PrecScope&) = delete;
+  PrecScope& operator=(const PrecScope&) = delete;
+  ~PrecScope() {
+    be.set_bf16(false);
+    be.set_bf16_gemm_outputs(true);
+  }
+};
+
 void test_cross_entropy(Backend& be, Rng& rng, std::int64_t n, std::int64_t d, std::int64_t items,
-                        std::int64_t chunk, bool bf16 = false) {
+                        std::int64_t chunk, Prec prec) {
+  const bool bf16 = prec != Prec::Fp32;
   const std::string shape =
-      shape_str({{"N", n}, {"D", d}, {"I", items}, {"chunk", chunk}}) + (bf16 ? " bf16" : "");
+      shape_str({{"N", n}, {"D", d}, {"I", items}, {"chunk", chunk}}) + prec_suffix(prec);
   const std::int32_t first = 4;
   seqrec::ops::CrossEntropyShape s{n, d, items, first, chunk};
   // About 10% of rows have no target (tokens 0..3), as padding positions do.
@@ -151,11 +174,7 @@ void test_cross_entropy(Backend& be, Rng& rng, std::int64_t n, std::int64_t d, s
   const float* dw_in = dtable.data() + first * d;
   float* ddw_ptr = ddtable.data() + first * d;
   auto ddh = be.buffer<float>(n * d);
-  be.set_bf16(bf16);
-  struct Restore {
-    Backend& be;
-    ~Restore() { be.set_bf16(false); }
-  } restore{be};
+  const PrecScope in_prec(be, prec);
   const double loss_gpu = seqrec::cuda::cross_entropy_forward_backward(
       be, s, dh_in.data(), tgt.data(), dw_in, ddh.data(), ddw_ptr, gs, &count_gpu);
   record(count_gpu == count_cpu, "cross_entropy.count", shape,
@@ -165,7 +184,8 @@ void test_cross_entropy(Backend& be, Rng& rng, std::int64_t n, std::int64_t d, s
   // bf16: each logit is a D-term sum of products whose operands carry a relative rounding error
   // of at most 2^-9 each; with |h·w| terms ~ 1/sqrt(D) the logit error is ~2^-8 ≈ 4e-3 absolute,
   // random in sign, so the per-row loss (~log I ≈ 8–10) moves by ~5e-4 relative and the mean by
-  // less: rtol 2e-3.
+  // less: rtol 2e-3. bf16 logits add one rounding of each logit, at most 2^-9 of |z| ≈ 1–3 here:
+  // the same order as the operands' error, and as random in sign.
   check_scalar("cross_entropy.loss", shape, loss_gpu, loss_cpu, bf16 ? 2e-3 : 1e-5);
   // dh = G·W (K = I terms) and dW += Gᵀ·Hc (K = chunk rows), cuBLASLt fp32 vs Eigen: different
   // summation orders of the same fp32 products; judged against each output's max. bf16: G and W
@@ -194,10 +214,11 @@ void test_cross_entropy(Backend& be, Rng& rng, std::int64_t n, std::int64_t d, s
 /// backward (from host weights [scale·Σg, scale·g_j], as the model forms them) against the CPU op
 /// on the same rows, fp32 and bf16; then the cross-entropy's bits through the shared pass.
 void test_selected(Backend& be, Rng& rng, std::int64_t n, std::int64_t p, std::int64_t d,
-                   std::int64_t items, std::int64_t J, std::int64_t chunk, bool bf16) {
+                   std::int64_t items, std::int64_t J, std::int64_t chunk, Prec prec) {
+  const bool bf16 = prec != Prec::Fp32;
   const std::string shape =
       shape_str({{"N", n}, {"P", p}, {"D", d}, {"I", items}, {"J", J}, {"chunk", chunk}}) +
-      (bf16 ? " bf16" : "");
+      prec_suffix(prec);
   const std::int32_t first = 4;
   // P increasing rows of N, each with J distinct item columns.
   std::vector<std::int32_t> rows;
@@ -252,11 +273,7 @@ void test_selected(Backend& be, Rng& rng, std::int64_t n, std::int64_t p, std::i
        d_weights = upload(be, weights);
   auto d_logp = be.buffer<float>(static_cast<std::size_t>(p * J));
   auto d_dh = upload(be, std::vector<float>(h.size(), 7.f));  // overwritten, zero off the rows
-  be.set_bf16(bf16);
-  struct Restore {
-    Backend& be;
-    ~Restore() { be.set_bf16(false); }
-  } restore{be};
+  const PrecScope in_prec(be, prec);
   const float* items_ptr = d_table.data() + first * d;
   seqrec::cuda::selected_log_softmax(be, n, d, items, chunk, d_h.data(), d_rows.data(), p,
                                      d_cols.data(), int(J), items_ptr, d_logp.data());
@@ -662,10 +679,10 @@ int main() {
           {4096, 64, 16859, 1024},
           // Too many items for the softmax kernel to keep a row on chip: rows read from z.
           {128, 16, 60001, 50}})
-      for (bool bf16 : {false, true})
+      for (Prec prec : kPrecs)
         guarded("cross_entropy",
-                shape_str({{"N", n}, {"D", d}, {"I", i}, {"chunk", c}}) + (bf16 ? " bf16" : ""),
-                [&] { test_cross_entropy(be, rng, n, d, i, c, bf16); });
+                shape_str({{"N", n}, {"D", d}, {"I", i}, {"chunk", c}}) + prec_suffix(prec),
+                [&] { test_cross_entropy(be, rng, n, d, i, c, prec); });
 
     // (N, P, D, I, J, chunk): odd sizes with chunk edges, then the study's width and catalogue
     // (D 1024, Games' items, 4 negatives; 256 pairs, so that the CPU reference stays quick).
@@ -673,11 +690,10 @@ int main() {
          {std::tuple<std::int64_t, std::int64_t, std::int64_t, std::int64_t, std::int64_t,
                      std::int64_t>{300, 77, 40, 1001, 3, 16},
           {5120, 256, 1024, 16859, 5, 248}})
-      for (bool bf16 : {false, true})
-        guarded(
-            "selected",
-            shape_str({{"N", n}, {"P", p}, {"D", d}, {"I", i}, {"J", j}}) + (bf16 ? " bf16" : ""),
-            [&] { test_selected(be, rng, n, p, d, i, j, c, bf16); });
+      for (Prec prec : kPrecs)
+        guarded("selected",
+                shape_str({{"N", n}, {"P", p}, {"D", d}, {"I", i}, {"J", j}}) + prec_suffix(prec),
+                [&] { test_selected(be, rng, n, p, d, i, j, c, prec); });
 
     for (auto [m, n, k] :
          {std::tuple<std::int64_t, std::int64_t, std::int64_t>{37, 29, 19}, {512, 3072, 1024}})

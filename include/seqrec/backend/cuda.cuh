@@ -12,8 +12,8 @@
 // weights_changed() after every optimiser step or upload, which drops the cache. Activations that
 // only GEMMs read are written in bf16 by the kernels that produce them (set_bf16_activations),
 // and so are the GEMM outputs that only widening kernels read (set_bf16_gemm_outputs: qkv, the
-// MLP's pre-activation and d(act), d(ctx); and attention's d(qkv)); the rest — the residual stream,
-// the other GEMM outputs, gradients, master weights, optimiser state — stays fp32.
+// MLP's pre-activation and d(act), d(ctx); attention's d(qkv); the loss's logits); the rest — the
+// residual stream, the other GEMM outputs, gradients, master weights, optimiser state — stays fp32.
 //
 // Everything runs on the backend's single stream, which is what makes the allocator simple: a
 // buffer freed after a kernel was queued on the stream may be handed to the next request at once,
@@ -467,10 +467,12 @@ class Backend {
   /// widen them read write those outputs in bf16 (default): the attention's qkv, the MLP's
   /// pre-activation and d(act), d(ctx), and the input gradients that norms' backward reads (qkv
   /// linear, MLP), rounded once in cuBLASLt's epilogue (gemm_rm_bf16_out); attention then writes
-  /// d(qkv) in bf16 too. Unlike the storage switch above this changes the numbers (seven more bf16
-  /// roundings per block, as PyTorch's autocast rounds
-  /// every linear's output and gradient); off keeps them fp32, which is what tests compare the
-  /// activation storage against bit for bit, and what benchmarks A/B against.
+  /// d(qkv) in bf16 too. In bf16 mode the loss's logits GEMM (cross_entropy_cuda.cuh) follows
+  /// this switch alone, with or without bf16 activations: bf16 logits, the softmax's gradient over
+  /// them in place. Unlike the storage switch above this changes the numbers (seven more bf16
+  /// roundings per block and one per logit, as PyTorch's autocast rounds every linear's output
+  /// and gradient); off keeps them fp32, which is what tests compare the activation storage
+  /// against bit for bit, and what benchmarks A/B against.
   void set_bf16_gemm_outputs(bool on) noexcept { bf16_gemm_outputs_ = on; }
   bool bf16_gemm_outputs() const noexcept { return bf16_gemm_outputs_; }
   /// GEMM autotuning (off by default): the first time gemm_lt meets a problem class it times up to

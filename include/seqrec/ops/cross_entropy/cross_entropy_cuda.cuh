@@ -17,7 +17,10 @@
 // (selected_log_softmax_backward) that recomputes each chunk's Z with the same GEMM — the same
 // bits — before forming G.
 // In the backend's bf16 mode, Hc, G and W enter the three GEMMs as bf16 (fp32 accumulation, fp32
-// Z and dHc); the softmax and the log-probabilities are computed in fp32 from the fp32 Z.
+// dHc). Z is bf16 too when the backend has bf16 GEMM outputs (its default in bf16 mode): the
+// logits GEMM rounds each fp32 sum once, as PyTorch's autocast does with a bf16 matmul, and G is
+// written over Z in place; with them off Z stays fp32 and G gets a bf16 buffer of its own. The
+// softmax and the log-probabilities are computed in fp32 from Z either way.
 // Per-row losses stay on the device and are summed on the host in double in row order, exactly as
 // the CPU op sums them. Every reduction has a fixed order, so results repeat bit for bit.
 #pragma once
@@ -25,6 +28,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "seqrec/backend/cuda.cuh"
@@ -77,42 +81,45 @@ static __global__ void cross_entropy_scatter_kernel(const float* __restrict__ dh
   dh[static_cast<std::int64_t>(rows[r]) * d + j] = dhc[i];
 }
 
-/// One block per row of z (c, I), row stride ldz; the row's J item columns are cols (c, J) in
-/// [0, I). out (c, J) (unless null) = z[col] − logsumexp(z). When with_grad, with the row's
-/// weights w_j = weights[r·(J+1) + 1 + j] and their sum weights[r·(J+1)] (or, when weights is
-/// null, every w_j = weight and the sum J·weight), G = Σ_j w_j onehot(col_j) − (Σ_j w_j)·softmax(z)
-/// is written over z, or, when g16 is not null, into g16 rounded to bf16 instead (same stride).
+/// One block per row of z (c, I), row stride ldz, fp32 or bf16 (ZT; read widened); the row's J
+/// item columns are cols (c, J) in [0, I). out (c, J) (unless null) = z[col] − logsumexp(z). When
+/// with_grad, with the row's weights w_j = weights[r·(J+1) + 1 + j] and their sum
+/// weights[r·(J+1)] (or, when weights is null, every w_j = weight and the sum J·weight),
+/// G = Σ_j w_j onehot(col_j) − (Σ_j w_j)·softmax(z) is written over z (in z's type), or, when g16
+/// is not null (z fp32 only), into g16 rounded to bf16 instead (same stride). A bf16 G's pad
+/// columns [I, ldz) are set to zero: the dH GEMM reads them.
 /// Dynamic shared memory: J ints (the row's columns), then, when cache, the row of z (I floats):
 /// the first pass copies it there and the other two read it from there, so z crosses DRAM once,
 /// not three times (at the study's 16,859 items a row is 66 KiB, and the rows of the blocks in
 /// flight do not fit in L2). The same values in the same order either way: the same bits.
-static __global__ void softmax_head_kernel(float* __restrict__ z, std::int64_t items,
-                                           std::int64_t ldz, const std::int32_t* __restrict__ cols,
-                                           int per_row, float* __restrict__ out,
-                                           const float* __restrict__ weights, float weight,
-                                           int with_grad, __nv_bfloat16* __restrict__ g16,
-                                           int cache) {
+template <typename ZT>
+__global__ void softmax_head_kernel(ZT* __restrict__ z, std::int64_t items, std::int64_t ldz,
+                                    const std::int32_t* __restrict__ cols, int per_row,
+                                    float* __restrict__ out, const float* __restrict__ weights,
+                                    float weight, int with_grad, __nv_bfloat16* __restrict__ g16,
+                                    int cache) {
   __shared__ float scratch[32];
   extern __shared__ std::int32_t row_cols[];
   const std::int64_t r = blockIdx.x;
-  float* zr = z + r * ldz;
+  ZT* zr = z + r * ldz;
   float* zc = reinterpret_cast<float*>(row_cols + per_row);  // the cached row, when cache
   for (int j = threadIdx.x; j < per_row; j += blockDim.x) row_cols[j] = cols[r * per_row + j];
   float mx = -INFINITY;
   for (std::int64_t i = threadIdx.x; i < items; i += blockDim.x) {
-    const float v = zr[i];
+    const float v = load_as(zr + i);
     if (cache) zc[i] = v;  // read back below by this same thread: no barrier needed
     mx = fmaxf(mx, v);
   }
   mx = detail::block_reduce(mx, scratch, detail::MaxOp{});  // its __syncthreads publish row_cols
-  const float* zs = cache ? zc : zr;                        // the row, for the passes below
+  // The row, widened, for the passes below: from shared memory when cached.
+  auto zs = [&](std::int64_t i) { return cache ? zc[i] : load_as(zr + i); };
   float sum = 0.f;
-  for (std::int64_t i = threadIdx.x; i < items; i += blockDim.x) sum += expf(zs[i] - mx);
+  for (std::int64_t i = threadIdx.x; i < items; i += blockDim.x) sum += expf(zs(i) - mx);
   sum = detail::block_reduce(sum, scratch, detail::SumOp{});
   const float lse = mx + logf(sum);
   if (out != nullptr)
     for (int j = threadIdx.x; j < per_row; j += blockDim.x)
-      out[r * per_row + j] = zs[row_cols[j]] - lse;
+      out[r * per_row + j] = zs(row_cols[j]) - lse;
   if (!with_grad) return;
   __syncthreads();  // every z[col] above is read before any thread overwrites z below
   const float* w = weights != nullptr ? weights + r * (per_row + 1) : nullptr;
@@ -124,17 +131,19 @@ static __global__ void softmax_head_kernel(float* __restrict__ z, std::int64_t i
       if (row_cols[j] == i) hit += w != nullptr ? w[1 + j] : weight;
     // One rounding, as nvcc contracted the cross-entropy's exp·gs − gs (fmaf(e, nt, 0) is the
     // plain product).
-    const float g = fmaf(expf(zs[i] - lse), neg_total, hit);
+    const float g = fmaf(expf(zs(i) - lse), neg_total, hit);
     if (gr != nullptr)
       gr[i] = __float2bfloat16_rn(g);  // the GEMMs read only the bf16 copy
     else
-      zr[i] = g;
+      store_as(zr + i, g);  // each thread rewrites only what it alone read
   }
   // bf16: the dH GEMM runs over the padded width ldz (its K), so the pad columns must hold zeros
   // (the buffer is reused: stale bits could be NaN, and NaN · 0 is NaN).
-  if (gr != nullptr)
+  __nv_bfloat16* g_pad = gr;
+  if constexpr (std::is_same_v<ZT, __nv_bfloat16>) g_pad = zr;
+  if (g_pad != nullptr)
     for (std::int64_t i = items + threadIdx.x; i < ldz; i += blockDim.x)
-      gr[i] = __float2bfloat16_rn(0.f);
+      g_pad[i] = __float2bfloat16_rn(0.f);
 }
 
 /// hc16 (c, D) with leading dimension ldh = bf16(h[rows[i]]) for i < c; rows (c).
@@ -184,13 +193,17 @@ inline void softmax_head(Backend& be, std::int64_t N, std::int64_t D, std::int64
   // blocks per SM (up to ~28K items on an H100).
   const std::size_t row_bytes = sizeof(float) * static_cast<std::size_t>(I);
   const bool cache = 2 * (smem + row_bytes) <= static_cast<std::size_t>(be.max_smem_optin());
+  const bool bf16 = be.bf16();
+  // With bf16 GEMM outputs the logits GEMM writes Z in bf16 (its epilogue rounds the fp32 sums
+  // once, as PyTorch's autocast does) and G goes over it in place: half Z's traffic, no G buffer.
+  const bool z16 = bf16 && be.bf16_gemm_outputs();
   if (cache) {
     smem += row_bytes;
-    SEQREC_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(&softmax_head_kernel),
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+    const void* kernel = z16 ? reinterpret_cast<const void*>(&softmax_head_kernel<__nv_bfloat16>)
+                             : reinterpret_cast<const void*>(&softmax_head_kernel<float>);
+    SEQREC_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(smem)));
   }
-  const bool bf16 = be.bf16();
   // bf16: operands rounded to bf16 (fp32 accumulation); Hc and G are produced in bf16 by the
   // gather and softmax kernels, the item table's bf16 copy is cached by the backend until the
   // weights change. Rows of Z and G are padded to a multiple of 8 elements (16-byte aligned bf16
@@ -203,10 +216,14 @@ inline void softmax_head(Backend& be, std::int64_t N, std::int64_t D, std::int64
   const std::int64_t ldz = bf16 ? (I + 7) / 8 * 8 : I;
   const std::int64_t Ig = bf16 ? ldz : I;
   const std::int64_t ldd = bf16 ? bf16_ld(D) : D;
-  auto logits = be.buffer<float>(static_cast<std::size_t>(C * ldz));
+  auto logits = be.buffer<float>(z16 ? 0 : static_cast<std::size_t>(C * ldz));
+  auto logits16 = be.buffer<__nv_bfloat16>(z16 ? static_cast<std::size_t>(C * ldz) : 0);
   auto hc = be.buffer<float>(bf16 ? 0 : static_cast<std::size_t>(C * D));
   auto hc16 = be.buffer<__nv_bfloat16>(bf16 ? static_cast<std::size_t>(C * ldd) : 0);
-  auto g16 = be.buffer<__nv_bfloat16>(bf16 && with_grad ? static_cast<std::size_t>(C * ldz) : 0);
+  auto g16 =
+      be.buffer<__nv_bfloat16>(bf16 && !z16 && with_grad ? static_cast<std::size_t>(C * ldz) : 0);
+  // The bf16 G the two backward GEMMs read: in place over the bf16 Z, or its own buffer.
+  const __nv_bfloat16* g_op = z16 ? logits16.data() : g16.data();
   auto dhc = be.buffer<float>(with_grad && dh != nullptr ? static_cast<std::size_t>(C * D) : 0);
   const __nv_bfloat16* items16 =
       bf16
@@ -227,26 +244,37 @@ inline void softmax_head(Backend& be, std::int64_t N, std::int64_t D, std::int64
       cross_entropy_gather_bf16_kernel<<<ew_blocks, 256, 0, be.stream()>>>(h, r.rows + c0,
                                                                            hc16.data(), c, D, ldd);
       SEQREC_CUDA_CHECK_LAUNCH();
-      // Z (c, Ig) = Hc (c, D) · Wᵀ, W (Ig, D) with zero pad rows.
-      gemm_lt(be, CUDA_R_16BF, false, true, c, Ig, D, 1.f, hc16.data(), ldd, items16, ldd, 0.f,
-              logits.data(), ldz);
+      // Z (c, Ig) = Hc (c, D) · Wᵀ, W (Ig, D) with zero pad rows; fp32 or bf16.
+      if (z16)
+        gemm_lt(be, CUDA_R_16BF, false, true, c, Ig, D, 1.f, hc16.data(), ldd, items16, ldd, 0.f,
+                logits16.data(), ldz, nullptr, CUDA_R_16BF);
+      else
+        gemm_lt(be, CUDA_R_16BF, false, true, c, Ig, D, 1.f, hc16.data(), ldd, items16, ldd, 0.f,
+                logits.data(), ldz);
     } else {
       cross_entropy_gather_kernel<<<ew_blocks, 256, 0, be.stream()>>>(h, r.rows + c0, hc.data(), c,
                                                                       D);
       SEQREC_CUDA_CHECK_LAUNCH();
       gemm_rm(be, false, true, c, I, D, 1.f, hc.data(), D, items, D, 0.f, logits.data(), I);
     }
-    softmax_head_kernel<<<static_cast<unsigned>(c), detail::kCeThreads, smem, be.stream()>>>(
-        logits.data(), I, ldz, r.cols + c0 * r.per_row, r.per_row,
-        out != nullptr ? out + c0 * r.per_row : nullptr,
-        r.weights != nullptr ? r.weights + c0 * (r.per_row + 1) : nullptr, r.weight,
-        with_grad ? 1 : 0, bf16 && with_grad ? g16.data() : nullptr, cache ? 1 : 0);
+    float* out_c = out != nullptr ? out + c0 * r.per_row : nullptr;
+    const float* w_c = r.weights != nullptr ? r.weights + c0 * (r.per_row + 1) : nullptr;
+    if (z16)
+      softmax_head_kernel<__nv_bfloat16>
+          <<<static_cast<unsigned>(c), detail::kCeThreads, smem, be.stream()>>>(
+              logits16.data(), I, ldz, r.cols + c0 * r.per_row, r.per_row, out_c, w_c, r.weight,
+              with_grad ? 1 : 0, nullptr, cache ? 1 : 0);
+    else
+      softmax_head_kernel<float>
+          <<<static_cast<unsigned>(c), detail::kCeThreads, smem, be.stream()>>>(
+              logits.data(), I, ldz, r.cols + c0 * r.per_row, r.per_row, out_c, w_c, r.weight,
+              with_grad ? 1 : 0, bf16 && with_grad ? g16.data() : nullptr, cache ? 1 : 0);
     SEQREC_CUDA_CHECK_LAUNCH();
     if (!with_grad) continue;
     if (dh != nullptr) {
       // dHc (c, D) = G (c, I) · W (I, D), scattered to the rows of dh.
       if (bf16)
-        gemm_lt(be, CUDA_R_16BF, false, false, c, D, Ig, 1.f, g16.data(), ldz, items16, ldd, 0.f,
+        gemm_lt(be, CUDA_R_16BF, false, false, c, D, Ig, 1.f, g_op, ldz, items16, ldd, 0.f,
                 dhc.data(), D);
       else
         gemm_rm(be, false, false, c, D, I, 1.f, logits.data(), I, items, D, 0.f, dhc.data(), D);
@@ -257,7 +285,7 @@ inline void softmax_head(Backend& be, std::int64_t N, std::int64_t D, std::int64
     // dW (I, D) += Gᵀ (I, c) · Hc (c, D).
     if (ditems != nullptr) {
       if (bf16)
-        gemm_lt(be, CUDA_R_16BF, true, false, I, D, c, 1.f, g16.data(), ldz, hc16.data(), ldd, 1.f,
+        gemm_lt(be, CUDA_R_16BF, true, false, I, D, c, 1.f, g_op, ldz, hc16.data(), ldd, 1.f,
                 ditems, D);
       else
         gemm_rm(be, true, false, I, D, c, 1.f, logits.data(), I, hc.data(), D, 1.f, ditems, D);

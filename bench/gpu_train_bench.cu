@@ -3,7 +3,8 @@
 // (RoPE, RMSNorm, SiLU MLP; random init — the title init of OursConfig costs nothing per step).
 //
 //   gpu_train_bench [--steps N] [--warmup N] [--profile N] [--data DIR] [--bf16]
-//                   [--fp32-activations] [--fp32-gemm-outputs] [--autotune] [--tiny]
+//                   [--fp32-activations] [--fp32-gemm-outputs] [--no-bf16-mirrors] [--autotune]
+//                   [--tiny]
 //
 // --tiny runs every part at dim 64, 2 layers, 2 heads, ffn 256, batch 32 (same catalogue): not a
 // benchmark but a check that the bench itself works, for the host emulator (tests/emu), where a
@@ -15,7 +16,10 @@
 // d(ctx) GEMMs, attention's d(qkv) and the loss's logits GEMM writing bf16 (--fp32-gemm-outputs
 // keeps them fp32, as before the ninth session — the logits before the tenth: an A/B of that
 // change, which also moves the numbers by a few bf16 roundings); MFU is then taken against the
-// card's dense bf16 tensor peak instead of its fp32 peak.
+// card's dense bf16 tensor peak instead of its fp32 peak. --no-bf16-mirrors casts every weight
+// operand to bf16 again after each optimiser step instead of taking it from the model's bf16
+// mirror, which the AdamW kernel writes (Backend::set_bf16_mirrors; the same bits: an A/B of the
+// tenth session's mirror).
 //
 // --autotune turns on the backend's GEMM autotuning (Backend::set_gemm_autotune): each GEMM class
 // times cuBLASLt's candidates once and keeps the fastest; the warm-up then covers every synthetic
@@ -491,6 +495,7 @@ void data_part(seqrec::cuda::Backend& be, const std::string& dir, Summary& out) 
 int main(int argc, char** argv) {
   int steps = 30, warmup = 3, profile = 5;
   bool bf16 = false, fp32_activations = false, fp32_outputs = false, autotune = false;
+  bool mirrors = true;
   std::string data_dir;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -500,6 +505,8 @@ int main(int argc, char** argv) {
       fp32_activations = true;
     } else if (a == "--fp32-gemm-outputs") {
       fp32_outputs = true;
+    } else if (a == "--no-bf16-mirrors") {
+      mirrors = false;
     } else if (a == "--autotune") {
       autotune = true;
     } else if (a == "--tiny") {
@@ -515,7 +522,8 @@ int main(int argc, char** argv) {
       const bool help = a == "--help" || a == "-h";
       std::fprintf(help ? stdout : stderr,
                    "usage: %s [--steps N] [--warmup N] [--profile N] [--data DIR] [--bf16] "
-                   "[--fp32-activations] [--fp32-gemm-outputs] [--autotune] [--tiny]\n",
+                   "[--fp32-activations] [--fp32-gemm-outputs] [--no-bf16-mirrors] [--autotune] "
+                   "[--tiny]\n",
                    argv[0]);
       return help ? 0 : 1;
     }
@@ -531,6 +539,7 @@ int main(int argc, char** argv) {
     be.set_bf16_activations(!fp32_activations);
     be.set_bf16_gemm_outputs(!fp32_outputs);
     be.set_gemm_autotune(autotune);
+    be.set_bf16_mirrors(mirrors);
     cudaDeviceProp prop{};
     SEQREC_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     std::printf("device: %s (sm_%d%d, %d SMs, %.1f GiB)\n", prop.name, prop.major, prop.minor,
@@ -542,9 +551,13 @@ int main(int argc, char** argv) {
                                          : fp32_activations ? "bf16, fp32 activations"
                                          : fp32_outputs     ? "bf16, fp32 GEMM outputs"
                                                             : "bf16") +
-                             (autotune ? ", autotuned GEMMs" : "");
+                             (autotune ? ", autotuned GEMMs" : "") +
+                             (bf16 && !mirrors ? ", weights cast per step" : "");
     std::printf("bias epilogue: %zu GEMM calls with a bias added it in a separate pass\n",
                 be.bias_passes());
+    if (bf16)
+      std::printf("bf16 weight mirror: %zu weight operands taken from it%s\n",
+                  be.bf16_mirror_hits(), mirrors ? "" : " (off: --no-bf16-mirrors)");
     if (autotune)
       std::printf(
           "GEMM autotuning: %zu classes timed, %zu of them won by another candidate than "

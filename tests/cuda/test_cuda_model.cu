@@ -550,30 +550,36 @@ void test_model_bf16(seqrec::cuda::Backend& gbe, const std::string& name) {
   }
 }
 
-/// Sets the backend's bf16 storage switches (activations, GEMM outputs) for a scope and puts both
-/// back to their defaults (on) when it ends, by return or by throw.
+/// Sets the backend's bf16 storage switches (activations, GEMM outputs, the weights' bf16
+/// mirrors) for a scope and puts all three back to their defaults (on) when it ends, by return or
+/// by throw.
 struct Bf16Storage {
-  Bf16Storage(seqrec::cuda::Backend& be, bool activations, bool gemm_outputs) : be(be) {
+  Bf16Storage(seqrec::cuda::Backend& be, bool activations, bool gemm_outputs, bool mirrors = true)
+      : be(be) {
     be.set_bf16_activations(activations);
     be.set_bf16_gemm_outputs(gemm_outputs);
+    be.set_bf16_mirrors(mirrors);
   }
   Bf16Storage(const Bf16Storage&) = delete;
   Bf16Storage& operator=(const Bf16Storage&) = delete;
   ~Bf16Storage() {
     be.set_bf16_activations(true);
     be.set_bf16_gemm_outputs(true);
+    be.set_bf16_mirrors(true);
   }
   seqrec::cuda::Backend& be;
 };
 
 /// bf16 activations (the default in bf16 mode: norm outputs, attention context and MLP
-/// activations written in bf16 by their kernels, dy rounded once per linear backward) against
-/// bf16 mode with those activations in fp32 and rounded by gemm_rm at each use, both with fp32
-/// GEMM outputs (set_bf16_gemm_outputs(false): the storage switch alone). Both round the same
-/// fp32 values with the same rounding and hand cuBLASLt the same layouts, so everything must agree
-/// BIT FOR BIT: loss, every gradient, the parameters and moments after 3 AdamW steps, and the
-/// scores of score_last (the unpacked path, where attention writes bf16 itself). Two GPU models
-/// from the same seed; the backend's switches are flipped around each call.
+/// activations written in bf16 by their kernels, dy rounded once per linear backward) and the
+/// weights' bf16 operands from the model's mirror (written by the optimiser step) against bf16
+/// mode with those activations in fp32 and rounded by gemm_rm at each use and every weight cast
+/// after each step, both with fp32 GEMM outputs (set_bf16_gemm_outputs(false): the storage
+/// switches alone). Both round the same fp32 values with the same rounding and hand cuBLASLt the
+/// same layouts, so everything must agree BIT FOR BIT: loss, every gradient, the parameters and
+/// moments after 3 AdamW steps, and the scores of score_last (the unpacked path, where attention
+/// writes bf16 itself). Two GPU models from the same seed; the backend's switches are flipped
+/// around each call.
 template <typename Cfg>
 void test_bf16_activations(seqrec::cuda::Backend& gbe, const std::string& name) {
   using GpuModel = seqrec::Model<Cfg, seqrec::cuda::Backend>;
@@ -582,9 +588,12 @@ void test_bf16_activations(seqrec::cuda::Backend& gbe, const std::string& name) 
   const Bf16Mode mode(gbe);
   GpuModel stored(shape, gbe, seed), rounded(shape, gbe, seed);
   const std::string tag = name + " bf16-activations ";
+  std::size_t hits_on = 0, hits_off = 0;  // weight operands taken from a mirror, per side
   auto with = [&](bool on, auto&& f) {
-    const Bf16Storage storage(gbe, on, false);
+    const Bf16Storage storage(gbe, on, false, on);
+    const std::size_t h0 = gbe.bf16_mirror_hits();
     f();
+    (on ? hits_on : hits_off) += gbe.bf16_mirror_hits() - h0;
   };
   Rng rng(4242);
   const seqrec::train::AdamWOptions opt;
@@ -633,6 +642,10 @@ void test_bf16_activations(seqrec::cuda::Backend& gbe, const std::string& name) 
   const std::size_t sd = bit_diffs(s1.data(), s2.data(), s1.size());
   record(sd == 0, tag + "score_last",
          std::to_string(sd) + " of " + std::to_string(s1.size()) + " scores differ bitwise");
+  // Otherwise the two sides would agree trivially: the mirror must have served the GEMMs.
+  record(hits_on > 0 && hits_off == 0, tag + "mirror used",
+         std::to_string(hits_on) + " weight operands from the mirror with it on, " +
+             std::to_string(hits_off) + " with it off");
 }
 
 /// bf16 GEMM outputs (the default: the qkv, fc1, d(act), d(ctx) GEMMs, the input-gradient GEMMs

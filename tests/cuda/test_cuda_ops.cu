@@ -657,6 +657,38 @@ void test_adamw(Backend& be, Rng& rng) {
   check_identical("adamw.fused_clip.moment2", shape, download(be, fv), download(be, dv), why);
   check_identical("adamw.fused_clip.grads_untouched", shape, download(be, fg), g_before,
                   "adamw_step only reads the gradients");
+
+  // The bf16 mirror: the step also writes each updated parameter of a mirrored segment, rounded
+  // — the bits cast_to_bf16 gives the updated values — and changes nothing else. item_emb and the
+  // frozen tensor are mirrored (at offsets with gaps between); the frozen one's mirror, the gaps
+  // and the unmirrored tensors' nothing must stay as they were.
+  auto segs = seqrec::cuda::adamw_segments(st);
+  const std::int64_t e0 = 20003 * 64, e2 = 256 * 64;
+  segs[0].mirror = 8;
+  segs[2].mirror = 8 + e0 + 16;
+  const std::size_t mirror_n = static_cast<std::size_t>(segs[2].mirror + e2 + 8);
+  seqrec::cuda::AdamWPlan mplan(be, segs);
+  auto ap = upload(be, st.values()), ag = upload(be, st.grads()), am = upload(be, st.moment1()),
+       av = upload(be, st.moment2());
+  auto bp = upload(be, st.values()), bg = upload(be, st.grads()), bm = upload(be, st.moment1()),
+       bv = upload(be, st.moment2());
+  constexpr std::uint16_t kSentinel = 0x7fc1;  // a NaN no rounding produces
+  auto mirror = upload(be, std::vector<std::uint16_t>(mirror_n, kSentinel));
+  auto* mirror16 = reinterpret_cast<__nv_bfloat16*>(mirror.data());
+  const float f = 0.75f;
+  seqrec::cuda::adamw_step(be, plan, ap.data(), ag.data(), am.data(), av.data(), o, lr, step, f);
+  seqrec::cuda::adamw_step(be, mplan, bp.data(), bg.data(), bm.data(), bv.data(), o, lr, step, f,
+                           mirror16);
+  const char* same = "the same update, with or without the mirror";
+  check_identical("adamw.mirror.params", shape, download(be, bp), download(be, ap), same);
+  check_identical("adamw.mirror.moment1", shape, download(be, bm), download(be, am), same);
+  check_identical("adamw.mirror.moment2", shape, download(be, bv), download(be, av), same);
+  // What the mirror must hold: item_emb's updated values cast, the rest untouched.
+  auto want = upload(be, std::vector<std::uint16_t>(mirror_n, kSentinel));
+  seqrec::cuda::cast_to_bf16(be, bp.data() + st.entries()[0].offset, 20003, 64, 64,
+                             reinterpret_cast<__nv_bfloat16*>(want.data()) + segs[0].mirror, 64);
+  check_identical("adamw.mirror.bf16", shape, download(be, mirror), download(be, want),
+                  "rounded updates of the mirrored trainable tensor; frozen and gaps untouched");
 }
 
 }  // namespace

@@ -540,12 +540,55 @@ class Backend {
   /// Drops the bf16 copies of weight operands (call after the weights change).
   void weights_changed() noexcept { weight_cache_.clear(); }
 
+  /// A bf16 mirror: the bf16 copy, row-major with the same row length, of a (rows, cols) fp32
+  /// tensor at `base`, which its owner keeps equal to cast_to_bf16 of the tensor at every moment
+  /// a GEMM could read it (the CUDA model writes its mirror in the optimiser step, from the same
+  /// floats, and on upload). The mirror may hold more rows than the tensor (bf16_rows >= rows);
+  /// those must be zero. cached_bf16 answers a request inside a mirror with the mirror itself.
+  struct Bf16Mirror {
+    const void* owner = nullptr;  // remove_bf16_mirrors(owner) drops it
+    const float* base = nullptr;
+    std::int64_t rows = 0, cols = 0;
+    const __nv_bfloat16* bf16 = nullptr;
+    std::int64_t bf16_rows = 0;
+  };
+  void add_bf16_mirror(const Bf16Mirror& m) {
+    SEQREC_CHECK(m.base != nullptr && m.bf16 != nullptr && m.rows >= 0 && m.cols > 0 &&
+                     m.bf16_rows >= m.rows,
+                 "add_bf16_mirror: a mirror needs both arrays and at least the tensor's rows");
+    mirrors_.push_back(m);
+  }
+  /// Drops every mirror `owner` added (its owner must call this before the arrays go away).
+  void remove_bf16_mirrors(const void* owner) noexcept {
+    std::erase_if(mirrors_, [owner](const Bf16Mirror& m) { return m.owner == owner; });
+  }
+  /// Whether cached_bf16 uses the mirrors (default on). Off, every weight operand is cast into
+  /// the cache as before the tenth session: the same bits, for tests and A/B benchmarks.
+  void set_bf16_mirrors(bool on) noexcept { use_mirrors_ = on; }
+  bool bf16_mirrors() const noexcept { return use_mirrors_; }
+  /// How many weight operands came from a mirror instead of a cast.
+  std::size_t bf16_mirror_hits() const noexcept { return mirror_hits_; }
+
   /// The bf16 copy of the (rows, cols) fp32 matrix at `src` with leading dimension `ld`, made by
   /// `make` (which fills a (rows, dst_ld) bf16 buffer) on first use after the last
-  /// weights_changed().
+  /// weights_changed() — or, when whole rows of a mirror hold it with the same layout (ld and
+  /// dst_ld equal to cols), that mirror's rows, made by nobody.
   template <typename Make>
   const __nv_bfloat16* cached_bf16(const float* src, std::int64_t rows, std::int64_t cols,
                                    std::int64_t ld, std::int64_t dst_ld, Make&& make) {
+    if (use_mirrors_ && ld == cols && dst_ld == cols) {
+      const auto at = reinterpret_cast<std::uintptr_t>(src);
+      for (const Bf16Mirror& m : mirrors_) {
+        const auto lo = reinterpret_cast<std::uintptr_t>(m.base);
+        if (m.cols != cols || at < lo || at >= lo + sizeof(float) * std::size_t(m.rows * m.cols))
+          continue;
+        const std::int64_t off = static_cast<std::int64_t>((at - lo) / sizeof(float));
+        if ((at - lo) % sizeof(float) != 0 || off % cols != 0 || off / cols + rows > m.bf16_rows)
+          continue;
+        ++mirror_hits_;
+        return m.bf16 + off;
+      }
+    }
     const WeightKey key{src, rows, cols, ld};
     auto it = weight_cache_.find(key);
     if (it != weight_cache_.end()) return it->second.data();
@@ -570,6 +613,9 @@ class Backend {
   std::size_t gemm_tuned_ = 0, gemm_retuned_ = 0, bias_passes_ = 0;
   using WeightKey = std::tuple<const float*, std::int64_t, std::int64_t, std::int64_t>;
   std::map<WeightKey, DeviceBuffer<__nv_bfloat16>> weight_cache_;  // after alloc_: freed first
+  std::vector<Bf16Mirror> mirrors_;
+  bool use_mirrors_ = true;
+  std::size_t mirror_hits_ = 0;
   std::map<GemmKey, GemmPlan> gemm_plans_;
   std::unique_ptr<Profiler> profiler_;
 };

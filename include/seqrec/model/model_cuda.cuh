@@ -225,12 +225,15 @@ class Model<Cfg, cuda::Backend> {
     grads_ = be_->buffer<float>(n);
     m_ = be_->buffer<float>(n);
     v_ = be_->buffer<float>(n);
+    make_mirror();
     initialise(seed);  // draws on the host and uploads values and (zero) moments
     zero_grads();
+    register_mirror();  // last: nothing after it may throw (the destructor would not run)
   }
 
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
+  ~Model() { be_->remove_bf16_mirrors(this); }
 
   static std::string describe() { return Cfg::describe(); }
   const ModelShape& shape() const noexcept { return shape_; }
@@ -248,11 +251,14 @@ class Model<Cfg, cuda::Backend> {
     upload();
   }
 
-  /// Host values and both moments → device.
+  /// Host values and both moments → device (and the weights' bf16 mirror from the values).
   void upload() {
     copy_to_device(values_.data(), store_.values().data());
     copy_to_device(m_.data(), store_.moment1().data());
     copy_to_device(v_.data(), store_.moment2().data());
+    for (const MirrorRegion& r : mirror_regions_)
+      cuda::cast_to_bf16(*be_, value(r.id), r.rows, r.cols, r.cols, mirror_.data() + r.offset,
+                         r.cols);
     be_->synchronize();
     be_->weights_changed();
   }
@@ -288,7 +294,7 @@ class Model<Cfg, cuda::Backend> {
     const cuda::ProfileScope prof(*be_, "optimizer (clip + AdamW)");
     const double norm = cuda::grad_norm(*be_, *plan_, grads_.data());
     cuda::adamw_step(*be_, *plan_, values_.data(), grads_.data(), m_.data(), v_.data(), o, lr, step,
-                     cuda::clip_factor(norm, clip));
+                     cuda::clip_factor(norm, clip), mirror_.data());
     be_->weights_changed();
     return norm;
   }
@@ -548,13 +554,52 @@ class Model<Cfg, cuda::Backend> {
     return targets_host_.data();
   }
 
-  /// Rebuilds the optimiser's tile plan when the host store's frozen flags changed.
+  /// Rebuilds the optimiser's tile plan when the host store's frozen flags changed. Mirrored
+  /// tensors' segments name their place in the mirror, so the step keeps it current.
   void refresh_plan() {
     std::vector<char> frozen;
     for (const auto& e : store_.entries()) frozen.push_back(e.frozen ? 1 : 0);
     if (plan_ && frozen == plan_frozen_) return;
-    plan_ = std::make_unique<cuda::AdamWPlan>(*be_, cuda::adamw_segments(store_));
+    auto segments = cuda::adamw_segments(store_);
+    for (const MirrorRegion& r : mirror_regions_) segments[r.id.index].mirror = r.offset;
+    plan_ = std::make_unique<cuda::AdamWPlan>(*be_, segments);
     plan_frozen_ = std::move(frozen);
+  }
+
+  /// The bf16 mirror of the GEMM weights (Backend::add_bf16_mirror): every 2-D tensor whose row
+  /// length is a multiple of 8 (a bf16 operand's rows are then exactly its rows: bf16_ld(cols) ==
+  /// cols) gets a region of mirror_, which upload() fills by casting and the optimiser step by
+  /// writing the rounded update; the backend then hands the GEMMs these rows instead of casting
+  /// every weight again after each step. The item table's region has zero rows after it, enough
+  /// for the loss's padded item count (cross_entropy_cuda.cuh reads the items from row
+  /// kNumSpecialTokens on, rounded up to a multiple of 8 rows).
+  void make_mirror() {
+    std::int64_t total = 0;
+    for (std::size_t i = 0; i < store_.entries().size(); ++i) {
+      const auto& e = store_.entries()[i];
+      if (e.shape.size() != 2 || e.shape[1] % 8 != 0) continue;
+      MirrorRegion r{ParamId{i}, total, e.shape[0], e.shape[1], e.shape[0]};
+      if (r.id.index == item_emb_.index) {
+        const std::int64_t items = e.shape[0] - kNumSpecialTokens;
+        r.bf16_rows = std::max(r.rows, kNumSpecialTokens + (items + 7) / 8 * 8);
+      }
+      total += r.bf16_rows * r.cols;  // a multiple of 8: every region starts 16-byte aligned
+      mirror_regions_.push_back(r);
+    }
+    if (total == 0) return;
+    mirror_ = be_->buffer<__nv_bfloat16>(static_cast<std::size_t>(total));
+    SEQREC_CUDA_CHECK(cudaMemsetAsync(mirror_.data(), 0, mirror_.bytes(), be_->stream()));
+  }
+  /// Hands the mirror's regions to the backend (the destructor takes them back).
+  void register_mirror() {
+    try {
+      for (const MirrorRegion& r : mirror_regions_)
+        be_->add_bf16_mirror(
+            {this, value(r.id), r.rows, r.cols, mirror_.data() + r.offset, r.bf16_rows});
+    } catch (...) {
+      be_->remove_bf16_mirrors(this);
+      throw;
+    }
   }
 
   /// The ids of the norm registered under `prefix` (its ".weight", and ".bias" for LayerNorm).
@@ -1214,6 +1259,13 @@ class Model<Cfg, cuda::Backend> {
   std::vector<Block> blocks_;
   // Device parameters, gradients and AdamW moments, laid out as store_'s flat arrays.
   cuda::DeviceBuffer<float> values_, grads_, m_, v_;
+  // The GEMM weights' bf16 mirror (make_mirror): one region per mirrored tensor.
+  struct MirrorRegion {
+    ParamId id;
+    std::int64_t offset, rows, cols, bf16_rows;
+  };
+  std::vector<MirrorRegion> mirror_regions_;
+  cuda::DeviceBuffer<__nv_bfloat16> mirror_;
   std::unique_ptr<cuda::AdamWPlan> plan_;
   std::vector<char> plan_frozen_;
   cuda::RopeTable rope_;

@@ -9,6 +9,11 @@
 // tile list on the device, so a step over every tensor is one kernel launch (one block per tile).
 // The gradient norm is deterministic: pass one writes each tile's Σg² (double, fixed-order block
 // reduction) to a partial array, pass two sums the partials in a fixed order in one block.
+//
+// bf16 mirror: a segment may name where in a bf16 array its copy lives (AdamWSegment::mirror);
+// given that array, the step also writes each updated parameter there, rounded to nearest even —
+// the bits cast_to_bf16 would give, without reading the parameters again in another pass. The
+// CUDA model keeps its GEMM weights' bf16 operands so (Backend::add_bf16_mirror).
 #pragma once
 
 #include <cmath>
@@ -25,6 +30,7 @@ struct AdamWSegment {
   std::int64_t numel = 0;
   bool decay = true;
   bool frozen = false;
+  std::int64_t mirror = -1;  // element offset of its bf16 copy in the mirror array; -1: none
 };
 
 /// The segments of a ParameterStore (model/parameter_store.hpp), in its order. A template over
@@ -43,9 +49,10 @@ constexpr std::int64_t kAdamTile = 4096;
 constexpr int kAdamThreads = 256;
 
 struct AdamWTile {
-  std::int64_t begin;  // element offset into the flat arrays
-  std::int32_t count;  // ≤ kAdamTile
-  std::int32_t decay;  // 1 when the segment decays
+  std::int64_t begin;   // element offset into the flat arrays
+  std::int64_t mirror;  // element offset of begin's bf16 copy in the mirror array; -1: none
+  std::int32_t count;   // ≤ kAdamTile
+  std::int32_t decay;   // 1 when the segment decays
 };
 
 /// Sum over the block in a fixed order (warp shuffles, then warp 0 over the warps' sums).
@@ -62,14 +69,17 @@ __device__ inline double adamw_block_sum(double v, double* scratch) {
 }  // namespace detail
 
 /// One block per tile: the AdamW update of that tile's elements, each gradient taken as
-/// g · grad_scale (the clip factor; 1 leaves it exact).
+/// g · grad_scale (the clip factor; 1 leaves it exact); with p16 (may be null), also the bf16
+/// copy of each updated parameter of a tile that has one.
 static __global__ void adamw_step_kernel(const detail::AdamWTile* __restrict__ tiles,
                                          float* __restrict__ p, const float* __restrict__ g,
                                          float* __restrict__ m, float* __restrict__ v, float b1,
                                          float b2, float eps, float step_size, float inv_bc2,
-                                         float decay_factor, float grad_scale) {
+                                         float decay_factor, float grad_scale,
+                                         __nv_bfloat16* __restrict__ p16) {
   const detail::AdamWTile t = tiles[blockIdx.x];
   const float decay = t.decay ? decay_factor : 1.f;
+  __nv_bfloat16* mirror = p16 != nullptr && t.mirror >= 0 ? p16 + t.mirror : nullptr;
   for (int k = threadIdx.x; k < t.count; k += blockDim.x) {
     const std::int64_t i = t.begin + k;
     const float gi = __fmul_rn(g[i], grad_scale);  // the float clip_grad_norm would store
@@ -77,7 +87,9 @@ static __global__ void adamw_step_kernel(const detail::AdamWTile* __restrict__ t
     const float vi = b2 * v[i] + (1.f - b2) * gi * gi;
     m[i] = mi;
     v[i] = vi;
-    p[i] = p[i] * decay - step_size * mi / (sqrtf(vi * inv_bc2) + eps);
+    const float pi = p[i] * decay - step_size * mi / (sqrtf(vi * inv_bc2) + eps);
+    p[i] = pi;
+    if (mirror != nullptr) mirror[k] = __float2bfloat16_rn(pi);
   }
 }
 
@@ -124,7 +136,9 @@ class AdamWPlan {
       if (s.frozen) continue;
       for (std::int64_t o = 0; o < s.numel; o += detail::kAdamTile) {
         const std::int64_t c = s.numel - o < detail::kAdamTile ? s.numel - o : detail::kAdamTile;
-        tiles.push_back({s.offset + o, static_cast<std::int32_t>(c), s.decay ? 1 : 0});
+        SEQREC_CHECK(s.mirror >= -1, "AdamWPlan: negative mirror offset");
+        tiles.push_back({s.offset + o, s.mirror >= 0 ? s.mirror + o : -1,
+                         static_cast<std::int32_t>(c), s.decay ? 1 : 0});
       }
     }
     num_tiles_ = static_cast<int>(tiles.size());
@@ -154,17 +168,19 @@ class AdamWPlan {
 /// Options: train::AdamWOptions (train/adamw.hpp) or any struct with beta1, beta2, eps,
 /// weight_decay. grad_scale (clip_factor) multiplies each gradient as it is read, with the bits
 /// of clip_grad_norm's scaling pass but without its read and write of every gradient; g itself
-/// is left as it was.
+/// is left as it was. p16 (may be null): the bf16 mirror array of the plan's segments' mirror
+/// offsets; each updated parameter of a mirrored segment is also written there, rounded.
 template <typename Options>
 void adamw_step(Backend& be, const AdamWPlan& plan, float* p, const float* g, float* m, float* v,
-                const Options& o, double lr, std::int64_t step, float grad_scale = 1.f) {
+                const Options& o, double lr, std::int64_t step, float grad_scale = 1.f,
+                __nv_bfloat16* p16 = nullptr) {
   if (plan.num_tiles() == 0) return;
   const double bc1 = 1.0 - std::pow(o.beta1, double(step));
   const double bc2 = 1.0 - std::pow(o.beta2, double(step));
   adamw_step_kernel<<<static_cast<unsigned>(plan.num_tiles()), detail::kAdamThreads, 0,
                       be.stream()>>>(plan.tiles(), p, g, m, v, float(o.beta1), float(o.beta2),
                                      float(o.eps), float(lr / bc1), float(1.0 / bc2),
-                                     float(1.0 - lr * o.weight_decay), grad_scale);
+                                     float(1.0 - lr * o.weight_decay), grad_scale, p16);
   SEQREC_CUDA_CHECK_LAUNCH();
 }
 

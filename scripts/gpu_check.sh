@@ -3,25 +3,33 @@
 # scripts/prepare_gpu_check.sh built and assembled elsewhere (it rebuilds nothing: the GPU machine
 # has cmake but none of the Debian packages the build needs; the kit's lib/ holds the shared
 # libraries it lacks, put on LD_LIBRARY_PATH here). A full build folder works too.
-#   bash scripts/gpu_check.sh [kit-dir]        (default build-gpu-kit)
+#   bash scripts/gpu_check.sh [kit-dir [all|tests|bench]]     (default build-gpu-kit, all)
 # Steps: print the card (nvidia-smi -L); run every CUDA test executable (tests/test_cuda*: the
-# .cu op and model tests and the host-compiled trainer test); the op benchmark table; the
-# training benchmark at the study's config in fp32 and in bf16, each with a per-phase step profile
-# (SEQREC_DATA: a folder with interactions.tsv, e.g. amazon18_games carried next to the build,
-# adds a timed real epoch), and bf16 twice more, with fp32 activations (an A/B of the storage) and
-# with fp32 GEMM outputs (an A/B of the bf16 GEMM outputs), then with GEMM autotuning (the fp32
-# and bf16 runs also time every GEMM of their profiled steps alone: the results end with each
-# one's GEMM time and the MFU its GEMMs alone would allow); and
-# the trainer binaries end to end with --device cuda on the embedded dataset (train_ours in bf16,
-# then dpo_finetune on its checkpoint); last, the PyTorch reference on the same card at the
-# study's dims, eager and compiled (needs torch and SEQREC_DATA). A failing step
-# is reported and the next one still runs; a summary of the steps and one results table (the op
-# benchmark's rows, then one row per training benchmark run) close the output.
+# .cu op and model tests and the host-compiled trainer test); the trainer binaries end to end
+# with --device cuda on the embedded dataset (train_ours in bf16, then dpo_finetune on its
+# checkpoint); the op benchmark table; the training benchmark at the study's config in fp32 and
+# in bf16, each with a per-phase step profile that also times every GEMM alone (SEQREC_DATA: a
+# folder with interactions.tsv, e.g. amazon18_games carried next to the build, adds a timed real
+# epoch), then bf16 four more times as A/B rows: with fp32 activations (the storage), with fp32
+# GEMM outputs, without the weights' bf16 mirror, and with GEMM autotuning; last, the PyTorch
+# reference on the same card at the study's dims, eager and compiled (needs torch and
+# SEQREC_DATA). A failing step is reported and the next one still runs; a summary of the steps
+# and the results close the output: the op benchmark's rows, one row per training benchmark run,
+# and each profiled run's GEMM time with the MFU its GEMMs alone would allow.
 # Exit status: 0 all good (or skipped: no GPU), 1 a test failed, 2 only a benchmark failed.
 # Environment: SEQREC_GPU_STEP_TIMEOUT (seconds per step, default 240).
+# A second argument runs a part only: "tests" (the CUDA tests and the trainer binaries) or
+# "bench" (the benchmarks and the PyTorch reference); default "all". Two calls then fit a
+# per-command time limit that the whole check might not.
 set -u
 cd "$(dirname "$0")/.."
 build="${1:-build-gpu-kit}"
+part="${2:-all}"
+case $part in
+  all | tests | bench) ;;
+  *) echo "gpu_check: the part must be all, tests or bench, got '$part'" >&2; exit 1 ;;
+esac
+want() { [[ $part == all || $part == "$1" ]]; }
 step_timeout="${SEQREC_GPU_STEP_TIMEOUT:-240}"
 tests_failed=0
 bench_failed=0
@@ -79,6 +87,7 @@ if ! nvidia-smi -L; then
   have_gpu=0
 fi
 
+if want tests; then
 section "CUDA tests"
 found=0
 for exe in "$build"/tests/test_cuda*; do
@@ -92,6 +101,22 @@ if [[ $found -eq 0 ]]; then
   summary+=("tests: none built")
 fi
 
+section "trainer binaries on the GPU (embedded dataset): train_ours, then DPO on its checkpoint"
+# The test and bench executables report "skipped" themselves; the trainers would just fail.
+tmp_ck="$(mktemp -d)"
+if [[ $have_gpu -eq 0 ]]; then
+  summary+=("$(printf '%-34s %-28s' "trainer binaries" "skipped (no GPU answered)")")
+else
+run_step test "train_ours --device cuda --bf16" "$build/examples/train_ours" --device cuda --bf16 \
+  --epochs 3 --stage1-epochs 1 --dim 64 --heads 2 --layers 2 --max-len 20 --no-progress \
+  --checkpoint "$tmp_ck/ours.safetensors"
+run_step test "dpo_finetune --device cuda" "$build/examples/dpo_finetune" --device cuda \
+  --init-checkpoint "$tmp_ck/ours.safetensors" --negatives 3 --ce-weight 1 --no-progress
+fi
+rm -rf "$tmp_ck"
+fi
+
+if want bench; then
 section "GPU op benchmark"
 run_step bench "gpu_bench" "$build/bench/gpu_bench"
 
@@ -107,23 +132,13 @@ run_step bench "gpu_train_bench bf16, fp32 acts" "$build/bench/gpu_train_bench" 
 # rounding each).
 run_step bench "gpu_train_bench bf16, fp32 outs" "$build/bench/gpu_train_bench" --bf16 \
   --fp32-gemm-outputs --steps 20 --profile 0
+# A/B of the weights' bf16 mirror (tenth session; the same bits, one cast pass per step less).
+run_step bench "gpu_train_bench bf16, no mirror" "$build/bench/gpu_train_bench" --bf16 \
+  --no-bf16-mirrors --steps 20 --profile 0
 # A/B of GEMM autotuning (ninth session; off by default: it costs run-to-run reproducibility).
 run_step bench "gpu_train_bench bf16, autotune" "$build/bench/gpu_train_bench" --bf16 \
   --autotune --steps 20 --profile 0
 
-section "trainer binaries on the GPU (embedded dataset): train_ours, then DPO on its checkpoint"
-# The test and bench executables report "skipped" themselves; the trainers would just fail.
-tmp_ck="$(mktemp -d)"
-if [[ $have_gpu -eq 0 ]]; then
-  summary+=("$(printf '%-34s %-28s' "trainer binaries" "skipped (no GPU answered)")")
-else
-run_step test "train_ours --device cuda --bf16" "$build/examples/train_ours" --device cuda --bf16 \
-  --epochs 3 --stage1-epochs 1 --dim 64 --heads 2 --layers 2 --max-len 20 --no-progress \
-  --checkpoint "$tmp_ck/ours.safetensors"
-run_step test "dpo_finetune --device cuda" "$build/examples/dpo_finetune" --device cuda \
-  --init-checkpoint "$tmp_ck/ours.safetensors" --negatives 3 --ce-weight 1 --no-progress
-fi
-rm -rf "$tmp_ck"
 
 section "PyTorch reference on the same card (bench/reference/sasrec_torch.py, Games, study dims)"
 # The same-run reference the training table is read against: PyTorch's SASRec (learned
@@ -145,6 +160,8 @@ else
       --device cuda --bf16 --out "$logs/torch_$mode.json" \
       $([[ $mode == compile ]] && echo --compile)
   done
+fi
+
 fi
 
 section "summary"

@@ -192,6 +192,12 @@ for f in "$logs"/gpu_train_bench*.log; do
   gemm_lines=1
 done
 [[ $gemm_lines -eq 1 ]] || echo "   (none: no profiled training benchmark ran)"
+# Whether cuBLASLt fused every bias (a bf16 C with an fp32 bias may have no algorithm; each
+# miss costs a pass), and how many weight operands the bf16 mirror served, per run.
+for f in "$logs"/gpu_train_bench*.log; do
+  [[ -f $f ]] || continue
+  grep -h -e '^bias epilogue:' -e '^bf16 weight mirror:' "$f" | sed "s|^|   $(basename "$f" .log): |"
+done
 if compgen -G "$logs/torch_*.json" >/dev/null; then
   echo
   echo "PyTorch reference, same card (one epoch of the same split after an untimed warm-up):"

@@ -63,13 +63,8 @@ void dropout_add_rmsnorm(Backend& be, float* out, const float* residual, const f
                          double p, std::uint64_t key, const std::int32_t* rows, const float* g,
                          OutT* y, float* rstd, std::int64_t n, std::int64_t d, float eps,
                          std::int64_t ldy = 0) {
-  if (n == 0) return;
-  const auto blocks = static_cast<unsigned>((n + detail::kRmsWarps - 1) / detail::kRmsWarps);
-  rmsnorm_forward_kernel<OutT, detail::ResidualRows>
-      <<<blocks, 32 * detail::kRmsWarps, 0, be.stream()>>>(
-          detail::residual_rows(out, residual, branch, p, key, rows), g, y, rstd, n, d,
-          ldy > 0 ? ldy : d, eps);
-  SEQREC_CUDA_CHECK_LAUNCH();
+  detail::rmsnorm_forward_from(be, detail::residual_rows(out, residual, branch, p, key, rows), g, y,
+                               rstd, n, d, eps, ldy);
 }
 
 /// The same with LayerNorm: y and stats (n, 2) = (mean, rstd) as layernorm_forward computes them.
@@ -78,15 +73,8 @@ void dropout_add_layernorm(Backend& be, float* out, const float* residual, const
                            double p, std::uint64_t key, const std::int32_t* rows, const float* g,
                            const float* b, OutT* y, float* stats, std::int64_t n, std::int64_t d,
                            float eps, std::int64_t ldy = 0) {
-  SEQREC_CHECK(d >= 1, "dropout_add_layernorm (CUDA) needs D >= 1, got D = " + std::to_string(d));
-  if (n == 0) return;
-  const auto blocks =
-      static_cast<unsigned>((n + detail::kLnForwardWarps - 1) / detail::kLnForwardWarps);
-  layernorm_forward_kernel<OutT, detail::ResidualRows>
-      <<<blocks, 32 * detail::kLnForwardWarps, 0, be.stream()>>>(
-          detail::residual_rows(out, residual, branch, p, key, rows), g, b, y, stats, n, d,
-          ldy > 0 ? ldy : d, eps);
-  SEQREC_CUDA_CHECK_LAUNCH();
+  detail::layernorm_forward_from(be, detail::residual_rows(out, residual, branch, p, key, rows), g,
+                                 b, y, stats, n, d, eps, ldy, "dropout_add_layernorm");
 }
 
 }  // namespace seqrec::cuda

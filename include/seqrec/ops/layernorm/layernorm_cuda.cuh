@@ -124,6 +124,23 @@ static __global__ void layernorm_backward_kernel(const float* __restrict__ x,
   }
 }
 
+namespace detail {
+/// layernorm_forward's launch over any row source (NormRows: a plain matrix; ResidualRows: the
+/// residual add made on the way in, residual_norm_cuda.cuh), so both share one launch geometry;
+/// `op` names the caller in the error for D < 1.
+template <typename OutT, typename Rows>
+void layernorm_forward_from(Backend& be, Rows x, const float* g, const float* b, OutT* y,
+                            float* stats, std::int64_t n, std::int64_t d, float eps,
+                            std::int64_t ldy, const char* op) {
+  SEQREC_CHECK(d >= 1, std::string(op) + " (CUDA) needs D >= 1, got D = " + std::to_string(d));
+  if (n == 0) return;
+  const auto blocks = static_cast<unsigned>((n + kLnForwardWarps - 1) / kLnForwardWarps);
+  layernorm_forward_kernel<OutT, Rows><<<blocks, 32 * kLnForwardWarps, 0, be.stream()>>>(
+      x, g, b, y, stats, n, d, ldy > 0 ? ldy : d, eps);
+  SEQREC_CUDA_CHECK_LAUNCH();
+}
+}  // namespace detail
+
 /// x, y (N, D); g, b (D); stats (N, 2) receives (mean, rstd) per row, the CPU op's layout.
 /// Device pointers; runs on be.stream(). Any D ≥ 1 (the forward keeps nothing in shared memory).
 /// OutT is float, or __nv_bfloat16 for a bf16 activation; ldy is y's leading dimension (0: D).
@@ -131,14 +148,8 @@ template <typename OutT>
 void layernorm_forward(Backend& be, const float* x, const float* g, const float* b, OutT* y,
                        float* stats, std::int64_t n, std::int64_t d, float eps,
                        std::int64_t ldy = 0) {
-  SEQREC_CHECK(d >= 1, "layernorm_forward (CUDA) needs D >= 1, got D = " + std::to_string(d));
-  if (n == 0) return;
-  const auto blocks =
-      static_cast<unsigned>((n + detail::kLnForwardWarps - 1) / detail::kLnForwardWarps);
-  layernorm_forward_kernel<OutT, detail::NormRows>
-      <<<blocks, 32 * detail::kLnForwardWarps, 0, be.stream()>>>(
-          detail::NormRows{x}, g, b, y, stats, n, d, ldy > 0 ? ldy : d, eps);
-  SEQREC_CUDA_CHECK_LAUNCH();
+  detail::layernorm_forward_from(be, detail::NormRows{x}, g, b, y, stats, n, d, eps, ldy,
+                                 "layernorm_forward");
 }
 
 /// dx (N, D) overwritten (may be the same buffer as dy), or added to when `accumulate` (dx += the

@@ -93,18 +93,27 @@ static __global__ void rmsnorm_backward_kernel(const float* __restrict__ x,
   }
 }
 
+namespace detail {
+/// rmsnorm_forward's launch over any row source (NormRows: a plain matrix; ResidualRows: the
+/// residual add made on the way in, residual_norm_cuda.cuh), so both share one launch geometry.
+template <typename OutT, typename Rows>
+void rmsnorm_forward_from(Backend& be, Rows x, const float* g, OutT* y, float* rstd, std::int64_t n,
+                          std::int64_t d, float eps, std::int64_t ldy) {
+  if (n == 0) return;
+  const auto blocks = static_cast<unsigned>((n + kRmsWarps - 1) / kRmsWarps);
+  rmsnorm_forward_kernel<OutT, Rows>
+      <<<blocks, 32 * kRmsWarps, 0, be.stream()>>>(x, g, y, rstd, n, d, ldy > 0 ? ldy : d, eps);
+  SEQREC_CUDA_CHECK_LAUNCH();
+}
+}  // namespace detail
+
 /// x, y (N, D); g (D); rstd (N) receives 1/rms. Device pointers; runs on be.stream(). OutT is
 /// float, or __nv_bfloat16 for a bf16 activation (y rounded as cast_to_bf16 rounds); ldy is y's
 /// leading dimension (0: D).
 template <typename OutT>
 void rmsnorm_forward(Backend& be, const float* x, const float* g, OutT* y, float* rstd,
                      std::int64_t n, std::int64_t d, float eps, std::int64_t ldy = 0) {
-  if (n == 0) return;
-  const auto blocks = static_cast<unsigned>((n + detail::kRmsWarps - 1) / detail::kRmsWarps);
-  rmsnorm_forward_kernel<OutT, detail::NormRows>
-      <<<blocks, 32 * detail::kRmsWarps, 0, be.stream()>>>(detail::NormRows{x}, g, y, rstd, n, d,
-                                                           ldy > 0 ? ldy : d, eps);
-  SEQREC_CUDA_CHECK_LAUNCH();
+  detail::rmsnorm_forward_from(be, detail::NormRows{x}, g, y, rstd, n, d, eps, ldy);
 }
 
 /// dx (N, D) overwritten, or added to when `accumulate` (dx += the input gradient: the residual

@@ -4,7 +4,7 @@
 //
 //   gpu_train_bench [--steps N] [--warmup N] [--profile N] [--data DIR] [--bf16]
 //                   [--fp32-activations] [--fp32-gemm-outputs] [--no-bf16-mirrors] [--autotune]
-//                   [--tiny]
+//                   [--eager-zero-grads] [--tiny]
 //
 // --tiny runs every part at dim 64, 2 layers, 2 heads, ffn 256, batch 32 (same catalogue): not a
 // benchmark but a check that the bench itself works, for the host emulator (tests/emu), where a
@@ -20,6 +20,10 @@
 // operand to bf16 again after each optimiser step instead of taking it from the model's bf16
 // mirror, which the AdamW kernel writes (Backend::set_bf16_mirrors; the same bits: an A/B of the
 // tenth session's mirror).
+//
+// --eager-zero-grads has zero_grads() clear every gradient itself, the linear weights' included,
+// instead of leaving those zeros to the weights' dW GEMMs (Model::set_lazy_zero_grads; the same
+// values: an A/B of the eleventh session's lazy zeroing).
 //
 // --autotune turns on the backend's GEMM autotuning (Backend::set_gemm_autotune): each GEMM class
 // times cuBLASLt's candidates once and keeps the fastest; the warm-up then covers every synthetic
@@ -102,11 +106,13 @@ constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 /// (the line starts with "RESULT ").
 struct Summary {
   double ms_per_step = 0, tokens_per_s = 0, mfu = 0, hfu = 0, peak_gib = 0, dpo_ms = 0;
-  double epoch_s = -1;  // -1: no --data
+  double epoch_s = -1;             // -1: no --data
+  std::size_t lazy_zero_hits = 0;  // the synthetic part's dW GEMMs that overwrote pending zeros
 };
 
 /// --tiny: the bench's code paths at a size the host emulator runs in seconds.
 bool g_tiny = false;
+bool g_eager_zero = false;  // --eager-zero-grads
 std::int32_t batch_size() { return g_tiny ? 32 : 1024; }
 
 seqrec::ModelShape study_shape(std::int32_t vocab) {
@@ -341,6 +347,7 @@ void synthetic_part(seqrec::cuda::Backend& be, int steps, int warmup, int profil
   const seqrec::ModelShape shape = study_shape(vocab);
   const std::size_t mem0 = used_bytes();
   GpuModel model(shape, be, 42);
+  model.set_lazy_zero_grads(!g_eager_zero);
   const std::size_t mem_model = used_bytes();
   const auto& store = model.parameters();
   const double P = non_embedding_params(model);
@@ -439,6 +446,7 @@ void synthetic_part(seqrec::cuda::Backend& be, int steps, int warmup, int profil
   out.peak_gib = mem_peak / kGiB;
   profile_part(be, model, batches, profile_steps, warmup + steps + 1, per_token, peak);
   dpo_part(be, model, batches, std::min(steps, 10), std::min(warmup, 2), out);
+  out.lazy_zero_hits = model.lazy_zero_hits();
 }
 
 void data_part(seqrec::cuda::Backend& be, const std::string& dir, Summary& out) {
@@ -455,6 +463,7 @@ void data_part(seqrec::cuda::Backend& be, const std::string& dir, Summary& out) 
   const std::int32_t B = batch_size(), L = 20;
   const seqrec::ModelShape shape = study_shape(d.vocab.size());
   GpuModel model(shape, be, 42);
+  model.set_lazy_zero_grads(!g_eager_zero);
   seqrec::data::TrainBatcher batcher(split.train, L, B);
   const seqrec::train::AdamWOptions opt;
   // One untimed forward/backward on the first batch (allocations), without an update.
@@ -509,6 +518,8 @@ int main(int argc, char** argv) {
       mirrors = false;
     } else if (a == "--autotune") {
       autotune = true;
+    } else if (a == "--eager-zero-grads") {
+      g_eager_zero = true;
     } else if (a == "--tiny") {
       g_tiny = true;
     } else if ((a == "--steps" || a == "--warmup" || a == "--profile" || a == "--data") &&
@@ -523,7 +534,7 @@ int main(int argc, char** argv) {
       std::fprintf(help ? stdout : stderr,
                    "usage: %s [--steps N] [--warmup N] [--profile N] [--data DIR] [--bf16] "
                    "[--fp32-activations] [--fp32-gemm-outputs] [--no-bf16-mirrors] [--autotune] "
-                   "[--tiny]\n",
+                   "[--eager-zero-grads] [--tiny]\n",
                    argv[0]);
       return help ? 0 : 1;
     }
@@ -552,12 +563,15 @@ int main(int argc, char** argv) {
                                          : fp32_outputs     ? "bf16, fp32 GEMM outputs"
                                                             : "bf16") +
                              (autotune ? ", autotuned GEMMs" : "") +
-                             (bf16 && !mirrors ? ", weights cast per step" : "");
+                             (bf16 && !mirrors ? ", weights cast per step" : "") +
+                             (g_eager_zero ? ", eager zero_grads" : "");
     std::printf("bias epilogue: %zu GEMM calls with a bias added it in a separate pass\n",
                 be.bias_passes());
     if (bf16)
       std::printf("bf16 weight mirror: %zu weight operands taken from it%s\n",
                   be.bf16_mirror_hits(), mirrors ? "" : " (off: --no-bf16-mirrors)");
+    std::printf("lazy zero_grads: %zu dW GEMMs overwrote a pending gradient%s\n",
+                sum.lazy_zero_hits, g_eager_zero ? " (off: --eager-zero-grads)" : "");
     if (autotune)
       std::printf(
           "GEMM autotuning: %zu classes timed, %zu of them won by another candidate than "

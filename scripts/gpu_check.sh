@@ -10,8 +10,9 @@
 # checkpoint); the op benchmark table; the training benchmark at the study's config in fp32 and
 # in bf16, each with a per-phase step profile that also times every GEMM alone (SEQREC_DATA: a
 # folder with interactions.tsv, e.g. amazon18_games carried next to the build, adds a timed real
-# epoch), then bf16 four more times as A/B rows: with fp32 activations (the storage), with fp32
-# GEMM outputs, without the weights' bf16 mirror, and with GEMM autotuning; last, the PyTorch
+# epoch), then bf16 five more times as A/B rows: with fp32 activations (the storage), with fp32
+# GEMM outputs, without the weights' bf16 mirror, with every gradient zeroed eagerly, and with
+# GEMM autotuning; last, the PyTorch
 # reference on the same card at the study's dims, eager and compiled (needs torch and
 # SEQREC_DATA). A failing step is reported and the next one still runs; a summary of the steps
 # and the results close the output: the op benchmark's rows, one row per training benchmark run,
@@ -135,6 +136,10 @@ run_step bench "gpu_train_bench bf16, fp32 outs" "$build/bench/gpu_train_bench" 
 # A/B of the weights' bf16 mirror (tenth session; the same bits, one cast pass per step less).
 run_step bench "gpu_train_bench bf16, no mirror" "$build/bench/gpu_train_bench" --bf16 \
   --no-bf16-mirrors --steps 20 --profile 0
+# A/B of the lazy gradient zeroing (eleventh session; the same values, the weights' zeros left
+# to their dW GEMMs instead of a memset).
+run_step bench "gpu_train_bench bf16, eager zero" "$build/bench/gpu_train_bench" --bf16 \
+  --eager-zero-grads --steps 20 --profile 0
 # A/B of GEMM autotuning (ninth session; off by default: it costs run-to-run reproducibility).
 run_step bench "gpu_train_bench bf16, autotune" "$build/bench/gpu_train_bench" --bf16 \
   --autotune --steps 20 --profile 0
@@ -193,10 +198,11 @@ for f in "$logs"/gpu_train_bench*.log; do
 done
 [[ $gemm_lines -eq 1 ]] || echo "   (none: no profiled training benchmark ran)"
 # Whether cuBLASLt fused every bias (a bf16 C with an fp32 bias may have no algorithm; each
-# miss costs a pass), and how many weight operands the bf16 mirror served, per run.
+# miss costs a pass), how many weight operands the bf16 mirror served, and how many dW GEMMs
+# took over a gradient's zeroing, per run.
 for f in "$logs"/gpu_train_bench*.log; do
   [[ -f $f ]] || continue
-  grep -h -e '^bias epilogue:' -e '^bf16 weight mirror:' "$f" | sed "s|^|   $(basename "$f" .log): |"
+  grep -h -e '^bias epilogue:' -e '^bf16 weight mirror:' -e '^lazy zero_grads:' "$f" | sed "s|^|   $(basename "$f" .log): |"
 done
 if compgen -G "$logs/torch_*.json" >/dev/null; then
   echo

@@ -46,6 +46,12 @@
 // loss rtol 1e-2, every gradient over 2 steps relative L2 ≤ 5e-2 (ReLU: 1.5e-1, mask flips) and
 // score_last ≤ 5e-2 (tagged "bf16-gemm-outputs"; reasoning at the test).
 //
+// Lazy gradient zeroing (the default) against eager zeroing, for OursRandomConfig and MoeConfig
+// in fp32 and GatedConfig in bf16: over 4 AdamW steps (one with two backwards accumulated, one
+// with no scored target and so no backward), the gradients, parameters and moments must be
+// equal value for value (tagged "lazy-zero"), and the lazy model's dW GEMMs must have taken
+// the zeros over.
+//
 // The tolerances were sized by running the same steps with the CPU model in fp32 against the CPU
 // model in fp64 (the exact answer, to fp32's eyes) over 30 seeds: the GPU and the CPU are two fp32
 // evaluations in different summation orders, so their difference is about √2 times either one's
@@ -57,6 +63,7 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -721,6 +728,120 @@ void test_bf16_gemm_outputs(seqrec::cuda::Backend& gbe, const std::string& name,
   check_rel_l2(tag + "score_last", s1.data(), s2.data(), s1.size(), 5e-2);
 }
 
+/// Elements whose values differ (== on floats: +0 and −0 agree, as a GEMM's beta 0 and its
+/// beta 1 over zeros may differ in the sign of an exact zero and nothing else).
+std::size_t value_diffs(const float* a, const float* b, std::size_t n) {
+  std::size_t d = 0;
+  for (std::size_t i = 0; i < n; ++i) d += !(a[i] == b[i]);
+  return d;
+}
+
+/// Lazy gradient zeroing (the default: zero_grads() leaves the linear weights' zeros to their dW
+/// GEMMs, beta 0) against eager zeroing (every gradient cleared by zero_grads()): the same
+/// gradients and parameters, step by step, through every way a step can read the gradients —
+/// the optimiser straight after a backward, two backwards accumulated before a download, and a
+/// step with no scored target (no backward at all: the optimiser must see the owed zeros, not
+/// the previous step's gradients, which is what the weights' buffers still hold then).
+template <typename Cfg>
+void test_lazy_zero(seqrec::cuda::Backend& gbe, const std::string& name, bool bf16) {
+  using GpuModel = seqrec::Model<Cfg, seqrec::cuda::Backend>;
+  const ModelShape shape = test_shape();
+  const std::uint64_t seed = 1234;
+  std::unique_ptr<Bf16Mode> mode;
+  if (bf16) mode = std::make_unique<Bf16Mode>(gbe);
+  GpuModel lazy(shape, gbe, seed), eager(shape, gbe, seed);
+  eager.set_lazy_zero_grads(false);
+  const std::string tag = name + (bf16 ? " bf16" : "") + " lazy-zero ";
+  record(lazy.lazy_zero_grads() && !eager.lazy_zero_grads(), tag + "switch",
+         "lazy on by default, off when set");
+  Rng rng(6161);
+  const seqrec::train::AdamWOptions opt;
+  auto both = [&](auto&& f) {
+    f(lazy);
+    f(eager);
+  };
+  auto compare_grads = [&](const std::string& what) {
+    both([](GpuModel& m) { m.download_grads(); });
+    const auto& g1 = lazy.parameters().grads();
+    const auto& g2 = eager.parameters().grads();
+    const std::size_t d = value_diffs(g1.data(), g2.data(), g1.size());
+    record(d == 0, tag + what,
+           std::to_string(d) + " of " + std::to_string(g1.size()) + " gradient elements differ");
+  };
+  auto backward = [&](const Batch& b, std::uint64_t key) {
+    double l[2];
+    int i = 0;
+    both([&](GpuModel& m) {
+      std::int64_t n = 0;
+      l[i++] = m.forward_backward(b.inputs.data(), b.targets.data(), b.B, b.L, key, &n);
+    });
+    return l[0] == l[1];
+  };
+  {
+    // Absolutely, not only against the eager model (which shares the GEMMs' code): after one
+    // zero_grads(), a second backward adds to the first (its dW GEMMs take beta 1), so the
+    // gradients are the sum of the two batches' own, to one rounding per element.
+    const Batch a = make_batch(rng, 16, shape.max_len, shape.vocab_size);
+    const Batch b = make_batch(rng, 16, shape.max_len, shape.vocab_size);
+    auto run = [&](const Batch& x, std::uint64_t key) {
+      std::int64_t n = 0;
+      lazy.forward_backward(x.inputs.data(), x.targets.data(), x.B, x.L, key, &n);
+    };
+    auto grads = [&] {
+      lazy.download_grads();
+      return lazy.parameters().grads();
+    };
+    lazy.zero_grads();
+    run(a, 11);
+    const auto ga = grads();
+    run(b, 13);
+    const auto gab = grads();
+    lazy.zero_grads();
+    run(b, 13);
+    auto sum = grads();
+    for (std::size_t i = 0; i < sum.size(); ++i) sum[i] += ga[i];
+    check_close(tag + "two backwards add up", gab.data(), sum.data(), sum.size(), 1e-6, 1e-6);
+  }
+  const std::size_t hits0 = lazy.lazy_zero_hits();
+  for (int step = 1; step <= 4; ++step) {
+    const std::string st = "step " + std::to_string(step) + " ";
+    const std::uint64_t key = seqrec::ops::dropout_key(seed, std::uint64_t(step), 0) | 1;
+    both([](GpuModel& m) { m.zero_grads(); });
+    bool same_loss = true;
+    if (step == 3) {
+      // Every target padding: forward only, no backward; the weights' zeros are still owed.
+      Batch b = make_batch(rng, 8, shape.max_len, shape.vocab_size);
+      std::fill(b.targets.begin(), b.targets.end(), seqrec::kPadToken);
+      same_loss = backward(b, key);
+    } else {
+      same_loss = backward(make_batch(rng, 16, shape.max_len, shape.vocab_size), key);
+      // Step 2 adds a second backward before anything reads the gradients: the GEMMs that
+      // overwrote the owed zeros in the first must add in the second.
+      if (step == 2)
+        same_loss =
+            backward(make_batch(rng, 16, shape.max_len, shape.vocab_size), key + 2) && same_loss;
+    }
+    record(same_loss, tag + st + "loss", same_loss ? "identical" : "DIFFER");
+    if (step == 2 || step == 4) compare_grads(st + "grads");
+    both([&](GpuModel& m) { m.optimizer_step(opt, 1e-3, step, 1.0); });
+  }
+  both([](GpuModel& m) { m.download(); });
+  const auto& v1 = lazy.parameters().values();
+  const auto& v2 = eager.parameters().values();
+  const std::size_t vd = value_diffs(v1.data(), v2.data(), v1.size());
+  record(vd == 0, tag + "values after 4 steps",
+         std::to_string(vd) + " of " + std::to_string(v1.size()) + " elements differ");
+  const std::size_t md = value_diffs(lazy.parameters().moment2().data(),
+                                     eager.parameters().moment2().data(), v1.size());
+  record(md == 0, tag + "second moments after 4 steps", std::to_string(md) + " elements differ");
+  // Otherwise the two would agree trivially: the lazy model's GEMMs must have taken the zeros
+  // over (every linear weight, in each of steps 1, 2 and 4), the eager one's never.
+  const std::size_t hits = lazy.lazy_zero_hits() - hits0;
+  record(hits > 0 && eager.lazy_zero_hits() == 0, tag + "zeros left to the GEMMs",
+         std::to_string(hits) + " dW GEMMs overwrote owed zeros (lazy), " +
+             std::to_string(eager.lazy_zero_hits()) + " (eager)");
+}
+
 template <typename F>
 void guarded(const std::string& what, F&& f) {
   try {
@@ -755,6 +876,9 @@ int main() {
     // CPU's, which holds unless a token's 2nd and 3rd router logits lie within ~1e-6 (the fp32
     // difference of the two backends); at this shape that is rare enough not to expect.
     guarded("moe", [&] { test_model<seqrec::MoeConfig>(be, "moe"); });
+    guarded("ours_random lazy-zero",
+            [&] { test_lazy_zero<seqrec::OursRandomConfig>(be, "ours_random", false); });
+    guarded("moe lazy-zero", [&] { test_lazy_zero<seqrec::MoeConfig>(be, "moe", false); });
     // bf16 last: Bf16Mode puts the shared backend back into fp32 when each returns or throws.
     guarded("ours_random bf16",
             [&] { test_model_bf16<seqrec::OursRandomConfig>(be, "ours_random"); });
@@ -768,6 +892,8 @@ int main() {
     guarded("moe bf16-activations", [&] { test_bf16_activations<seqrec::MoeConfig>(be, "moe"); });
     guarded("ours_random bf16-gemm-outputs",
             [&] { test_bf16_gemm_outputs<seqrec::OursRandomConfig>(be, "ours_random", 5e-2); });
+    guarded("gated bf16 lazy-zero",
+            [&] { test_lazy_zero<seqrec::GatedConfig>(be, "gated", true); });
     guarded("sasrec_layernorm bf16-gemm-outputs", [&] {  // ReLU: see the test for 1.5e-1
       test_bf16_gemm_outputs<seqrec::SasRecLayerNormConfig>(be, "sasrec_layernorm", 1.5e-1);
     });

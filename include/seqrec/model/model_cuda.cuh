@@ -11,7 +11,8 @@
 //   upload()          host values + moments → device (after loading a checkpoint or init)
 //   download()        device values + moments → host (before checkpointing / host-side eval)
 //   download_grads()  device gradients → host (tests)
-//   zero_grads()      device gradients = 0 (forward_backward accumulates, as on the CPU)
+//   zero_grads()      device gradients = 0 (forward_backward accumulates, as on the CPU); the
+//                     linear weights' zeros are left to their dW GEMMs (set_lazy_zero_grads)
 //   optimizer_step()  clipping + AdamW on the device, honouring the host store's frozen flags
 //
 // forward_backward / loss / score_last take HOST token arrays (score_last writes HOST scores), so
@@ -226,8 +227,9 @@ class Model<Cfg, cuda::Backend> {
     m_ = be_->buffer<float>(n);
     v_ = be_->buffer<float>(n);
     make_mirror();
+    make_lazy_grads();
     initialise(seed);  // draws on the host and uploads values and (zero) moments
-    zero_grads();
+    clear_grads();
     register_mirror();  // last: nothing after it may throw (the destructor would not run)
   }
 
@@ -271,13 +273,33 @@ class Model<Cfg, cuda::Backend> {
   }
   /// Device gradients → host store.
   void download_grads() {
+    settle_grads();
     copy_to_host(store_.grads().data(), grads_.data());
     be_->synchronize();
   }
-  /// Device gradients = 0.
+  /// Device gradients = 0. With lazy zeroing (the default) only the tensors that are not a
+  /// linear layer's weight are cleared here, in one launch; each weight's gradient is marked
+  /// pending instead, and its dW GEMM's first write after this overwrites it (beta 0) rather
+  /// than adding to zeros (beta 1): the same values, without a write and a read of every weight
+  /// gradient (252 MB per step at the study's size). settle_grads() writes the zeros of those
+  /// still pending before anything reads the gradients (optimizer_step, download_grads).
   void zero_grads() {
-    SEQREC_CUDA_CHECK(cudaMemsetAsync(grads_.data(), 0, grads_.bytes(), be_->stream()));
+    if (!lazy_zero_) {
+      clear_grads();
+      return;
+    }
+    cuda::zero_tiles(*be_, *eager_zero_plan_, grads_.data());
+    for (LazyGrad& g : lazy_grads_) g.pending = true;
   }
+  /// Lazy gradient zeroing on (default) or off (zero_grads() then clears every gradient itself:
+  /// the A/B of gpu_train_bench --eager-zero-grads). Settles what is pending first.
+  void set_lazy_zero_grads(bool on) {
+    settle_grads();
+    lazy_zero_ = on;
+  }
+  bool lazy_zero_grads() const noexcept { return lazy_zero_; }
+  /// How many dW GEMMs have overwritten a pending gradient (beta 0) so far (tests).
+  std::size_t lazy_zero_hits() const noexcept { return lazy_hits_; }
   /// Device moments = 0 (a fresh optimiser, e.g. at the start of stage two).
   void reset_moments() {
     SEQREC_CUDA_CHECK(cudaMemsetAsync(m_.data(), 0, m_.bytes(), be_->stream()));
@@ -291,6 +313,7 @@ class Model<Cfg, cuda::Backend> {
   /// so the device gradients are left unscaled; zero_grads() clears them before the next step.
   double optimizer_step(const train::AdamWOptions& o, double lr, std::int64_t step, double clip) {
     refresh_plan();
+    settle_grads();  // a weight whose backward did not run this step (e.g. no targets) has 0
     const cuda::ProfileScope prof(*be_, "optimizer (clip + AdamW)");
     const double norm = cuda::grad_norm(*be_, *plan_, grads_.data());
     cuda::adamw_step(*be_, *plan_, values_.data(), grads_.data(), m_.data(), v_.data(), o, lr, step,
@@ -590,6 +613,63 @@ class Model<Cfg, cuda::Backend> {
     mirror_ = be_->buffer<__nv_bfloat16>(static_cast<std::size_t>(total));
     SEQREC_CUDA_CHECK(cudaMemsetAsync(mirror_.data(), 0, mirror_.bytes(), be_->stream()));
   }
+  /// The lazily zeroed gradients (zero_grads): every linear layer's weight, whose gradient one dW
+  /// GEMM per backward writes (linear_backward_gemms; MoE experts keep their own GEMMs and are
+  /// zeroed eagerly); and the tile plan that clears every other tensor's gradient.
+  void make_lazy_grads() {
+    std::vector<char> lazy(store_.entries().size(), 0);
+    auto mark = [&](ParamId id) {
+      lazy[id.index] = 1;
+      lazy_grads_.push_back({grad(id), static_cast<std::int64_t>(store_.entry(id).numel)});
+    };
+    for (const Block& b : blocks_) {
+      mark(b.qkv_w);
+      mark(b.out_w);
+      if constexpr (kFfn == detail::CudaFfnKind::Gated) {
+        mark(b.gate_w);
+        mark(b.up_w);
+        mark(b.down_w);
+      } else if constexpr (kFfn == detail::CudaFfnKind::Mlp) {
+        mark(b.fc1_w);
+        mark(b.fc2_w);
+      }
+    }
+    std::vector<cuda::AdamWSegment> eager;
+    for (std::size_t i = 0; i < store_.entries().size(); ++i) {
+      const auto& e = store_.entries()[i];
+      if (!lazy[i])
+        eager.push_back({static_cast<std::int64_t>(e.offset), static_cast<std::int64_t>(e.numel),
+                         false, false});
+    }
+    eager_zero_plan_ = std::make_unique<cuda::AdamWPlan>(*be_, eager);
+  }
+  /// Every gradient = 0, the gaps between tensors included, nothing pending.
+  void clear_grads() {
+    SEQREC_CUDA_CHECK(cudaMemsetAsync(grads_.data(), 0, grads_.bytes(), be_->stream()));
+    for (LazyGrad& g : lazy_grads_) g.pending = false;
+  }
+  /// Writes the zeros of the gradients still pending (see zero_grads).
+  void settle_grads() {
+    for (LazyGrad& g : lazy_grads_) {
+      if (!g.pending) continue;
+      SEQREC_CUDA_CHECK(cudaMemsetAsync(
+          g.grad, 0, sizeof(float) * static_cast<std::size_t>(g.numel), be_->stream()));
+      g.pending = false;
+    }
+  }
+  /// The beta of the dW GEMM that adds into dw: 0 when dw is a pending gradient (which it then
+  /// no longer is), else 1.
+  float dw_beta(float* dw) {
+    for (LazyGrad& g : lazy_grads_) {
+      if (g.grad != dw) continue;
+      if (!g.pending) return 1.f;
+      g.pending = false;
+      ++lazy_hits_;
+      return 0.f;
+    }
+    return 1.f;
+  }
+
   /// Hands the mirror's regions to the backend (the destructor takes them back).
   void register_mirror() {
     try {
@@ -751,9 +831,9 @@ class Model<Cfg, cuda::Backend> {
       cuda::dropout_backward_sum_cast(*be_, g.res, db, n, out, g.p, g.key, g.rows, g16, ld16);
     };
   }
-  /// dx (N, in) = g · W, overwritten or added (beta = 1) when accumulate_dx; dW += gᵀ · x; g is
-  /// the output gradient as a GEMM operand. A bf16 dx (bf16 mode, overwritten only) has leading
-  /// dimension bf16_ld(in).
+  /// dx (N, in) = g · W, overwritten or added (beta = 1) when accumulate_dx; dW += gᵀ · x (dW =
+  /// gᵀ · x while its zeros are pending: dw_beta); g is the output gradient as a GEMM operand. A
+  /// bf16 dx (bf16 mode, overwritten only) has leading dimension bf16_ld(in).
   template <typename DX>
   void linear_backward_gemms(const cuda::Operand& x, const float* w, const cuda::Operand& g, DX* dx,
                              float* dw, std::int64_t n, std::int64_t in, std::int64_t out,
@@ -766,7 +846,8 @@ class Model<Cfg, cuda::Backend> {
       cuda::gemm_rm(*be_, false, false, n, in, out, 1.f, g, cuda::Operand(w, in),
                     accumulate_dx ? 1.f : 0.f, dx, in, cuda::WeightOperand::B);
     }
-    cuda::gemm_rm(*be_, true, false, out, in, n, 1.f, g, x, 1.f, dw, in);
+    // No rows: dW gets nothing (a pending gradient stays pending: its zeros are still owed).
+    if (n > 0) cuda::gemm_rm(*be_, true, false, out, in, n, 1.f, g, x, dw_beta(dw), dw, in);
   }
 
   /// Bias-free linear layer (GatedMlp): y (N, out) = x (N, in) · Wᵀ, W (out, in).
@@ -1268,6 +1349,17 @@ class Model<Cfg, cuda::Backend> {
   cuda::DeviceBuffer<__nv_bfloat16> mirror_;
   std::unique_ptr<cuda::AdamWPlan> plan_;
   std::vector<char> plan_frozen_;
+  // Lazy gradient zeroing (zero_grads): the linear weights' gradients, each pending while its
+  // zeros are owed, and the plan clearing the other tensors' gradients.
+  struct LazyGrad {
+    float* grad;
+    std::int64_t numel;
+    bool pending = false;
+  };
+  std::vector<LazyGrad> lazy_grads_;
+  std::unique_ptr<cuda::AdamWPlan> eager_zero_plan_;
+  bool lazy_zero_ = true;
+  std::size_t lazy_hits_ = 0;
   cuda::RopeTable rope_;
   // Activations of the last forward and backward scratch, reused across steps.
   cuda::DeviceBuffer<std::int32_t> tokens_;

@@ -125,6 +125,13 @@ static __global__ void adamw_scale_grads_kernel(const detail::AdamWTile* __restr
   for (int k = threadIdx.x; k < t.count; k += blockDim.x) g[t.begin + k] *= f;
 }
 
+/// g = 0 over every tile.
+static __global__ void adamw_zero_tiles_kernel(const detail::AdamWTile* __restrict__ tiles,
+                                               float* __restrict__ g) {
+  const detail::AdamWTile t = tiles[blockIdx.x];
+  for (int k = threadIdx.x; k < t.count; k += blockDim.x) g[t.begin + k] = 0.f;
+}
+
 /// The trainable segments cut into tiles, on the device. Rebuild it when a tensor is frozen or
 /// thawed (stage change of two-stage training).
 class AdamWPlan {
@@ -198,6 +205,16 @@ inline double grad_norm(Backend& be, AdamWPlan& plan, const float* g) {
       cudaMemcpyAsync(&sq, plan.result(), sizeof(double), cudaMemcpyDeviceToHost, be.stream()));
   be.synchronize();
   return std::sqrt(sq);
+}
+
+/// g = 0 over the plan's tiles (its segments' elements; the gaps between them keep their values),
+/// in one launch however many segments it has: the CUDA model's gradient zeroing when it leaves
+/// the linear weights' gradients to their GEMMs (Model::set_lazy_zero_grads).
+inline void zero_tiles(Backend& be, const AdamWPlan& plan, float* g) {
+  if (plan.num_tiles() == 0) return;
+  adamw_zero_tiles_kernel<<<static_cast<unsigned>(plan.num_tiles()), detail::kAdamThreads, 0,
+                            be.stream()>>>(plan.tiles(), g);
+  SEQREC_CUDA_CHECK_LAUNCH();
 }
 
 /// The factor train::clip_grad_norm scales gradients of norm `norm` by: max_norm / norm when

@@ -124,8 +124,9 @@ seqrec::ModelShape study_shape(std::int32_t vocab) {
   s.heads = g_tiny ? 2 : 8;
   s.ffn_dim = g_tiny ? 256 : 4096;
   s.dropout = 0.1;
-  // The loss's chunks come from the backend's logits budget (Backend::loss_chunk_elems, 2^27:
-  // two chunks of ~4600 rows per step here), as in the trainers.
+  // The loss's chunks come from the backend's logits budget (Backend::loss_chunk_elems, 2^27 fp32
+  // logits' worth: one chunk per step here with bf16 logits, two of ~4600 rows with fp32 ones),
+  // as in the trainers.
   return s;
 }
 

@@ -486,11 +486,13 @@ class Backend {
   bool gemm_autotune() const noexcept { return gemm_autotune_; }
   static constexpr int kGemmTuneCandidates = 8;
 
-  /// The most logits the CUDA model's loss keeps at once (its rows per chunk are this over the
-  /// item count); default 2^27, 512 MiB of fp32 logits, so the study's step (9188 scored rows,
-  /// 16859 items) takes 2 chunks. A GPU's memory, not a cache, is what bounds it, so it is the
-  /// backend's setting: ModelShape::loss_chunk_elems is the CPU model's (default 2^22, sized for
-  /// caches), which on the GPU cut the study's loss into 37 chunks of small GEMMs.
+  /// The memory the CUDA model's loss gives its logits at once, counted in fp32 logits (its rows
+  /// per chunk are this over the item count); default 2^27, 512 MiB. bf16 logits (bf16 mode with
+  /// bf16 GEMM outputs) take half the bytes, so twice the rows fit: the study's step (9188 scored
+  /// rows, 16859 items) runs in one chunk of bf16 logits (310 MB), or two of fp32 ones. A GPU's
+  /// memory, not a cache, is what bounds it, so it is the backend's setting:
+  /// ModelShape::loss_chunk_elems is the CPU model's (default 2^22, sized for caches), which on
+  /// the GPU cut the study's loss into 37 chunks of small GEMMs.
   void set_loss_chunk_elems(std::int64_t n) {
     SEQREC_CHECK(n >= 1, "loss chunk must be >= 1 logits, got " + std::to_string(n));
     loss_chunk_elems_ = n;

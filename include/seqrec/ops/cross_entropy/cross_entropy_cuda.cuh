@@ -36,6 +36,10 @@
 
 namespace seqrec::cuda {
 
+/// Whether the loss's logits are bf16 on this backend (bf16 mode with bf16 GEMM outputs), which
+/// halves their bytes: the CUDA model then fits twice the rows in a chunk.
+inline bool bf16_logits(const Backend& be) { return be.bf16() && be.bf16_gemm_outputs(); }
+
 namespace detail {
 constexpr int kCeThreads = 256;
 
@@ -196,7 +200,7 @@ inline void softmax_head(Backend& be, std::int64_t N, std::int64_t D, std::int64
   const bool bf16 = be.bf16();
   // With bf16 GEMM outputs the logits GEMM writes Z in bf16 (its epilogue rounds the fp32 sums
   // once, as PyTorch's autocast does) and G goes over it in place: half Z's traffic, no G buffer.
-  const bool z16 = bf16 && be.bf16_gemm_outputs();
+  const bool z16 = bf16_logits(be);
   if (cache) {
     smem += row_bytes;
     const void* kernel = z16 ? reinterpret_cast<const void*>(&softmax_head_kernel<__nv_bfloat16>)

@@ -13,9 +13,10 @@
 // --bf16 switches the backend to bf16 GEMM operands with fp32 accumulation (Backend::set_bf16),
 // with the GEMM-only activations stored in bf16 (--fp32-activations keeps them in fp32 and rounds
 // them at each GEMM instead: same bits, for an A/B of the storage) and the qkv, fc1, d(act) and
-// d(ctx) GEMMs, attention's d(qkv) and the loss's logits GEMM writing bf16 (--fp32-gemm-outputs
-// keeps them fp32, as before the ninth session — the logits before the tenth: an A/B of that
-// change, which also moves the numbers by a few bf16 roundings); MFU is then taken against the
+// d(ctx) GEMMs, attention's d(qkv), the loss's logits GEMM and the out linear and fc2 (the
+// branches) writing bf16 (--fp32-gemm-outputs keeps them fp32, as before the ninth session —
+// the logits before the tenth, the branches before the eleventh: an A/B of those changes, which
+// also move the numbers by a few bf16 roundings); MFU is then taken against the
 // card's dense bf16 tensor peak instead of its fp32 peak. --no-bf16-mirrors casts every weight
 // operand to bf16 again after each optimiser step instead of taking it from the model's bf16
 // mirror, which the AdamW kernel writes (Backend::set_bf16_mirrors; the same bits: an A/B of the

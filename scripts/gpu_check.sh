@@ -129,8 +129,8 @@ run_step bench "gpu_train_bench bf16" "$build/bench/gpu_train_bench" --bf16 "${d
 # A/B of the bf16 activation storage (same bits, different memory traffic): synthetic part only.
 run_step bench "gpu_train_bench bf16, fp32 acts" "$build/bench/gpu_train_bench" --bf16 \
   --fp32-activations --steps 20 --profile 0
-# A/B of the bf16 qkv, fc1, d(act) (ninth session) and logits (tenth) GEMM outputs (one more
-# rounding each).
+# A/B of the bf16 qkv, fc1, d(act) (ninth session), logits (tenth) and branch (eleventh: out
+# linear, fc2) GEMM outputs (one more rounding each).
 run_step bench "gpu_train_bench bf16, fp32 outs" "$build/bench/gpu_train_bench" --bf16 \
   --fp32-gemm-outputs --steps 20 --profile 0
 # A/B of the weights' bf16 mirror (tenth session; the same bits, one cast pass per step less).

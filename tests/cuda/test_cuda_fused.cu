@@ -29,7 +29,8 @@
 //                                   not fused (fallback); within one bf16 unit where cuBLASLt's
 //                                   epilogue rounds (another algorithm may sum in another order)
 //   dropout_backward_sum_cast    == dropout_backward (row map) then column_sum_add_cast
-//   dropout_add_rmsnorm / _layernorm == dropout_add then the norm's forward (out, y, stats)
+//   dropout_add_rmsnorm / _layernorm == dropout_add then the norm's forward (out, y, stats); with
+//                                   a bf16 branch == the fp32 ops on the widened branch
 //   gemm autotuning              within fp32 rounding of the default plan (bit for bit on the
 //                                   emulator); its cached plan repeats; it ran
 //   loss softmax over a bf16 Z   == the fp32 kernel over the widened Z (log-probabilities, and
@@ -197,7 +198,9 @@ void test_activations(Backend& be, Rng& rng, std::int64_t rows, std::int64_t f) 
 
 /// The residual add fused into the norm that reads it (dropout_add_rmsnorm / _layernorm) against
 /// dropout_add then the norm's forward: out, y (fp32, and bf16 with padded rows) and the stats
-/// bit for bit; with a row map and p 0.1 (the training step), and without one at p 0.
+/// bit for bit; with a row map and p 0.1 (the training step), and without one at p 0; with an
+/// fp32 branch, and with a bf16 one (padded rows, as a bf16-output GEMM writes it) against the
+/// fp32 ops on its widened values.
 void test_residual_norm(Backend& be, Rng& rng, std::int64_t n, std::int64_t d) {
   const std::string shape = shape_str({{"N", n}, {"D", d}});
   auto res = upload(be, normal(rng, n * d, 1.5, 0.2)), branch = upload(be, normal(rng, n * d));
@@ -207,52 +210,64 @@ void test_residual_norm(Backend& be, Rng& rng, std::int64_t n, std::int64_t d) {
     row_map[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(2 * i + (i % 3 == 0 ? 1 : 0));
   auto drows = upload(be, row_map);
   const std::int64_t ld = bf16_ld(d);
+  // The bf16 branch (padding columns hold the sentinel, a NaN) and the fp32 values it widens to.
+  auto branch16 = sentinel_buffer(be, n, ld);
+  seqrec::cuda::cast_to_bf16(be, branch.data(), n, d, d, branch16.data(), ld);
+  auto widened = upload(be, widen(bits(be, branch16.data(), n, ld), n, d, ld));
   const std::uint64_t key = 0x243f6a8885a308d3ULL;
   for (const bool layer : {false, true})
     for (const bool mapped : {true, false})
-      for (const bool b16 : {false, true}) {
-        const double p = mapped ? 0.1 : 0.0;
-        const std::int32_t* rows = mapped ? drows.data() : nullptr;
-        const std::string op =
-            std::string(layer ? "dropout_add_layernorm" : "dropout_add_rmsnorm") +
-            (mapped ? ".rows.p0.1" : ".p0") + (b16 ? ".bf16" : "");
-        auto out_ref = be.buffer<float>(n * d), out_got = be.buffer<float>(n * d);
-        auto st_ref = be.buffer<float>(2 * n), st_got = be.buffer<float>(2 * n);
-        SEQREC_CUDA_CHECK(cudaMemsetAsync(st_ref.data(), 0, st_ref.bytes(), be.stream()));
-        SEQREC_CUDA_CHECK(cudaMemsetAsync(st_got.data(), 0, st_got.bytes(), be.stream()));
-        seqrec::cuda::dropout_add(be, out_ref.data(), res.data(), branch.data(), n * d, p, key,
-                                  rows, d);
-        auto run = [&](auto* y_ref, auto* y_got, std::int64_t ldy) {
-          if (layer) {
-            seqrec::cuda::layernorm_forward(be, out_ref.data(), g.data(), b.data(), y_ref,
-                                            st_ref.data(), n, d, 1e-5f, ldy);
-            seqrec::cuda::dropout_add_layernorm(be, out_got.data(), res.data(), branch.data(), p,
-                                                key, rows, g.data(), b.data(), y_got, st_got.data(),
-                                                n, d, 1e-5f, ldy);
+      for (const bool b16 : {false, true})
+        for (const bool br16 : {false, true}) {
+          const double p = mapped ? 0.1 : 0.0;
+          const std::int32_t* rows = mapped ? drows.data() : nullptr;
+          const std::string op =
+              std::string(layer ? "dropout_add_layernorm" : "dropout_add_rmsnorm") +
+              (mapped ? ".rows.p0.1" : ".p0") + (b16 ? ".bf16" : "") + (br16 ? ".bf16_branch" : "");
+          auto out_ref = be.buffer<float>(n * d), out_got = be.buffer<float>(n * d);
+          auto st_ref = be.buffer<float>(2 * n), st_got = be.buffer<float>(2 * n);
+          SEQREC_CUDA_CHECK(cudaMemsetAsync(st_ref.data(), 0, st_ref.bytes(), be.stream()));
+          SEQREC_CUDA_CHECK(cudaMemsetAsync(st_got.data(), 0, st_got.bytes(), be.stream()));
+          seqrec::cuda::dropout_add(be, out_ref.data(), res.data(),
+                                    br16 ? widened.data() : branch.data(), n * d, p, key, rows, d);
+          auto fused = [&](const auto* br, std::int64_t ldb, auto* y_got, std::int64_t ldy) {
+            if (layer)
+              seqrec::cuda::dropout_add_layernorm(be, out_got.data(), res.data(), br, p, key, rows,
+                                                  g.data(), b.data(), y_got, st_got.data(), n, d,
+                                                  1e-5f, ldy, ldb);
+            else
+              seqrec::cuda::dropout_add_rmsnorm(be, out_got.data(), res.data(), br, p, key, rows,
+                                                g.data(), y_got, st_got.data(), n, d, 1e-6f, ldy,
+                                                ldb);
+          };
+          auto run = [&](auto* y_ref, auto* y_got, std::int64_t ldy) {
+            if (layer)
+              seqrec::cuda::layernorm_forward(be, out_ref.data(), g.data(), b.data(), y_ref,
+                                              st_ref.data(), n, d, 1e-5f, ldy);
+            else
+              seqrec::cuda::rmsnorm_forward(be, out_ref.data(), g.data(), y_ref, st_ref.data(), n,
+                                            d, 1e-6f, ldy);
+            if (br16)
+              fused(branch16.data(), ld, y_got, ldy);
+            else
+              fused(branch.data(), 0, y_got, ldy);
+          };
+          if (b16) {
+            auto y_ref = sentinel_buffer(be, n, ld), y_got = sentinel_buffer(be, n, ld);
+            run(y_ref.data(), y_got.data(), ld);
+            check_identical(op + ".y", shape, bits(be, y_got.data(), n, ld),
+                            bits(be, y_ref.data(), n, ld), "the same norm of the same sums");
           } else {
-            seqrec::cuda::rmsnorm_forward(be, out_ref.data(), g.data(), y_ref, st_ref.data(), n, d,
-                                          1e-6f, ldy);
-            seqrec::cuda::dropout_add_rmsnorm(be, out_got.data(), res.data(), branch.data(), p, key,
-                                              rows, g.data(), y_got, st_got.data(), n, d, 1e-6f,
-                                              ldy);
+            auto y_ref = be.buffer<float>(n * d), y_got = be.buffer<float>(n * d);
+            run(y_ref.data(), y_got.data(), 0);
+            check_identical(op + ".y", shape, download(be, y_got), download(be, y_ref),
+                            "the same norm of the same sums");
           }
-        };
-        if (b16) {
-          auto y_ref = sentinel_buffer(be, n, ld), y_got = sentinel_buffer(be, n, ld);
-          run(y_ref.data(), y_got.data(), ld);
-          check_identical(op + ".y", shape, bits(be, y_got.data(), n, ld),
-                          bits(be, y_ref.data(), n, ld), "the same norm of the same sums");
-        } else {
-          auto y_ref = be.buffer<float>(n * d), y_got = be.buffer<float>(n * d);
-          run(y_ref.data(), y_got.data(), 0);
-          check_identical(op + ".y", shape, download(be, y_got), download(be, y_ref),
-                          "the same norm of the same sums");
+          check_identical(op + ".out", shape, download(be, out_got), download(be, out_ref),
+                          "dropout_add's sums and masks");
+          check_identical(op + ".stats", shape, download(be, st_got), download(be, st_ref),
+                          "the same row statistics");
         }
-        check_identical(op + ".out", shape, download(be, out_got), download(be, out_ref),
-                        "dropout_add's sums and masks");
-        check_identical(op + ".stats", shape, download(be, st_got), download(be, st_ref),
-                        "the same row statistics");
-      }
 }
 
 /// The bf16 MLP with its pre-activation and d(act) in bf16 (fc1 and fc2's input gradient written

@@ -656,8 +656,9 @@ void test_bf16_activations(seqrec::cuda::Backend& gbe, const std::string& name) 
 }
 
 /// bf16 GEMM outputs (the default: the qkv, fc1, d(act), d(ctx) GEMMs, the input-gradient GEMMs
-/// before each norm and the loss's logits GEMM write bf16, and so does attention's d(qkv))
-/// against fp32 ones, both with bf16 activations. These differ by design: seven more bf16
+/// before each norm, the out linear and fc2 (the branches the residual adds widen) and the loss's
+/// logits GEMM write bf16, and so does attention's d(qkv)) against fp32 ones, both with bf16
+/// activations. These differ by design: nine more bf16
 /// roundings per block and one per logit (each relative error ≤ u = 2^-8). Each is one more
 /// independent rounding of the kind test_model_bf16 bounds against the CPU (there ~20 GEMMs'
 /// roundings in series stay under 5e-2), so for a smooth activation (SiLU) the same per-tensor

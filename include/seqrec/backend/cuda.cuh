@@ -465,11 +465,12 @@ class Backend {
   bool bf16_activations() const noexcept { return bf16_activations_; }
   /// With bf16 activations, whether models also have the GEMMs whose outputs only kernels that
   /// widen them read write those outputs in bf16 (default): the attention's qkv, the MLP's
-  /// pre-activation and d(act), d(ctx), and the input gradients that norms' backward reads (qkv
-  /// linear, MLP), rounded once in cuBLASLt's epilogue (gemm_rm_bf16_out); attention then writes
+  /// pre-activation and d(act), d(ctx), the input gradients that norms' backward reads (qkv
+  /// linear, MLP), and the branch outputs that the residual adds read (out linear, the MLP's
+  /// fc2), rounded once in cuBLASLt's epilogue (gemm_rm_bf16_out); attention then writes
   /// d(qkv) in bf16 too. In bf16 mode the loss's logits GEMM (cross_entropy_cuda.cuh) follows
   /// this switch alone, with or without bf16 activations: bf16 logits, the softmax's gradient over
-  /// them in place. Unlike the storage switch above this changes the numbers (seven more bf16
+  /// them in place. Unlike the storage switch above this changes the numbers (nine more bf16
   /// roundings per block and one per logit, as PyTorch's autocast rounds every linear's output
   /// and gradient); off keeps them fp32, which is what tests compare the activation storage
   /// against bit for bit, and what benchmarks A/B against.

@@ -42,9 +42,10 @@
 // fp32 accumulation when the backend is in bf16 mode (weights marked WeightOperand::B are rounded
 // once per optimiser step), biases in the GEMM's epilogue where aligned; every other reduction
 // has a fixed order, so a step repeats bit for bit in either mode. In bf16 mode with bf16 GEMM
-// outputs (the backend's default) the qkv GEMM, the MLP's fc1 GEMM and the d(act) and d(ctx)
-// GEMMs write their results in bf16 (gemm_rm_bf16_out), since only widening kernels read them,
-// and attention writes d(qkv) in bf16 (the qkv linear's GEMM operand; its bias gradient sums the
+// outputs (the backend's default) the qkv GEMM, the MLP's fc1 GEMM, the out linear and fc2 (the
+// branches, which the fused residual-add-and-norm kernels read) and the d(act) and d(ctx) GEMMs
+// write their results in bf16 (gemm_rm_bf16_out), since only widening kernels read them, and
+// attention writes d(qkv) in bf16 (the qkv linear's GEMM operand; its bias gradient sums the
 // bf16 values).
 #pragma once
 
@@ -700,19 +701,32 @@ class Model<Cfg, cuda::Backend> {
       cuda::rmsnorm_forward(*be_, x, value(n.weight), y, stats, rows, d, eps, ldy);
   }
   /// norm_forward of out = residual + drop(branch), made in the same pass (dropout_add under
-  /// (p, key) and the row map, then the norm: their bits, without reading out back).
-  template <typename OutT>
+  /// (p, key) and the row map, then the norm: their bits, without reading out back). branch:
+  /// fp32 or bf16, leading dimension ldb.
+  template <typename OutT, typename BranchT>
   void residual_norm_forward(const NormIds& n, float* out, const float* residual,
-                             const float* branch, double p, std::uint64_t key,
+                             const BranchT* branch, std::int64_t ldb, double p, std::uint64_t key,
                              const std::int32_t* rmap, OutT* y, float* stats, std::int64_t rows,
                              std::int64_t d, float eps, std::int64_t ldy = 0) {
     if constexpr (kNorm == detail::CudaNorm::LayerNorm)
       cuda::dropout_add_layernorm(*be_, out, residual, branch, p, key, rmap, value(n.weight),
-                                  value(n.bias), y, stats, rows, d, eps, ldy);
+                                  value(n.bias), y, stats, rows, d, eps, ldy, ldb);
     else
       cuda::dropout_add_rmsnorm(*be_, out, residual, branch, p, key, rmap, value(n.weight), y,
-                                stats, rows, d, eps, ldy);
+                                stats, rows, d, eps, ldy, ldb);
   }
+  /// Calls f(branch, ldb) with the branch output the last GEMM of a block's attention or FFN
+  /// left: tmp16_ (bf16, rows of bf16_ld(D)) when b16, else tmp_ (fp32, rows of D).
+  template <typename F>
+  void with_branch(bool b16, F&& f) {
+    if (b16)
+      f(static_cast<const __nv_bfloat16*>(tmp16_.data()), cuda::bf16_ld(shape_.dim));
+    else
+      f(static_cast<const float*>(tmp_.data()), shape_.dim);
+  }
+  /// Whether the FFN writes its output (the branch) in bf16: the Mlp's fc2 with bf16 GEMM outputs.
+  /// GatedMlp and MoE write fp32.
+  bool ffn_branch16() const noexcept { return out16_ && kFfn == detail::CudaFfnKind::Mlp; }
   /// Where a GEMM-only activation of `cols` columns lives: its bf16 buffer with 16-byte rows
   /// under bf16 activations, else its fp32 buffer. Sizes them for `rows` rows.
   cuda::Operand act_operand(cuda::DeviceBuffer<float>& f32, cuda::DeviceBuffer<__nv_bfloat16>& b16,
@@ -870,7 +884,8 @@ class Model<Cfg, cuda::Backend> {
   }
 
   /// tmp_ (N, D) = ffn(norm2 output) for block l (`blk`), saving what ffn_backward needs in c
-  /// (MoE: in its layer). a2 is the norm2 output as an operand (MoE: c.a2, fp32).
+  /// (MoE: in its layer); into tmp16_ instead, in bf16, when ffn_branch16(). a2 is the norm2
+  /// output as an operand (MoE: c.a2, fp32).
   void ffn_forward(std::size_t l, const Block& blk, BlockCache& c, const cuda::Operand& a2,
                    std::int64_t n, std::int64_t d) {
     const std::int64_t F = ffn_inner_;
@@ -910,7 +925,12 @@ class Model<Cfg, cuda::Backend> {
         else
           cuda::activation_forward<kAct>(*be_, c.pre.data(), c.act.data(), n * F);
       }
-      linear_forward(act, value(blk.fc2_w), value(blk.fc2_b), tmp_.data(), n, F, d);
+      if (ffn_branch16())
+        cuda::gemm_rm_bf16_out(*be_, false, true, n, d, F, 1.f, act,
+                               cuda::Operand(value(blk.fc2_w), F), tmp16_.data(), cuda::bf16_ld(d),
+                               cuda::WeightOperand::B, value(blk.fc2_b));
+      else
+        linear_forward(act, value(blk.fc2_w), value(blk.fc2_b), tmp_.data(), n, F, d);
     }
   }
   /// dx (N, D) overwritten = d loss / d a2 from dy = d loss / d ffn output (N, D), given as the
@@ -1067,6 +1087,7 @@ class Model<Cfg, cuda::Backend> {
     for (auto& r : resid_) ensure(r, M * D);
     caches_.resize(blocks_.size());
     ensure(tmp_, M * D);
+    if (out16_) ensure(tmp16_, M * cuda::bf16_ld(D));
     ensure(h_, M * D);
     ensure(stats_f_, M * kStatsPerRow);
     // Learned positions add the table on the full layout (its gradient sums over b), so only
@@ -1167,23 +1188,32 @@ class Model<Cfg, cuda::Backend> {
                                   c.probs.data(), 0, attn_seg(), rope(), rmap);
       }
       {
+        // With bf16 GEMM outputs the out linear writes the branch in bf16 (tmp16_: its epilogue
+        // rounds the product plus bias once, as autocast does); the residual add widens it.
         const cuda::ProfileScope prof(*be_, "out linear (fwd)");
-        linear_forward(ctx, value(blk.out_w), value(blk.out_b), tmp_.data(), M, D, D);
+        if (out16_)
+          cuda::gemm_rm_bf16_out(*be_, false, true, M, D, D, 1.f, ctx,
+                                 cuda::Operand(value(blk.out_w), D), tmp16_.data(),
+                                 cuda::bf16_ld(D), cuda::WeightOperand::B, value(blk.out_b));
+        else
+          linear_forward(ctx, value(blk.out_w), value(blk.out_b), tmp_.data(), M, D, D);
       }
       {
         // x_mid = x_in + drop(out linear), and norm2(x_mid), in one pass.
         const cuda::ProfileScope prof(*be_, "residual + norm (fwd)");
-        if (a2_fp32)
-          residual_norm_forward(blk.norm2, c.x_mid.data(), x_in, tmp_.data(), p, key, rmap,
-                                c.a2.data(), c.stats2.data(), M, D, eps);
-        else
-          residual_norm_forward(blk.norm2, c.x_mid.data(), x_in, tmp_.data(), p, key, rmap,
-                                c.a2_16.data(), c.stats2.data(), M, D, eps, a2.ld);
+        with_branch(out16_, [&](const auto* branch, std::int64_t ldb) {
+          if (a2_fp32)
+            residual_norm_forward(blk.norm2, c.x_mid.data(), x_in, branch, ldb, p, key, rmap,
+                                  c.a2.data(), c.stats2.data(), M, D, eps);
+          else
+            residual_norm_forward(blk.norm2, c.x_mid.data(), x_in, branch, ldb, p, key, rmap,
+                                  c.a2_16.data(), c.stats2.data(), M, D, eps, a2.ld);
+        });
       }
       // x_out = x_mid + drop(ffn(norm2(x_mid)))
       {
         const cuda::ProfileScope prof(*be_, "ffn (fwd)");
-        ffn_forward(l, blk, c, a2, M, D);  // → tmp_
+        ffn_forward(l, blk, c, a2, M, D);  // → tmp_, or tmp16_ (ffn_branch16)
       }
       {
         // x_out, and the norm that reads it (the next block's norm1, or the final norm into h_),
@@ -1191,20 +1221,22 @@ class Model<Cfg, cuda::Backend> {
         const cuda::ProfileScope prof(*be_, "residual + norm (fwd)");
         const std::uint64_t key2 = mix64(key ^ 0x5bd1e995);
         float* x_out = resid_[l + 1].data();
-        if (l + 1 == blocks_.size()) {
-          residual_norm_forward(norm_f_, x_out, c.x_mid.data(), tmp_.data(), p, key2, rmap,
-                                h_.data(), stats_f_.data(), M, D, eps);
-        } else {
-          BlockCache& next = caches_[l + 1];
-          const NormIds& n1 = blocks_[l + 1].norm1;
-          if (act16_)
-            residual_norm_forward(n1, x_out, c.x_mid.data(), tmp_.data(), p, key2, rmap,
-                                  next.a1_16.data(), next.stats1.data(), M, D, eps,
-                                  cuda::bf16_ld(D));
-          else
-            residual_norm_forward(n1, x_out, c.x_mid.data(), tmp_.data(), p, key2, rmap,
-                                  next.a1.data(), next.stats1.data(), M, D, eps);
-        }
+        with_branch(ffn_branch16(), [&](const auto* branch, std::int64_t ldb) {
+          if (l + 1 == blocks_.size()) {
+            residual_norm_forward(norm_f_, x_out, c.x_mid.data(), branch, ldb, p, key2, rmap,
+                                  h_.data(), stats_f_.data(), M, D, eps);
+          } else {
+            BlockCache& next = caches_[l + 1];
+            const NormIds& n1 = blocks_[l + 1].norm1;
+            if (act16_)
+              residual_norm_forward(n1, x_out, c.x_mid.data(), branch, ldb, p, key2, rmap,
+                                    next.a1_16.data(), next.stats1.data(), M, D, eps,
+                                    cuda::bf16_ld(D));
+            else
+              residual_norm_forward(n1, x_out, c.x_mid.data(), branch, ldb, p, key2, rmap,
+                                    next.a1.data(), next.stats1.data(), M, D, eps);
+          }
+        });
       }
     }
     if (blocks_.empty()) {
@@ -1374,6 +1406,9 @@ class Model<Cfg, cuda::Backend> {
   // (N, bf16_ld(3D)), and dn16_ (N, bf16_ld(D)): the input gradient the qkv linear and the Mlp
   // hand their norm's backward.
   cuda::DeviceBuffer<__nv_bfloat16> dact16_, dctx16_, dqkv16_, dn16_;
+  // With bf16 GEMM outputs: the branch outputs (N, bf16_ld(D)) of the out linear and the Mlp's fc2,
+  // which only the residual-norm kernels read (tmp_ holds them in fp32 otherwise).
+  cuda::DeviceBuffer<__nv_bfloat16> tmp16_;
   // Packed rows (training): the row list on host and device, its length, attention's segments
   // and packed tokens, and the embeddings' full-layout scratch.
   bool packed_ = false;

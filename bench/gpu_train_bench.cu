@@ -4,7 +4,7 @@
 //
 //   gpu_train_bench [--steps N] [--warmup N] [--profile N] [--data DIR] [--bf16]
 //                   [--fp32-activations] [--fp32-gemm-outputs] [--no-bf16-mirrors] [--autotune]
-//                   [--eager-zero-grads] [--tiny]
+//                   [--eager-zero-grads] [--overlap-dw] [--tiny]
 //
 // --tiny runs every part at dim 64, 2 layers, 2 heads, ffn 256, batch 32 (same catalogue): not a
 // benchmark but a check that the bench itself works, for the host emulator (tests/emu), where a
@@ -25,6 +25,11 @@
 // --eager-zero-grads has zero_grads() clear every gradient itself, the linear weights' included,
 // instead of leaving those zeros to the weights' dW GEMMs (Model::set_lazy_zero_grads; the same
 // values: an A/B of the eleventh session's lazy zeroing).
+//
+// --overlap-dw runs each linear layer's weight-gradient GEMM on a second stream, at the same time
+// as its input-gradient GEMM (Backend::set_overlap_dw, off by default; the same bits): an
+// experiment on the GEMMs' partial last waves. The profile's GEMM table then sums the two
+// streams' GEMM times, which overlap.
 //
 // --autotune turns on the backend's GEMM autotuning (Backend::set_gemm_autotune): each GEMM class
 // times cuBLASLt's candidates once and keeps the fastest; the warm-up then covers every synthetic
@@ -506,7 +511,7 @@ void data_part(seqrec::cuda::Backend& be, const std::string& dir, Summary& out) 
 int main(int argc, char** argv) {
   int steps = 30, warmup = 3, profile = 5;
   bool bf16 = false, fp32_activations = false, fp32_outputs = false, autotune = false;
-  bool mirrors = true;
+  bool mirrors = true, overlap_dw = false;
   std::string data_dir;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -522,6 +527,8 @@ int main(int argc, char** argv) {
       autotune = true;
     } else if (a == "--eager-zero-grads") {
       g_eager_zero = true;
+    } else if (a == "--overlap-dw") {
+      overlap_dw = true;
     } else if (a == "--tiny") {
       g_tiny = true;
     } else if ((a == "--steps" || a == "--warmup" || a == "--profile" || a == "--data") &&
@@ -536,7 +543,7 @@ int main(int argc, char** argv) {
       std::fprintf(help ? stdout : stderr,
                    "usage: %s [--steps N] [--warmup N] [--profile N] [--data DIR] [--bf16] "
                    "[--fp32-activations] [--fp32-gemm-outputs] [--no-bf16-mirrors] [--autotune] "
-                   "[--eager-zero-grads] [--tiny]\n",
+                   "[--eager-zero-grads] [--overlap-dw] [--tiny]\n",
                    argv[0]);
       return help ? 0 : 1;
     }
@@ -553,6 +560,7 @@ int main(int argc, char** argv) {
     be.set_bf16_gemm_outputs(!fp32_outputs);
     be.set_gemm_autotune(autotune);
     be.set_bf16_mirrors(mirrors);
+    be.set_overlap_dw(overlap_dw);
     cudaDeviceProp prop{};
     SEQREC_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     std::printf("device: %s (sm_%d%d, %d SMs, %.1f GiB)\n", prop.name, prop.major, prop.minor,
@@ -566,7 +574,8 @@ int main(int argc, char** argv) {
                                                             : "bf16") +
                              (autotune ? ", autotuned GEMMs" : "") +
                              (bf16 && !mirrors ? ", weights cast per step" : "") +
-                             (g_eager_zero ? ", eager zero_grads" : "");
+                             (g_eager_zero ? ", eager zero_grads" : "") +
+                             (overlap_dw ? ", dW overlapped" : "");
     std::printf("bias epilogue: %zu GEMM calls with a bias added it in a separate pass\n",
                 be.bias_passes());
     if (bf16)
@@ -574,6 +583,8 @@ int main(int argc, char** argv) {
                   be.bf16_mirror_hits(), mirrors ? "" : " (off: --no-bf16-mirrors)");
     std::printf("lazy zero_grads: %zu dW GEMMs overwrote a pending gradient%s\n",
                 sum.lazy_zero_hits, g_eager_zero ? " (off: --eager-zero-grads)" : "");
+    if (overlap_dw)
+      std::printf("dW overlap: %zu weight-gradient GEMMs ran on the side stream\n", be.side_runs());
     if (autotune)
       std::printf(
           "GEMM autotuning: %zu classes timed, %zu of them won by another candidate than "

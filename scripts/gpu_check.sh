@@ -10,9 +10,9 @@
 # checkpoint); the op benchmark table; the training benchmark at the study's config in fp32 and
 # in bf16, each with a per-phase step profile that also times every GEMM alone (SEQREC_DATA: a
 # folder with interactions.tsv, e.g. amazon18_games carried next to the build, adds a timed real
-# epoch), then bf16 five more times as A/B rows: with fp32 activations (the storage), with fp32
-# GEMM outputs, without the weights' bf16 mirror, with every gradient zeroed eagerly, and with
-# GEMM autotuning; last, the PyTorch
+# epoch), then bf16 six more times as A/B rows: with fp32 activations (the storage), with fp32
+# GEMM outputs, without the weights' bf16 mirror, with every gradient zeroed eagerly, with the
+# dW GEMMs on a second stream, and with GEMM autotuning; last, the PyTorch
 # reference on the same card at the study's dims, eager and compiled (needs torch and
 # SEQREC_DATA). A failing step is reported and the next one still runs; a summary of the steps
 # and the results close the output: the op benchmark's rows, one row per training benchmark run,
@@ -141,6 +141,9 @@ run_step bench "gpu_train_bench bf16, no mirror" "$build/bench/gpu_train_bench" 
 # to their dW GEMMs instead of a memset).
 run_step bench "gpu_train_bench bf16, eager zero" "$build/bench/gpu_train_bench" --bf16 \
   --eager-zero-grads --steps 20 --profile 0
+# A/B of the dW GEMMs on a second stream (eleventh session; off by default: an experiment).
+run_step bench "gpu_train_bench bf16, dW overlap" "$build/bench/gpu_train_bench" --bf16 \
+  --overlap-dw --steps 20 --profile 0
 # A/B of GEMM autotuning (ninth session; off by default: it costs run-to-run reproducibility).
 run_step bench "gpu_train_bench bf16, autotune" "$build/bench/gpu_train_bench" --bf16 \
   --autotune --steps 20 --profile 0
@@ -203,7 +206,7 @@ done
 # took over a gradient's zeroing, per run.
 for f in "$logs"/gpu_train_bench*.log; do
   [[ -f $f ]] || continue
-  grep -h -e '^bias epilogue:' -e '^bf16 weight mirror:' -e '^lazy zero_grads:' "$f" | sed "s|^|   $(basename "$f" .log): |"
+  grep -h -e '^bias epilogue:' -e '^bf16 weight mirror:' -e '^lazy zero_grads:' -e '^dW overlap:' "$f" | sed "s|^|   $(basename "$f" .log): |"
 done
 # The design's floor at the GEMM rate the bf16 profile measured (bench/step_traffic.py: every
 # other kernel at 3.0 TB/s), to read the measured step against.

@@ -35,6 +35,9 @@
 //                                   emulator); its cached plan repeats; it ran
 //   loss softmax over a bf16 Z   == the fp32 kernel over the widened Z (log-probabilities, and
 //                                   G in place vs into its own bf16 buffer, pad columns zero)
+//   fork (dW overlap)            work on the side stream gives the same bits, with its own
+//                                   workspace; no block freed while forked is reused before the
+//                                   join; a nested fork is refused; a throw still joins
 //   profiler                     ranges are timed (> 0 ms, one total per name, in order),
 //   a nested
 //                                range is refused, and profiling off records nothing
@@ -756,6 +759,92 @@ void test_gemm_autotune(Rng& rng, bool bf16) {
              std::to_string(plain.gemm_classes_tuned()) + " on the default one");
 }
 
+/// cuda::Fork, the two-stream scope of the dW overlap: on_side's work is queued on the side stream
+/// with its own cuBLASLt workspace, and the stream comes back after it (after a throw too); a
+/// GEMM run there gives the bits it gives on the main stream; between fork and join the
+/// allocator hands out no block freed meanwhile, and the join returns them all to the cache; a
+/// second fork inside one is refused.
+void test_fork(Backend& be, Rng& rng) {
+  // fp32 mode: its GEMMs allocate no operand copies, so the blocks freed while forked are
+  // exactly the three below.
+  struct Mode {
+    Backend& be;
+    bool was;
+    ~Mode() { be.set_bf16(was); }
+  } mode{be, be.bf16()};
+  be.set_bf16(false);
+  const std::int64_t M = 61, N = 40, K = 72;
+  auto a = upload(be, normal(rng, M * K)), b = upload(be, normal(rng, K * N));
+  auto c_main = be.buffer<float>(M * N), c_side = be.buffer<float>(M * N);
+  seqrec::cuda::gemm_rm(be, false, false, M, N, K, 1.f, a.data(), K, b.data(), N, 0.f,
+                        c_main.data(), N);
+  const cudaStream_t main_stream = be.stream();
+  void* const main_ws = be.workspace();
+  cudaStream_t side_stream = nullptr;
+  void* side_ws = nullptr;
+  { const seqrec::cuda::Fork warm(be); }  // the side stream and its workspace exist from here
+  const std::size_t runs0 = be.side_runs();
+  const std::size_t cached0 = be.allocator().cached_bytes();
+  void* first = nullptr;
+  std::size_t reused = 0, refused = 0;
+  {
+    seqrec::cuda::Fork fork(be);
+    {
+      auto tmp = be.buffer<float>(1000);  // freed while forked: held back
+      first = tmp.data();
+    }
+    auto again = be.buffer<float>(1000);
+    reused += again.data() == first;
+    try {
+      seqrec::cuda::Fork nested(be);
+    } catch (const seqrec::Error&) {
+      ++refused;
+    }
+    fork.on_side([&] {
+      side_stream = be.stream();
+      side_ws = be.workspace();
+      seqrec::cuda::gemm_rm(be, false, false, M, N, K, 1.f, a.data(), K, b.data(), N, 0.f,
+                            c_side.data(), N);
+      auto scratch = be.buffer<float>(1000);
+      reused += scratch.data() == first;
+    });
+  }
+  const bool back = be.stream() == main_stream && be.workspace() == main_ws;
+  record(side_stream != nullptr && side_stream != main_stream && side_ws != main_ws && back &&
+             be.side_runs() == runs0 + 1,
+         "fork.streams", "-",
+         std::string("on_side ran on another stream with its own workspace: ") +
+             (side_stream != main_stream && side_ws != main_ws ? "yes" : "NO") +
+             "; main stream and workspace back after it: " + (back ? "yes" : "NO"));
+  check_identical("fork.gemm_on_side", shape_str({{"M", M}, {"N", N}, {"K", K}}),
+                  download(be, c_side), download(be, c_main), "the same GEMM on either stream");
+  // Three 4000-byte blocks were freed while forked (tmp, scratch, again): all cached now.
+  const std::size_t block = seqrec::cuda::CachingAllocator::bucket(4000);
+  record(reused == 0 && !be.allocator().holding() &&
+             be.allocator().cached_bytes() == cached0 + 3 * block,
+         "fork.allocator", "-",
+         std::to_string(reused) + " blocks freed while forked handed out again (must be 0); " +
+             "cached bytes +" + std::to_string(be.allocator().cached_bytes() - cached0) +
+             " after the join (want " + std::to_string(3 * block) + ")");
+  record(refused == 1, "fork.nested", "-", "a second Fork while forked is refused");
+  bool threw = false;
+  try {
+    seqrec::cuda::Fork fork(be);
+    fork.on_side([] { throw seqrec::Error("from the side"); });
+  } catch (const seqrec::Error&) {
+    threw = true;
+  }
+  bool after = false;
+  {
+    seqrec::cuda::Fork fork(be);  // the throw joined and unheld: forking works again
+    after = be.allocator().holding();
+  }
+  record(threw && after && be.stream() == main_stream && !be.allocator().holding(), "fork.throw",
+         "-",
+         "a throw inside on_side leaves the main stream current and the "
+         "allocator unheld, and a new fork works");
+}
+
 void test_profiler(Backend& be, Rng& rng) {
   const std::int64_t n = 4096, d = 1024;
   auto x = upload(be, normal(rng, n * d)), g = upload(be, normal(rng, d, 0.1, 1.0));
@@ -874,5 +963,6 @@ int main() {
       guarded("softmax_head.bf16_z", shape_str({{"rows", c}, {"I", i}, {"J", j}}),
               [&] { test_softmax_bf16_z(be, rng, c, i, j); });
     guarded("profiler", "-", [&] { test_profiler(be, rng); });
+    guarded("fork", "-", [&] { test_fork(be, rng); });
   });
 }

@@ -52,6 +52,10 @@
 // equal value for value (tagged "lazy-zero"), and the lazy model's dW GEMMs must have taken
 // the zeros over.
 //
+// The dW GEMMs on a second stream (Backend::set_overlap_dw) against one stream, for
+// OursRandomConfig in fp32 and bf16 and GatedConfig in bf16: loss, gradients and parameters over
+// 3 AdamW steps identical BIT FOR BIT, and the side stream used (tagged "overlap-dw").
+//
 // The tolerances were sized by running the same steps with the CPU model in fp32 against the CPU
 // model in fp64 (the exact answer, to fp32's eyes) over 30 seeds: the GPU and the CPU are two fp32
 // evaluations in different summation orders, so their difference is about √2 times either one's
@@ -843,6 +847,76 @@ void test_lazy_zero(seqrec::cuda::Backend& gbe, const std::string& name, bool bf
              std::to_string(eager.lazy_zero_hits()) + " (eager)");
 }
 
+/// The weight-gradient GEMMs on the backend's side stream, beside the input-gradient GEMMs
+/// (Backend::set_overlap_dw), against both on one stream: each GEMM computes what it computed
+/// alone, so loss, gradients, parameters and moments over 3 AdamW steps must be identical BIT
+/// FOR BIT, and the side stream must have run them. (The emulator runs streams in program
+/// order: this checks what the overlapped GEMMs compute and that the model routes them through
+/// cuda::Fork, not that a GPU's events order them.)
+template <typename Cfg>
+void test_overlap_dw(seqrec::cuda::Backend& gbe, const std::string& name, bool bf16,
+                     int per_block) {
+  using GpuModel = seqrec::Model<Cfg, seqrec::cuda::Backend>;
+  const ModelShape shape = test_shape();
+  const std::uint64_t seed = 1234;
+  std::unique_ptr<Bf16Mode> mode;
+  if (bf16) mode = std::make_unique<Bf16Mode>(gbe);
+  GpuModel two(shape, gbe, seed), one(shape, gbe, seed);
+  const std::string tag = name + (bf16 ? " bf16" : "") + " overlap-dw ";
+  struct Restore {  // the shared backend leaves this test with the overlap off, even on a throw
+    seqrec::cuda::Backend& be;
+    ~Restore() { be.set_overlap_dw(false); }
+  } restore{gbe};
+  std::size_t side = 0;
+  auto with = [&](bool on, auto&& f) {
+    gbe.set_overlap_dw(on);
+    const std::size_t s0 = gbe.side_runs();
+    f();
+    if (on) side += gbe.side_runs() - s0;
+    gbe.set_overlap_dw(false);
+  };
+  Rng rng(7171);
+  const seqrec::train::AdamWOptions opt;
+  for (int step = 1; step <= 3; ++step) {
+    const Batch b = make_batch(rng, 16, shape.max_len, shape.vocab_size);
+    const std::uint64_t key = seqrec::ops::dropout_key(seed, std::uint64_t(step), 0) | 1;
+    double l1 = 0, l2 = 0;
+    std::int64_t n1 = 0, n2 = 0;
+    with(true, [&] {
+      two.zero_grads();
+      l1 = two.forward_backward(b.inputs.data(), b.targets.data(), b.B, b.L, key, &n1);
+    });
+    with(false, [&] {
+      one.zero_grads();
+      l2 = one.forward_backward(b.inputs.data(), b.targets.data(), b.B, b.L, key, &n2);
+    });
+    const std::string st = "step " + std::to_string(step) + " ";
+    record(l1 == l2 && n1 == n2, tag + st + "loss",
+           strf("two streams %.9g, one %.9g", l1, l2) + (l1 == l2 ? " (identical)" : " DIFFER"));
+    two.download_grads();
+    one.download_grads();
+    const auto& g1 = two.parameters().grads();
+    const auto& g2 = one.parameters().grads();
+    const std::size_t gd = bit_diffs(g1.data(), g2.data(), g1.size());
+    record(gd == 0, tag + st + "grads",
+           std::to_string(gd) + " of " + std::to_string(g1.size()) + " elements differ bitwise");
+    with(true, [&] { two.optimizer_step(opt, 1e-3, step, 1.0); });
+    with(false, [&] { one.optimizer_step(opt, 1e-3, step, 1.0); });
+  }
+  two.download();
+  one.download();
+  const auto& v1 = two.parameters().values();
+  const auto& v2 = one.parameters().values();
+  const std::size_t vd = bit_diffs(v1.data(), v2.data(), v1.size());
+  record(vd == 0, tag + "values after 3 steps",
+         std::to_string(vd) + " of " + std::to_string(v1.size()) + " elements differ bitwise");
+  // Every linear weight's dW GEMM in each step's backward (per_block of them per block).
+  const std::size_t want = static_cast<std::size_t>(3 * shape.layers * per_block);
+  record(side == want && !gbe.overlap_dw(), tag + "side stream used",
+         std::to_string(side) + " dW GEMMs on the side stream (want " + std::to_string(want) +
+             "); overlap off afterwards");
+}
+
 template <typename F>
 void guarded(const std::string& what, F&& f) {
   try {
@@ -880,6 +954,8 @@ int main() {
     guarded("ours_random lazy-zero",
             [&] { test_lazy_zero<seqrec::OursRandomConfig>(be, "ours_random", false); });
     guarded("moe lazy-zero", [&] { test_lazy_zero<seqrec::MoeConfig>(be, "moe", false); });
+    guarded("ours_random overlap-dw",
+            [&] { test_overlap_dw<seqrec::OursRandomConfig>(be, "ours_random", false, 4); });
     // bf16 last: Bf16Mode puts the shared backend back into fp32 when each returns or throws.
     guarded("ours_random bf16",
             [&] { test_model_bf16<seqrec::OursRandomConfig>(be, "ours_random"); });
@@ -895,6 +971,10 @@ int main() {
             [&] { test_bf16_gemm_outputs<seqrec::OursRandomConfig>(be, "ours_random", 5e-2); });
     guarded("gated bf16 lazy-zero",
             [&] { test_lazy_zero<seqrec::GatedConfig>(be, "gated", true); });
+    guarded("ours_random bf16 overlap-dw",
+            [&] { test_overlap_dw<seqrec::OursRandomConfig>(be, "ours_random", true, 4); });
+    guarded("gated bf16 overlap-dw",
+            [&] { test_overlap_dw<seqrec::GatedConfig>(be, "gated", true, 5); });
     guarded("sasrec_layernorm bf16-gemm-outputs", [&] {  // ReLU: see the test for 1.5e-1
       test_bf16_gemm_outputs<seqrec::SasRecLayerNormConfig>(be, "sasrec_layernorm", 1.5e-1);
     });

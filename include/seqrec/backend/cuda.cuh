@@ -1,5 +1,6 @@
-// The CUDA backend: one stream, one cuBLASLt handle with a 32 MiB workspace, and a small caching
-// device allocator, so that ops never call cudaMalloc in a training step. Like cpu::Backend it
+// The CUDA backend: one stream (and a side stream for a Fork), one cuBLASLt handle with a 32 MiB
+// workspace per stream, and a small caching device allocator, so that ops never call cudaMalloc
+// in a training step. Like cpu::Backend it
 // owns no maths beyond a thin row-major GEMM wrapper around its cuBLASLt handle.
 //
 // This header is host-compilable (runtime and cuBLASLt API only), so host code may open a Backend;
@@ -12,12 +13,15 @@
 // weights_changed() after every optimiser step or upload, which drops the cache. Activations that
 // only GEMMs read are written in bf16 by the kernels that produce them (set_bf16_activations),
 // and so are the GEMM outputs that only widening kernels read (set_bf16_gemm_outputs: qkv, the
-// MLP's pre-activation and d(act), d(ctx); attention's d(qkv); the loss's logits); the rest — the
-// residual stream, the other GEMM outputs, gradients, master weights, optimiser state — stays fp32.
+// MLP's pre-activation and d(act), d(ctx), the branches; attention's d(qkv); the loss's logits);
+// the rest — the residual stream, the other GEMM outputs, gradients, master weights, optimiser
+// state — stays fp32.
 //
 // Everything runs on the backend's single stream, which is what makes the allocator simple: a
 // buffer freed after a kernel was queued on the stream may be handed to the next request at once,
-// because every later use is queued behind that kernel on the same stream. Blocks are cached in
+// because every later use is queued behind that kernel on the same stream. The one exception is a
+// Fork (fork to join, two streams at once): the allocator then holds back every freed block
+// until the join. Blocks are cached in
 // free lists keyed by size bucket (powers of two up to 64 MiB, 2 MiB multiples above) and given
 // back to the driver when the backend is destroyed or when cudaMalloc runs out of memory.
 //
@@ -128,7 +132,8 @@ inline int cuda_device_available(std::string* why = nullptr) {
   return cuda_probe::device_count(why);
 }
 
-/// Size-bucketed cache of device blocks. Not thread-safe; single stream (see the file comment).
+/// Size-bucketed cache of device blocks. Not thread-safe; single stream but for hold() (see the
+/// file comment).
 class CachingAllocator {
  public:
   CachingAllocator() = default;
@@ -165,11 +170,19 @@ class CachingAllocator {
     return p;
   }
 
-  /// Returns a block to its free list; the memory stays with the process.
+  /// Returns a block to its free list; the memory stays with the process. While held (hold()),
+  /// the block is kept back from reuse until unhold() instead.
   void deallocate(void* p) noexcept {
     if (p == nullptr) return;
     auto it = live_.find(p);
     if (it == live_.end()) return;  // not ours: nothing sensible to do in a noexcept path
+    if (held_on_) {
+      try {
+        held_.push_back(p);
+      } catch (...) {  // no memory for the list: the block stays live, never reused (safe)
+      }
+      return;
+    }
     free_[it->second].push_back(p);
     cached_bytes_ += it->second;
     live_.erase(it);
@@ -186,6 +199,17 @@ class CachingAllocator {
     }
     cached_bytes_ = 0;
   }
+
+  /// Between hold() and unhold() no freed block is handed out again: two streams run at once then
+  /// (Backend::fork, SideStream), and a block one of them freed may still be read by work the
+  /// other queued. unhold(), once the streams have joined, returns the held blocks to the cache.
+  void hold() noexcept { held_on_ = true; }
+  void unhold() noexcept {
+    held_on_ = false;
+    for (void* p : held_) deallocate(p);
+    held_.clear();
+  }
+  bool holding() const noexcept { return held_on_; }
 
   std::size_t cached_bytes() const noexcept { return cached_bytes_; }
   std::size_t live_bytes() const noexcept {
@@ -223,6 +247,8 @@ class CachingAllocator {
   std::map<std::size_t, std::vector<void*>> free_;
   std::map<void*, std::size_t> live_;
   std::size_t cached_bytes_ = 0;
+  bool held_on_ = false;
+  std::vector<void*> held_;
 };
 
 /// Owning handle to `count` elements of T in device memory from a CachingAllocator. Move-only;
@@ -320,6 +346,7 @@ class Profiler {
     ranges_.clear();
     for (const GemmRange& g : gemms_) {
       float ms = 0.f;
+      SEQREC_CUDA_CHECK(cudaEventSynchronize(g.stop));  // a side stream's, too
       SEQREC_CUDA_CHECK(cudaEventElapsedTime(&ms, g.start, g.stop));
       auto it = std::find_if(gemm_totals_.begin(), gemm_totals_.end(), [&](const GemmTotal& t) {
         return t.phase == g.phase && t.label == g.label;
@@ -360,18 +387,22 @@ class Profiler {
   };
   /// Starts timing one GEMM of class `label` and exact size (M, N, K): records its start event.
   /// gemm_end() must follow (gemm_lt's guard calls it on every path).
-  void gemm_begin(std::string label, std::int64_t M, std::int64_t N, std::int64_t K) {
+  /// `on`: the stream the GEMM runs on (the backend's side stream for an overlapped one; null:
+  /// the profiler's).
+  void gemm_begin(std::string label, std::int64_t M, std::int64_t N, std::int64_t K,
+                  cudaStream_t on = nullptr) {
     SEQREC_CHECK(!gemm_open_, "Profiler: gemm_begin() while a GEMM is being timed");
     std::string phase = open_ >= 0 ? ranges_[static_cast<std::size_t>(open_)].name : "";
-    gemms_.push_back(GemmRange{std::move(phase), std::move(label), M, N, K, event(), event()});
+    gemms_.push_back(GemmRange{std::move(phase), std::move(label), M, N, K, event(), event(),
+                               on != nullptr ? on : stream_});
     gemm_open_ = true;
-    SEQREC_CUDA_CHECK(cudaEventRecord(gemms_.back().start, stream_));
+    SEQREC_CUDA_CHECK(cudaEventRecord(gemms_.back().start, gemms_.back().stream));
   }
   /// Records the stop event of the GEMM gemm_begin() started (no-op without one); a failed record
   /// is reported by the next collect().
   void gemm_end() noexcept {
     if (!gemm_open_) return;
-    const cudaError_t e = cudaEventRecord(gemms_.back().stop, stream_);
+    const cudaError_t e = cudaEventRecord(gemms_.back().stop, gemms_.back().stream);
     if (e != cudaSuccess && record_error_ == cudaSuccess) record_error_ = e;
     gemm_open_ = false;
   }
@@ -398,6 +429,7 @@ class Profiler {
     std::string phase, label;
     std::int64_t m, n, k;
     cudaEvent_t start, stop;
+    cudaStream_t stream;  // where its events are recorded
   };
   cudaStream_t stream_;
   std::vector<cudaEvent_t> pool_, free_;
@@ -430,15 +462,25 @@ class Backend {
   Backend& operator=(const Backend&) = delete;
   ~Backend() {
     (void)cudaStreamSynchronize(stream_);
+    if (side_ != nullptr) (void)cudaStreamSynchronize(side_);
+    alloc_.unhold();
     workspace_.reset();
+    side_workspace_.reset();
     alloc_.release_cached();
+    if (fork_event_ != nullptr) (void)cudaEventDestroy(fork_event_);
+    if (join_event_ != nullptr) (void)cudaEventDestroy(join_event_);
     if (lt_ != nullptr) (void)cublasLtDestroy(lt_);
+    if (side_ != nullptr) (void)cudaStreamDestroy(side_);
     if (stream_ != nullptr) (void)cudaStreamDestroy(stream_);
   }
 
-  cudaStream_t stream() const noexcept { return stream_; }
+  /// The stream work is queued on: the backend's own, or its side stream inside a SideStream
+  /// scope (below).
+  cudaStream_t stream() const noexcept { return on_side_ ? side_ : stream_; }
   cublasLtHandle_t lt() const noexcept { return lt_; }
-  void* workspace() noexcept { return workspace_.data(); }
+  /// cuBLASLt's workspace for the current stream (each stream has its own: two GEMMs may run at
+  /// once).
+  void* workspace() noexcept { return on_side_ ? side_workspace_.data() : workspace_.data(); }
   CachingAllocator& allocator() noexcept { return alloc_; }
   int device() const noexcept { return device_; }
   int num_sms() const noexcept { return num_sms_; }
@@ -449,8 +491,19 @@ class Backend {
   DeviceBuffer<T> buffer(std::size_t count) {
     return DeviceBuffer<T>(alloc_, count);
   }
-  void synchronize() { SEQREC_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  void synchronize() {
+    SEQREC_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    if (side_ != nullptr) SEQREC_CUDA_CHECK(cudaStreamSynchronize(side_));
+  }
 
+  /// Whether models run each linear layer's weight-gradient GEMM on the side stream, at the same
+  /// time as its input-gradient GEMM on the main stream (off by default; an experiment: the two
+  /// GEMMs fill each other's last partial wave of thread blocks, which a step of ~9k rows has
+  /// many of). The same bits either way: each GEMM computes what it computed alone.
+  void set_overlap_dw(bool on) noexcept { overlap_dw_ = on; }
+  bool overlap_dw() const noexcept { return overlap_dw_; }
+  /// How many Fork::on_side calls have run (tests: the overlap took place).
+  std::size_t side_runs() const noexcept { return side_runs_; }
   /// bf16 GEMM operands (fp32 accumulation and results) instead of fp32 throughout.
   void set_bf16(bool on) {
     bf16_ = on;
@@ -601,11 +654,18 @@ class Backend {
   }
 
  private:
+  friend class Fork;
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
   cublasLtHandle_t lt_ = nullptr;
   CachingAllocator alloc_;  // declared before workspace_: destroyed after it
   DeviceBuffer<std::byte> workspace_;
+  // The side stream (fork, SideStream): made on first use, with its own workspace.
+  cudaStream_t side_ = nullptr;
+  cudaEvent_t fork_event_ = nullptr, join_event_ = nullptr;
+  DeviceBuffer<std::byte> side_workspace_;
+  bool overlap_dw_ = false, forked_ = false, on_side_ = false;
+  std::size_t side_runs_ = 0;
   int num_sms_ = 0;
   int max_smem_optin_ = 0;
   bool bf16_ = false;
@@ -621,6 +681,60 @@ class Backend {
   std::size_t mirror_hits_ = 0;
   std::map<GemmKey, GemmPlan> gemm_plans_;
   std::unique_ptr<Profiler> profiler_;
+};
+
+/// Two streams at once, fork to join, as a scope. Construction marks the main stream's current
+/// point (what the side work reads must be queued by then); on_side(f) queues f's work on the
+/// backend's side stream, to start at that point, while the caller goes on queueing on the main
+/// stream; destruction joins: the main stream waits for the side stream's work. Between the two
+/// the allocator hands out no block freed meanwhile (CachingAllocator::hold: either stream may
+/// still read it); after the join every later use of one is queued behind both streams' work.
+/// The side stream, its events and its cuBLASLt workspace are made on first use. One Fork at a
+/// time per backend, one on_side per Fork.
+class Fork {
+ public:
+  explicit Fork(Backend& be) : be_(be) {
+    SEQREC_CHECK(!be.forked_, "Fork: the backend is already forked");
+    if (be.side_ == nullptr) {
+      SEQREC_CUDA_CHECK(cudaStreamCreateWithFlags(&be.side_, cudaStreamNonBlocking));
+      SEQREC_CUDA_CHECK(cudaEventCreateWithFlags(&be.fork_event_, cudaEventDisableTiming));
+      SEQREC_CUDA_CHECK(cudaEventCreateWithFlags(&be.join_event_, cudaEventDisableTiming));
+      be.side_workspace_ = DeviceBuffer<std::byte>(be.alloc_, Backend::kWorkspaceBytes);
+    }
+    SEQREC_CUDA_CHECK(cudaEventRecord(be.fork_event_, be.stream_));
+    be.alloc_.hold();
+    be.forked_ = true;
+  }
+  Fork(const Fork&) = delete;
+  Fork& operator=(const Fork&) = delete;
+  /// Queues f's work (every launch, copy and GEMM in it: they take be.stream() and
+  /// be.workspace(), which now answer the side stream's) on the side stream.
+  template <typename F>
+  void on_side(F&& f) {
+    SEQREC_CHECK(!used_, "Fork::on_side: once per fork");
+    used_ = true;
+    SEQREC_CUDA_CHECK(cudaStreamWaitEvent(be_.side_, be_.fork_event_, 0));
+    struct Back {
+      Backend& be;
+      ~Back() { be.on_side_ = false; }
+    } back{be_};
+    be_.on_side_ = true;
+    f();
+    ++be_.side_runs_;
+  }
+  /// The join. noexcept: should recording or waiting fail, the host synchronises the side stream
+  /// instead, so the main stream's later work still follows the side's.
+  ~Fork() {
+    if (used_ && (cudaEventRecord(be_.join_event_, be_.side_) != cudaSuccess ||
+                  cudaStreamWaitEvent(be_.stream_, be_.join_event_, 0) != cudaSuccess))
+      (void)cudaStreamSynchronize(be_.side_);
+    be_.forked_ = false;
+    be_.alloc_.unhold();
+  }
+
+ private:
+  Backend& be_;
+  bool used_ = false;
 };
 
 /// Times the enclosing scope as one range of the backend's profiler, when profiling is on.
@@ -901,7 +1015,7 @@ inline bool gemm_lt(Backend& be, cudaDataType_t ab_type, bool trans_a, bool tran
                   trans_a ? "^T" : "", trans_b ? "^T" : "", type(c_type), fused ? " +bias" : "",
                   static_cast<long long>(Mq), static_cast<long long>(Nq),
                   static_cast<long long>(Kq));
-    timing.p->gemm_begin(label, M, N, K);
+    timing.p->gemm_begin(label, M, N, K, be.stream());
   }
   SEQREC_CUBLAS_CHECK(cublasLtMatmul(be.lt(), op, &alpha, B, la, A, lb, &beta, C, lc, C, lc,
                                      &plan.algo, be.workspace(), ws, be.stream()));

@@ -851,20 +851,39 @@ class Model<Cfg, cuda::Backend> {
   /// dx (N, in) = g · W, overwritten or added (beta = 1) when accumulate_dx; dW += gᵀ · x (dW =
   /// gᵀ · x while its zeros are pending: dw_beta); g is the output gradient as a GEMM operand. A
   /// bf16 dx (bf16 mode, overwritten only) has leading dimension bf16_ld(in).
+  /// With the backend's overlap_dw the dW GEMM runs on the side stream while dx's runs on the
+  /// main one (cuda::Fork: both read only g, x and W, which are ready), joined before returning.
   template <typename DX>
   void linear_backward_gemms(const cuda::Operand& x, const float* w, const cuda::Operand& g, DX* dx,
                              float* dw, std::int64_t n, std::int64_t in, std::int64_t out,
                              bool accumulate_dx) {
-    if constexpr (std::is_same_v<DX, __nv_bfloat16>) {
-      SEQREC_CHECK(!accumulate_dx, "linear_backward_gemms: a bf16 dx is overwritten, not added to");
-      cuda::gemm_rm_bf16_out(*be_, false, false, n, in, out, 1.f, g, cuda::Operand(w, in), dx,
-                             cuda::bf16_ld(in), cuda::WeightOperand::B);
-    } else {
-      cuda::gemm_rm(*be_, false, false, n, in, out, 1.f, g, cuda::Operand(w, in),
-                    accumulate_dx ? 1.f : 0.f, dx, in, cuda::WeightOperand::B);
-    }
+    auto input_grad = [&] {
+      if constexpr (std::is_same_v<DX, __nv_bfloat16>) {
+        SEQREC_CHECK(!accumulate_dx,
+                     "linear_backward_gemms: a bf16 dx is overwritten, not added to");
+        cuda::gemm_rm_bf16_out(*be_, false, false, n, in, out, 1.f, g, cuda::Operand(w, in), dx,
+                               cuda::bf16_ld(in), cuda::WeightOperand::B);
+      } else {
+        cuda::gemm_rm(*be_, false, false, n, in, out, 1.f, g, cuda::Operand(w, in),
+                      accumulate_dx ? 1.f : 0.f, dx, in, cuda::WeightOperand::B);
+      }
+    };
     // No rows: dW gets nothing (a pending gradient stays pending: its zeros are still owed).
-    if (n > 0) cuda::gemm_rm(*be_, true, false, out, in, n, 1.f, g, x, dw_beta(dw), dw, in);
+    if (n == 0) {
+      input_grad();
+      return;
+    }
+    auto weight_grad = [&] {
+      cuda::gemm_rm(*be_, true, false, out, in, n, 1.f, g, x, dw_beta(dw), dw, in);
+    };
+    if (!be_->overlap_dw()) {
+      input_grad();
+      weight_grad();
+      return;
+    }
+    cuda::Fork fork(*be_);
+    input_grad();
+    fork.on_side(weight_grad);
   }
 
   /// Bias-free linear layer (GatedMlp): y (N, out) = x (N, in) · Wᵀ, W (out, in).

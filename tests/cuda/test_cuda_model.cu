@@ -581,6 +581,59 @@ struct Bf16Storage {
   seqrec::cuda::Backend& be;
 };
 
+/// Two models from one seed, stepped alike (`steps` AdamW steps on batches of `batch` rows from
+/// Rng(rng_seed)), each model's calls made through with(true, f) for `a` and with(false, f) for
+/// `b`: the loss each step, the gradients each step, and the parameters and second moments after
+/// them must be identical BIT FOR BIT. `sides` names a and b in the messages. Returns the Rng, to
+/// draw what the caller compares next.
+template <typename GpuModel, typename With>
+Rng compare_steps_bitwise(const std::string& tag, GpuModel& a, GpuModel& b, With&& with, int steps,
+                          std::int32_t batch, std::uint64_t rng_seed, std::uint64_t seed,
+                          const char* side_a, const char* side_b) {
+  const ModelShape& shape = a.shape();
+  Rng rng(rng_seed);
+  const seqrec::train::AdamWOptions opt;
+  for (int step = 1; step <= steps; ++step) {
+    const Batch x = make_batch(rng, batch, shape.max_len, shape.vocab_size);
+    const std::uint64_t key = seqrec::ops::dropout_key(seed, std::uint64_t(step), 0) | 1;
+    double l1 = 0, l2 = 0;
+    std::int64_t n1 = 0, n2 = 0;
+    with(true, [&] {
+      a.zero_grads();
+      l1 = a.forward_backward(x.inputs.data(), x.targets.data(), x.B, x.L, key, &n1);
+    });
+    with(false, [&] {
+      b.zero_grads();
+      l2 = b.forward_backward(x.inputs.data(), x.targets.data(), x.B, x.L, key, &n2);
+    });
+    const std::string st = "step " + std::to_string(step) + " ";
+    record(l1 == l2 && n1 == n2, tag + st + "loss",
+           std::string(side_a) + strf(" %.9g ", l1) + side_b + strf(" %.9g", l2) +
+               (l1 == l2 ? " (identical)" : " DIFFER"));
+    a.download_grads();
+    b.download_grads();
+    const auto& g1 = a.parameters().grads();
+    const auto& g2 = b.parameters().grads();
+    const std::size_t gd = bit_diffs(g1.data(), g2.data(), g1.size());
+    record(gd == 0, tag + st + "grads",
+           std::to_string(gd) + " of " + std::to_string(g1.size()) + " elements differ bitwise");
+    with(true, [&] { a.optimizer_step(opt, 1e-3, step, 1.0); });
+    with(false, [&] { b.optimizer_step(opt, 1e-3, step, 1.0); });
+  }
+  a.download();
+  b.download();
+  const auto& v1 = a.parameters().values();
+  const auto& v2 = b.parameters().values();
+  const std::string after = " after " + std::to_string(steps) + " steps";
+  const std::size_t vd = bit_diffs(v1.data(), v2.data(), v1.size());
+  record(vd == 0, tag + "values" + after,
+         std::to_string(vd) + " of " + std::to_string(v1.size()) + " elements differ bitwise");
+  const std::size_t md =
+      bit_diffs(a.parameters().moment2().data(), b.parameters().moment2().data(), v1.size());
+  record(md == 0, tag + "second moments" + after, std::to_string(md) + " elements differ bitwise");
+  return rng;
+}
+
 /// bf16 activations (the default in bf16 mode: norm outputs, attention context and MLP
 /// activations written in bf16 by their kernels, dy rounded once per linear backward) and the
 /// weights' bf16 operands from the model's mirror (written by the optimiser step) against bf16
@@ -606,45 +659,8 @@ void test_bf16_activations(seqrec::cuda::Backend& gbe, const std::string& name) 
     f();
     (on ? hits_on : hits_off) += gbe.bf16_mirror_hits() - h0;
   };
-  Rng rng(4242);
-  const seqrec::train::AdamWOptions opt;
-  for (int step = 1; step <= 3; ++step) {
-    const Batch b = make_batch(rng, 32, shape.max_len, shape.vocab_size);
-    const std::uint64_t key = seqrec::ops::dropout_key(seed, std::uint64_t(step), 0) | 1;
-    double l1 = 0, l2 = 0;
-    std::int64_t n1 = 0, n2 = 0;
-    with(true, [&] {
-      stored.zero_grads();
-      l1 = stored.forward_backward(b.inputs.data(), b.targets.data(), b.B, b.L, key, &n1);
-    });
-    with(false, [&] {
-      rounded.zero_grads();
-      l2 = rounded.forward_backward(b.inputs.data(), b.targets.data(), b.B, b.L, key, &n2);
-    });
-    const std::string st = "step " + std::to_string(step) + " ";
-    record(l1 == l2 && n1 == n2, tag + st + "loss",
-           strf("stored %.9g rounded %.9g", l1, l2) + (l1 == l2 ? " (identical)" : " DIFFER"));
-    stored.download_grads();
-    rounded.download_grads();
-    const auto& g1 = stored.parameters().grads();
-    const auto& g2 = rounded.parameters().grads();
-    const std::size_t gd = bit_diffs(g1.data(), g2.data(), g1.size());
-    record(gd == 0, tag + st + "grads",
-           std::to_string(gd) + " of " + std::to_string(g1.size()) + " elements differ bitwise");
-    with(true, [&] { stored.optimizer_step(opt, 1e-3, step, 1.0); });
-    with(false, [&] { rounded.optimizer_step(opt, 1e-3, step, 1.0); });
-  }
-  stored.download();
-  rounded.download();
-  const auto& v1 = stored.parameters().values();
-  const auto& v2 = rounded.parameters().values();
-  const std::size_t vd = bit_diffs(v1.data(), v2.data(), v1.size());
-  record(vd == 0, tag + "values after 3 steps",
-         std::to_string(vd) + " of " + std::to_string(v1.size()) + " elements differ bitwise");
-  const std::size_t md = bit_diffs(stored.parameters().moment2().data(),
-                                   rounded.parameters().moment2().data(), v1.size());
-  record(md == 0, tag + "second moments after 3 steps",
-         std::to_string(md) + " elements differ bitwise");
+  Rng rng =
+      compare_steps_bitwise(tag, stored, rounded, with, 3, 32, 4242, seed, "stored", "rounded");
   const Batch b = make_batch(rng, 32, shape.max_len, shape.vocab_size);
   const std::int64_t I = stored.num_items();
   std::vector<float> s1(static_cast<std::size_t>(b.B * I)), s2(s1.size());
@@ -662,15 +678,15 @@ void test_bf16_activations(seqrec::cuda::Backend& gbe, const std::string& name) 
 /// bf16 GEMM outputs (the default: the qkv, fc1, d(act), d(ctx) GEMMs, the input-gradient GEMMs
 /// before each norm, the out linear and fc2 (the branches the residual adds widen) and the loss's
 /// logits GEMM write bf16, and so does attention's d(qkv)) against fp32 ones, both with bf16
-/// activations. These differ by design: nine more bf16
-/// roundings per block and one per logit (each relative error ≤ u = 2^-8). Each is one more
-/// independent rounding of the kind test_model_bf16 bounds against the CPU (there ~20 GEMMs'
-/// roundings in series stay under 5e-2), so for a smooth activation (SiLU) the same per-tensor
-/// bound holds with room (emulated worst: 1.0e-2); the loss moves by far less than 1e-2.
+/// activations. These differ by design: nine more bf16 roundings per block and one per logit
+/// (each relative error ≤ u = 2^-8). Each is one more independent rounding of the kind
+/// test_model_bf16 bounds against the CPU (there ~20 GEMMs' roundings in series stay under
+/// 5e-2), so for a smooth activation (SiLU) the same per-tensor bound holds with room (emulated
+/// worst: 1.1e-2); the loss moves by far less than 1e-2.
 /// A ReLU MLP needs grad_tol looser: a perturbation of order u flips the mask of the
 /// pre-activations within u of zero (many, at this small init), and each flip moves the gradient
 /// by a whole d(act) term rather than by a rounding; the FFN's and norm2's gradients then differ
-/// by about the square root of the flipped fraction (emulated worst: 2.4e-2 at step 1, 4.4e-2 at
+/// by about the square root of the flipped fraction (emulated worst: 2.3e-2 at step 1, 4.8e-2 at
 /// step 2, after AdamW has moved the two models apart by such differences).
 /// The kernels that take the bf16 tensors are checked bit for bit against their fp32 forms in
 /// test_cuda_fused; this checks the model wires them right (a wrong leading dimension or buffer
@@ -875,41 +891,7 @@ void test_overlap_dw(seqrec::cuda::Backend& gbe, const std::string& name, bool b
     if (on) side += gbe.side_runs() - s0;
     gbe.set_overlap_dw(false);
   };
-  Rng rng(7171);
-  const seqrec::train::AdamWOptions opt;
-  for (int step = 1; step <= 3; ++step) {
-    const Batch b = make_batch(rng, 16, shape.max_len, shape.vocab_size);
-    const std::uint64_t key = seqrec::ops::dropout_key(seed, std::uint64_t(step), 0) | 1;
-    double l1 = 0, l2 = 0;
-    std::int64_t n1 = 0, n2 = 0;
-    with(true, [&] {
-      two.zero_grads();
-      l1 = two.forward_backward(b.inputs.data(), b.targets.data(), b.B, b.L, key, &n1);
-    });
-    with(false, [&] {
-      one.zero_grads();
-      l2 = one.forward_backward(b.inputs.data(), b.targets.data(), b.B, b.L, key, &n2);
-    });
-    const std::string st = "step " + std::to_string(step) + " ";
-    record(l1 == l2 && n1 == n2, tag + st + "loss",
-           strf("two streams %.9g, one %.9g", l1, l2) + (l1 == l2 ? " (identical)" : " DIFFER"));
-    two.download_grads();
-    one.download_grads();
-    const auto& g1 = two.parameters().grads();
-    const auto& g2 = one.parameters().grads();
-    const std::size_t gd = bit_diffs(g1.data(), g2.data(), g1.size());
-    record(gd == 0, tag + st + "grads",
-           std::to_string(gd) + " of " + std::to_string(g1.size()) + " elements differ bitwise");
-    with(true, [&] { two.optimizer_step(opt, 1e-3, step, 1.0); });
-    with(false, [&] { one.optimizer_step(opt, 1e-3, step, 1.0); });
-  }
-  two.download();
-  one.download();
-  const auto& v1 = two.parameters().values();
-  const auto& v2 = one.parameters().values();
-  const std::size_t vd = bit_diffs(v1.data(), v2.data(), v1.size());
-  record(vd == 0, tag + "values after 3 steps",
-         std::to_string(vd) + " of " + std::to_string(v1.size()) + " elements differ bitwise");
+  compare_steps_bitwise(tag, two, one, with, 3, 16, 7171, seed, "two streams", "one");
   // Every linear weight's dW GEMM in each step's backward (per_block of them per block).
   const std::size_t want = static_cast<std::size_t>(3 * shape.layers * per_block);
   record(side == want && !gbe.overlap_dw(), tag + "side stream used",

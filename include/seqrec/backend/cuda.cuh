@@ -201,8 +201,8 @@ class CachingAllocator {
   }
 
   /// Between hold() and unhold() no freed block is handed out again: two streams run at once then
-  /// (Backend::fork, SideStream), and a block one of them freed may still be read by work the
-  /// other queued. unhold(), once the streams have joined, returns the held blocks to the cache.
+  /// (cuda::Fork), and a block one of them freed may still be read by work the other queued.
+  /// unhold(), once the streams have joined, returns the held blocks to the cache.
   void hold() noexcept { held_on_ = true; }
   void unhold() noexcept {
     held_on_ = false;
@@ -474,8 +474,8 @@ class Backend {
     if (stream_ != nullptr) (void)cudaStreamDestroy(stream_);
   }
 
-  /// The stream work is queued on: the backend's own, or its side stream inside a SideStream
-  /// scope (below).
+  /// The stream work is queued on: the backend's own, or its side stream inside Fork::on_side
+  /// (below).
   cudaStream_t stream() const noexcept { return on_side_ ? side_ : stream_; }
   cublasLtHandle_t lt() const noexcept { return lt_; }
   /// cuBLASLt's workspace for the current stream (each stream has its own: two GEMMs may run at
@@ -660,7 +660,7 @@ class Backend {
   cublasLtHandle_t lt_ = nullptr;
   CachingAllocator alloc_;  // declared before workspace_: destroyed after it
   DeviceBuffer<std::byte> workspace_;
-  // The side stream (fork, SideStream): made on first use, with its own workspace.
+  // The side stream (Fork): made on first use, with its own workspace.
   cudaStream_t side_ = nullptr;
   cudaEvent_t fork_event_ = nullptr, join_event_ = nullptr;
   DeviceBuffer<std::byte> side_workspace_;

@@ -266,6 +266,25 @@ void profile_part(seqrec::cuda::Backend& be, GpuModel& model, const std::vector<
       gemm_calls / steps, gemm_ms / steps, gpu_ms / steps,
       gpu_ms > 0 ? 100.0 * gemm_ms / gpu_ms : 0.0, gemm_rate / 1e12, 100.0 * gemm_rate / peak,
       gemm_ms > 0 ? 100.0 * model_flops / (gemm_ms / 1e3) / peak : 0.0);
+  // Per phase, for bench/step_traffic.py --profile (which reads each phase's time against the
+  // floor it counts for it): the shape and the mean scored rows of a profiled step, then per
+  // phase its ms, the ms of the GEMMs in it and their executed GFLOP, per step.
+  const seqrec::ModelShape& sh = model.shape();
+  std::printf(
+      "PROFILE SHAPE | rows %.1f | dim %d | ffn %d | heads %d | layers %d | length %d | batch %d | "
+      "items %d\n",
+      tokens / steps, sh.dim, sh.ffn_dim, sh.heads, sh.layers, batches.front().L, batches.front().B,
+      sh.vocab_size - seqrec::kNumSpecialTokens);
+  for (const auto& [name, ms] : totals) {
+    double g_ms = 0, g_flops = 0;
+    for (const auto& g : gemms)
+      if (g.phase == name) {
+        g_ms += g.ms;
+        g_flops += g.flops;
+      }
+    std::printf("PHASE | %s | %.4f | %.4f | %.6f\n", name.c_str(), ms / steps, g_ms / steps,
+                g_flops / steps / 1e9);
+  }
 }
 
 /// DPO steps on the same model and batches: one pair per row at its last position (the chosen

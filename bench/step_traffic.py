@@ -16,6 +16,13 @@ profile's "GEMMS |" line and the bandwidth from gpu_bench's elementwise rows; th
 measured ms against its floor here says which kernels are far from their bound.
 
     python3 bench/step_traffic.py [--gemm-tflops 560] [--bandwidth 3.0] [--rows 9188] [--target 40]
+    python3 bench/step_traffic.py --profile LOG [--bandwidth 3.0]
+
+With --profile, LOG is the output of `gpu_train_bench --bf16 --profile N` (its "PROFILE SHAPE" and
+"PHASE" lines): the step is counted at the profile's mean scored rows, and each phase's measured
+time is split into its GEMMs (timed alone by the profiler) and the rest, which is read against the
+bytes counted here: the rest's effective bandwidth and its excess over the floor, phases with the
+largest excess first. That table says where a measured step loses its time.
 
 Defaults: the study's shape (d 1024, 5 layers, 8 heads, FFN 4096, L 20, batch 1024, 16859 items,
 9188 scored rows: the synthetic batches of gpu_train_bench); 560 TFLOP/s (the FFN up-projection
@@ -93,6 +100,77 @@ def step_model(a):
     return phases, model_flops, p_all
 
 
+def read_profile(path):
+    """The PROFILE SHAPE and PHASE lines of a gpu_train_bench --profile log: ({field: value} of
+    the shape, mean scored rows included; {phase: (ms, GEMM ms, GEMM GFLOP)}), per step."""
+    shape, phases = None, {}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            where = f"step_traffic.py: {path}:{n}"
+            if line.startswith("PROFILE SHAPE |"):
+                try:
+                    shape = {k: float(v) for k, v in
+                             (x.split() for x in line.split("|")[1:])}
+                except ValueError:
+                    sys.exit(f"{where}: expected 'name value' fields in {line!r}")
+            elif line.startswith("PHASE |"):
+                parts = [x.strip() for x in line.split("|")]
+                if len(parts) != 5:
+                    sys.exit(f"{where}: a PHASE line has 5 fields, got {len(parts)}: {line!r}")
+                try:
+                    phases[parts[1]] = tuple(float(x) for x in parts[2:])
+                except ValueError:
+                    sys.exit(f"{where}: not a number in {line!r}")
+    if shape is None or not phases:
+        sys.exit(f"step_traffic.py: {path}: no PROFILE SHAPE and PHASE lines (a log of "
+                 f"gpu_train_bench --profile N, N > 0, is needed)")
+    missing = {"rows", "dim", "ffn", "heads", "layers", "length", "batch", "items"} - set(shape)
+    if missing:
+        sys.exit(f"step_traffic.py: {path}: the PROFILE SHAPE line lacks {sorted(missing)}")
+    return shape, phases
+
+
+def compare(phases, measured, bw):
+    """Prints each measured phase against its counted floor, the largest excess first. Returns
+    the phases whose measured GEMM GFLOP differ from the counted ones by more than 1%."""
+    rows = []
+    for name, (ms, g_ms, g_gflop) in measured.items():
+        counted = phases.get(name)
+        rows.append((name, ms, g_ms, g_gflop, counted))
+
+    def excess(r):
+        _, ms, g_ms, _, counted = r
+        return (ms - g_ms) - (counted[2] / bw * 1e3 if counted is not None else 0.0)
+
+    rows.sort(key=excess, reverse=True)
+    print("| phase | ms | GEMM ms | GEMM GFLOP (counted) | GEMM TFLOP/s | rest ms | rest floor ms "
+          "| rest GB/s | rest excess ms |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    tot = [0.0] * 4
+    mismatched = []
+    for name, ms, g_ms, g_gflop, counted in rows:
+        rest = ms - g_ms
+        rate = f"{g_gflop / g_ms:.0f}" if g_ms > 0 else "–"
+        if counted is None:
+            print(f"| {name} (not counted) | {ms:.3f} | {g_ms:.3f} | {g_gflop:.4g} (–) | {rate} | "
+                  f"{rest:.3f} | – | – | – |")
+            if g_gflop > 0:
+                mismatched.append(name)
+            continue
+        c_gflop, bytes_ = counted[1] / 1e9, counted[2]
+        if abs(g_gflop - c_gflop) > 0.01 * max(c_gflop, 1e-9) and abs(g_gflop - c_gflop) > 1e-6:
+            mismatched.append(name)
+        floor = bytes_ / bw * 1e3
+        gbs = f"{bytes_ / (rest / 1e3) / 1e9:.0f}" if rest > 0 and bytes_ > 0 else "–"
+        print(f"| {name} | {ms:.3f} | {g_ms:.3f} | {g_gflop:.4g} ({c_gflop:.4g}) | {rate} | "
+              f"{rest:.3f} | {floor:.3f} | {gbs} | {rest - floor:+.3f} |")
+        tot = [tot[0] + ms, tot[1] + g_ms, tot[2] + rest, tot[3] + floor]
+    print(f"| **counted phases** | {tot[0]:.3f} | {tot[1]:.3f} | – | – | {tot[2]:.3f} | "
+          f"{tot[3]:.3f} | – | {tot[2] - tot[3]:+.3f} |")
+    return mismatched
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--gemm-tflops", type=float, default=560.0,
@@ -108,12 +186,24 @@ def main():
     ap.add_argument("--length", type=int, default=20)
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--items", type=int, default=16859)
+    ap.add_argument("--profile", metavar="LOG",
+                    help="a gpu_train_bench --profile log to read against the floor (its shape "
+                         "and mean scored rows replace the shape options)")
+    ap.add_argument("--check-gemm-flops", action="store_true",
+                    help="with --profile: exit 1 if a phase's measured GEMM GFLOP differ from "
+                         "the counted ones by more than 1%% (checks this model against the GEMMs "
+                         "the code issues)")
     a = ap.parse_args()
+    measured = None
+    if a.profile:
+        shape, measured = read_profile(a.profile)
+        for k, v in shape.items():  # the mean scored rows stay fractional
+            setattr(a, k, v if k == "rows" else max(1, round(v)))
     if min(a.gemm_tflops, a.bandwidth, a.rows, a.target) <= 0:
         sys.exit("step_traffic.py: rates, rows and the target must be positive")
     phases, model_flops, p_all = step_model(a)
     rate, bw = a.gemm_tflops * 1e12, a.bandwidth * 1e12
-    print(f"bf16 step at d {a.dim}, {a.layers} layers, FFN {a.ffn}, {a.rows} scored rows, "
+    print(f"bf16 step at d {a.dim}, {a.layers} layers, FFN {a.ffn}, {a.rows:g} scored rows, "
           f"{a.items} items ({p_all / 1e6:.1f} M parameters); GEMMs at {a.gemm_tflops:.0f} "
           f"TFLOP/s, other kernels at {a.bandwidth:.2f} TB/s")
     print(f"| phase | GEMM GFLOP | GEMM ms | other GB | other ms | floor ms |")
@@ -139,6 +229,16 @@ def main():
         need = tb / ((budget - g_ms) / 1e3) / 1e12
         print(f"{budget - g_ms:.2f} ms left beside the GEMMs for {tb / 1e9:.2f} GB, i.e. "
               f"{need:.2f} TB/s sustained by every other kernel")
+    if measured is not None:
+        print(f"\n{a.profile}, per phase (GEMMs timed alone; the rest against the bytes counted "
+              f"above at {a.bandwidth:.2f} TB/s; zero_grads is outside every phase):")
+        mismatched = compare(phases, measured, bw)
+        if mismatched:
+            print(f"GEMM GFLOP differ from the count in: {', '.join(mismatched)}")
+            if a.check_gemm_flops:
+                sys.exit(1)
+        else:
+            print("every phase's GEMM GFLOP match the count (within 1%)")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@
 # SEQREC_DATA). A failing step is reported and the next one still runs; a summary of the steps
 # and the results close the output: the op benchmark's rows, one row per training benchmark run,
 # and each profiled run's GEMM time with the MFU its GEMMs alone would allow, then the floor
-# bench/step_traffic.py gives a bf16 step at the GEMM rate measured.
+# bench/step_traffic.py gives a bf16 step at the GEMM rate measured, and each phase of the bf16
+# profile against its own floor (its GEMMs' rate, the rest's bandwidth and excess).
 # Exit status: 0 all good (or skipped: no GPU), 1 a test failed, 2 only a benchmark failed.
 # Environment: SEQREC_GPU_STEP_TIMEOUT (seconds per step, default 240).
 # A second argument runs a part only: "tests" (the CUDA tests and the trainer binaries) or
@@ -214,8 +215,10 @@ bf16_rate="$(grep -h '^GEMMS ' "$logs/gpu_train_bench_bf16.log" 2>/dev/null |
   awk -F'|' '{split($4, a, " "); print a[1]}' || true)"
 if [[ -n $bf16_rate && $bf16_rate != 0.0 ]] && command -v python3 >/dev/null; then
   echo
-  echo "the floor of a bf16 step at that GEMM rate (python3 bench/step_traffic.py --gemm-tflops $bf16_rate):"
-  python3 bench/step_traffic.py --gemm-tflops "$bf16_rate" | tail -n 2 | sed 's/^/   /'
+  echo "the floor of a bf16 step at that GEMM rate, and each profiled phase against its floor"
+  echo "(python3 bench/step_traffic.py --gemm-tflops $bf16_rate --profile <the bf16 log>):"
+  python3 bench/step_traffic.py --gemm-tflops "$bf16_rate" --profile "$logs/gpu_train_bench_bf16.log" |
+    sed -n '/^model FLOPs/,$p' | sed 's/^/   /'
 fi
 if compgen -G "$logs/torch_*.json" >/dev/null; then
   echo

@@ -689,6 +689,62 @@ void test_adamw(Backend& be, Rng& rng) {
                              reinterpret_cast<__nv_bfloat16*>(want.data()) + segs[0].mirror, 64);
   check_identical("adamw.mirror.bf16", shape, download(be, mirror), download(be, want),
                   "rounded updates of the mirrored trainable tensor; frozen and gaps untouched");
+
+  // Four floats at a time where a tile's addresses allow it, one at a time elsewhere, with the
+  // same bits: the same step on the arrays above (item_emb's and norm's tiles take float4s, bias's
+  // first tile too, but for its mirror at an odd offset) and on copies shifted by one element,
+  // where every tile goes element by element. The norm's partial sums change order, not value.
+  segs[3].mirror = segs[2].mirror + e2 + 3;  // bias: an odd bf16 offset, so scalar with a mirror
+  const std::size_t mirror_m = static_cast<std::size_t>(segs[3].mirror + 4099 + 8);
+  seqrec::cuda::AdamWPlan vplan(be, segs);
+  auto shifted = [&](const auto& h) {
+    std::vector<float> out(h.size() + 1, 123.f);  // element 0: outside every segment
+    std::copy(h.begin(), h.end(), out.begin() + 1);
+    return upload(be, out);
+  };
+  auto cp = upload(be, st.values()), cg = upload(be, st.grads()), cm = upload(be, st.moment1()),
+       cv = upload(be, st.moment2());
+  auto sp = shifted(st.values()), sg = shifted(st.grads()), sm = shifted(st.moment1()),
+       sv = shifted(st.moment2());
+  auto cmir = upload(be, std::vector<std::uint16_t>(mirror_m, kSentinel));
+  auto smir = upload(be, std::vector<std::uint16_t>(mirror_m + 1, kSentinel));
+  const bool aligned =
+      (reinterpret_cast<std::uintptr_t>(cp.data()) | reinterpret_cast<std::uintptr_t>(cg.data()) |
+       reinterpret_cast<std::uintptr_t>(cm.data()) | reinterpret_cast<std::uintptr_t>(cv.data()) |
+       reinterpret_cast<std::uintptr_t>(cmir.data())) %
+          16 ==
+      0;
+  record(aligned, "adamw.vector.aligned_buffers", shape,
+         aligned ? "the unshifted arrays start 16-byte aligned: their tiles take float4s"
+                 : "a device buffer is not 16-byte aligned: the float4 path would go untested");
+  seqrec::cuda::adamw_step(be, vplan, cp.data(), cg.data(), cm.data(), cv.data(), o, lr, step, f,
+                           reinterpret_cast<__nv_bfloat16*>(cmir.data()));
+  seqrec::cuda::adamw_step(be, vplan, sp.data() + 1, sg.data() + 1, sm.data() + 1, sv.data() + 1, o,
+                           lr, step, f, reinterpret_cast<__nv_bfloat16*>(smir.data()) + 1);
+  auto tail = [](std::vector<float> h) {  // the shifted copy without its extra element 0
+    record(h.front() == 123.f, "adamw.vector.outside_untouched", "", "element before the tiles");
+    h.erase(h.begin());
+    return h;
+  };
+  const char* vs = "float4 tiles vs element-by-element tiles";
+  check_identical("adamw.vector.params", shape, download(be, cp), tail(download(be, sp)), vs);
+  check_identical("adamw.vector.moment1", shape, download(be, cm), tail(download(be, sm)), vs);
+  check_identical("adamw.vector.moment2", shape, download(be, cv), tail(download(be, sv)), vs);
+  auto smir_h = download(be, smir);
+  smir_h.erase(smir_h.begin());
+  check_identical("adamw.vector.bf16_mirror", shape, download(be, cmir), smir_h, vs);
+  check_scalar("adamw.vector.grad_norm", shape, seqrec::cuda::grad_norm(be, vplan, sg.data() + 1),
+               seqrec::cuda::grad_norm(be, vplan, cg.data()), 1e-12);
+  // Zeroing: every trainable element, nothing else (the frozen tensor, the element before).
+  seqrec::cuda::zero_tiles(be, vplan, cg.data());
+  seqrec::cuda::zero_tiles(be, vplan, sg.data() + 1);
+  std::vector<float> zeroed(st.grads().begin(), st.grads().end());
+  for (const auto& e : st.entries())
+    if (!e.frozen) std::fill_n(zeroed.begin() + std::ptrdiff_t(e.offset), e.numel, 0.f);
+  check_identical("adamw.vector.zero_tiles", shape, download(be, cg), zeroed,
+                  "trainable gradients zeroed, the frozen one kept");
+  check_identical("adamw.scalar.zero_tiles", shape, tail(download(be, sg)), zeroed,
+                  "trainable gradients zeroed, the frozen one kept");
 }
 
 }  // namespace

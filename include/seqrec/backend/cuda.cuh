@@ -124,6 +124,39 @@ __device__ inline float warp_max(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
+
+/// VW consecutive floats held in registers; VW = 4 loads and stores them as one float4 (the
+/// address must then be 16-byte aligned).
+template <int VW>
+struct FVec {
+  float v[VW];
+};
+
+template <int VW>
+__device__ __forceinline__ FVec<VW> vec_load(const float* p) {
+  FVec<VW> r;
+  if constexpr (VW == 4) {
+    const float4 t = *reinterpret_cast<const float4*>(p);
+    r.v[0] = t.x;
+    r.v[1] = t.y;
+    r.v[2] = t.z;
+    r.v[3] = t.w;
+  } else {
+#pragma unroll
+    for (int e = 0; e < VW; ++e) r.v[e] = p[e];
+  }
+  return r;
+}
+
+template <int VW>
+__device__ __forceinline__ void vec_store(float* p, const FVec<VW>& x) {
+  if constexpr (VW == 4) {
+    *reinterpret_cast<float4*>(p) = make_float4(x.v[0], x.v[1], x.v[2], x.v[3]);
+  } else {
+#pragma unroll
+    for (int e = 0; e < VW; ++e) p[e] = x.v[e];
+  }
+}
 #endif
 
 /// Number of CUDA devices, or 0 when none answers (cuda_probe::device_count, which host-only code

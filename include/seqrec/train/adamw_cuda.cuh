@@ -68,42 +68,118 @@ __device__ inline double adamw_block_sum(double v, double* scratch) {
 }
 }  // namespace detail
 
-/// One block per tile: the AdamW update of that tile's elements, each gradient taken as
-/// g · grad_scale (the clip factor; 1 leaves it exact); with p16 (may be null), also the bf16
-/// copy of each updated parameter of a tile that has one.
-static __global__ void adamw_step_kernel(const detail::AdamWTile* __restrict__ tiles,
-                                         float* __restrict__ p, const float* __restrict__ g,
-                                         float* __restrict__ m, float* __restrict__ v, float b1,
-                                         float b2, float eps, float step_size, float inv_bc2,
-                                         float decay_factor, float grad_scale,
-                                         __nv_bfloat16* __restrict__ p16) {
-  const detail::AdamWTile t = tiles[blockIdx.x];
-  const float decay = t.decay ? decay_factor : 1.f;
-  __nv_bfloat16* mirror = p16 != nullptr && t.mirror >= 0 ? p16 + t.mirror : nullptr;
-  for (int k = threadIdx.x; k < t.count; k += blockDim.x) {
+namespace detail {
+/// The step's scalars, as adamw_step computes them.
+struct AdamWScalars {
+  float b1, b2, eps, step_size, inv_bc2, decay_factor, grad_scale;
+};
+
+/// One element's update in place: m, v and p from the gradient g read as g · grad_scale (the
+/// float clip_grad_norm would store), the formula of train/adamw.hpp.
+__device__ __forceinline__ void adamw_element(float g, float& m, float& v, float& p, float decay,
+                                              const AdamWScalars& s) {
+  const float gi = __fmul_rn(g, s.grad_scale);
+  m = s.b1 * m + (1.f - s.b1) * gi;
+  v = s.b2 * v + (1.f - s.b2) * gi * gi;
+  p = p * decay - s.step_size * m / (sqrtf(v * s.inv_bc2) + s.eps);
+}
+
+/// Four bf16 values stored as one 8-byte word.
+struct alignas(8) Bf16x4 {
+  __nv_bfloat16 h[4];
+};
+
+/// One tile's update, VW consecutive elements per thread and access (VW = 4: float4 loads and
+/// stores, which the caller has checked the alignment of); every element goes through the same
+/// adamw_element, so the width changes the memory accesses, not the bits.
+template <int VW>
+__device__ __forceinline__ void adamw_tile(const AdamWTile& t, float* __restrict__ p,
+                                           const float* __restrict__ g, float* __restrict__ m,
+                                           float* __restrict__ v,
+                                           __nv_bfloat16* __restrict__ mirror,
+                                           const AdamWScalars& s) {
+  const float decay = t.decay ? s.decay_factor : 1.f;
+  for (int k = threadIdx.x * VW; k < t.count; k += static_cast<int>(blockDim.x) * VW) {
     const std::int64_t i = t.begin + k;
-    const float gi = __fmul_rn(g[i], grad_scale);  // the float clip_grad_norm would store
-    const float mi = b1 * m[i] + (1.f - b1) * gi;
-    const float vi = b2 * v[i] + (1.f - b2) * gi * gi;
-    m[i] = mi;
-    v[i] = vi;
-    const float pi = p[i] * decay - step_size * mi / (sqrtf(vi * inv_bc2) + eps);
-    p[i] = pi;
-    if (mirror != nullptr) mirror[k] = __float2bfloat16_rn(pi);
+    const FVec<VW> gi = vec_load<VW>(g + i);
+    FVec<VW> mi = vec_load<VW>(m + i), vi = vec_load<VW>(v + i), pi = vec_load<VW>(p + i);
+#pragma unroll
+    for (int e = 0; e < VW; ++e) adamw_element(gi.v[e], mi.v[e], vi.v[e], pi.v[e], decay, s);
+    vec_store<VW>(m + i, mi);
+    vec_store<VW>(v + i, vi);
+    vec_store<VW>(p + i, pi);
+    if (mirror != nullptr) {
+      if constexpr (VW == 4) {
+        Bf16x4 h;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) h.h[e] = __float2bfloat16_rn(pi.v[e]);
+        *reinterpret_cast<Bf16x4*>(mirror + k) = h;
+      } else {
+        mirror[k] = __float2bfloat16_rn(pi.v[0]);
+      }
+    }
   }
 }
 
-/// Pass one of the norm: partial[tile] = Σ g² over the tile, in double.
+/// Whether every address of a tile's accesses allows VW = 4: the four arrays 16-byte aligned at
+/// its first element, a whole number of float4s, and its mirror (if any) 8-byte aligned.
+__device__ __forceinline__ bool adamw_tile_vectorizable(const AdamWTile& t, const float* p,
+                                                        const float* g, const float* m,
+                                                        const float* v,
+                                                        const __nv_bfloat16* mirror) {
+  const auto addr = [](const void* a) { return reinterpret_cast<std::uintptr_t>(a); };
+  const std::uintptr_t a =
+      addr(p + t.begin) | addr(g + t.begin) | addr(m + t.begin) | addr(v + t.begin);
+  return t.count % 4 == 0 && a % 16 == 0 && (mirror == nullptr || addr(mirror) % 8 == 0);
+}
+}  // namespace detail
+
+/// One block per tile: the AdamW update of that tile's elements, each gradient taken as
+/// g · grad_scale (the clip factor; 1 leaves it exact); with p16 (may be null), also the bf16
+/// copy of each updated parameter of a tile that has one. A tile whose addresses allow it is
+/// read and written four floats at a time (every tile of the CUDA model's store: its tensors'
+/// sizes are multiples of 4); the others element by element, with the same bits.
+static __global__ void adamw_step_kernel(const detail::AdamWTile* __restrict__ tiles,
+                                         float* __restrict__ p, const float* __restrict__ g,
+                                         float* __restrict__ m, float* __restrict__ v,
+                                         detail::AdamWScalars s, __nv_bfloat16* __restrict__ p16) {
+  const detail::AdamWTile t = tiles[blockIdx.x];
+  __nv_bfloat16* mirror = p16 != nullptr && t.mirror >= 0 ? p16 + t.mirror : nullptr;
+  if (detail::adamw_tile_vectorizable(t, p, g, m, v, mirror))
+    detail::adamw_tile<4>(t, p, g, m, v, mirror, s);
+  else
+    detail::adamw_tile<1>(t, p, g, m, v, mirror, s);
+}
+
+namespace detail {
+/// Σ g² over this thread's elements of a tile, VW at a time, in double.
+template <int VW>
+__device__ __forceinline__ double tile_sum_squares(const AdamWTile& t,
+                                                   const float* __restrict__ g) {
+  double s = 0;
+  for (int k = threadIdx.x * VW; k < t.count; k += static_cast<int>(blockDim.x) * VW) {
+    const FVec<VW> x = vec_load<VW>(g + t.begin + k);
+#pragma unroll
+    for (int e = 0; e < VW; ++e) s += double(x.v[e]) * double(x.v[e]);
+  }
+  return s;
+}
+
+/// Whether a tile of one array allows float4 accesses: 16-byte aligned, a whole number of them.
+__device__ __forceinline__ bool tile_vectorizable(const AdamWTile& t, const float* a) {
+  return t.count % 4 == 0 && reinterpret_cast<std::uintptr_t>(a + t.begin) % 16 == 0;
+}
+}  // namespace detail
+
+/// Pass one of the norm: partial[tile] = Σ g² over the tile, in double (a fixed order for a
+/// given tile and alignment).
 static __global__ void adamw_grad_norm_partial_kernel(const detail::AdamWTile* __restrict__ tiles,
                                                       const float* __restrict__ g,
                                                       double* __restrict__ partial) {
   __shared__ double scratch[32];
   const detail::AdamWTile t = tiles[blockIdx.x];
-  double s = 0;
-  for (int k = threadIdx.x; k < t.count; k += blockDim.x) {
-    const double x = g[t.begin + k];
-    s += x * x;
-  }
+  double s = detail::tile_vectorizable(t, g) ? detail::tile_sum_squares<4>(t, g)
+                                             : detail::tile_sum_squares<1>(t, g);
   s = detail::adamw_block_sum(s, scratch);
   if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
@@ -125,11 +201,16 @@ static __global__ void adamw_scale_grads_kernel(const detail::AdamWTile* __restr
   for (int k = threadIdx.x; k < t.count; k += blockDim.x) g[t.begin + k] *= f;
 }
 
-/// g = 0 over every tile.
+/// g = 0 over every tile (float4 stores where the tile allows them).
 static __global__ void adamw_zero_tiles_kernel(const detail::AdamWTile* __restrict__ tiles,
                                                float* __restrict__ g) {
   const detail::AdamWTile t = tiles[blockIdx.x];
-  for (int k = threadIdx.x; k < t.count; k += blockDim.x) g[t.begin + k] = 0.f;
+  if (detail::tile_vectorizable(t, g)) {
+    for (int k = threadIdx.x * 4; k < t.count; k += static_cast<int>(blockDim.x) * 4)
+      vec_store<4>(g + t.begin + k, FVec<4>{});
+  } else {
+    for (int k = threadIdx.x; k < t.count; k += blockDim.x) g[t.begin + k] = 0.f;
+  }
 }
 
 /// The trainable segments cut into tiles, on the device. Rebuild it when a tensor is frozen or
@@ -184,10 +265,11 @@ void adamw_step(Backend& be, const AdamWPlan& plan, float* p, const float* g, fl
   if (plan.num_tiles() == 0) return;
   const double bc1 = 1.0 - std::pow(o.beta1, double(step));
   const double bc2 = 1.0 - std::pow(o.beta2, double(step));
+  const detail::AdamWScalars s{float(o.beta1),  float(o.beta2),   float(o.eps),
+                               float(lr / bc1), float(1.0 / bc2), float(1.0 - lr * o.weight_decay),
+                               grad_scale};
   adamw_step_kernel<<<static_cast<unsigned>(plan.num_tiles()), detail::kAdamThreads, 0,
-                      be.stream()>>>(plan.tiles(), p, g, m, v, float(o.beta1), float(o.beta2),
-                                     float(o.eps), float(lr / bc1), float(1.0 / bc2),
-                                     float(1.0 - lr * o.weight_decay), grad_scale, p16);
+                      be.stream()>>>(plan.tiles(), p, g, m, v, s, p16);
   SEQREC_CUDA_CHECK_LAUNCH();
 }
 

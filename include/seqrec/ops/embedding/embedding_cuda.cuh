@@ -46,38 +46,6 @@ constexpr int kEmbBatch = 8;         // rows loaded ahead per thread in the wind
 constexpr int kEmbBwdThreads = 128;  // column threads per backward block (× 4 columns with float4)
 constexpr int kEmbFwdThreads = 256;  // column threads per forward block
 
-/// VW consecutive floats held in registers; VW = 4 loads and stores as one float4.
-template <int VW>
-struct FVec {
-  float v[VW];
-};
-
-template <int VW>
-__device__ __forceinline__ FVec<VW> emb_load(const float* p) {
-  FVec<VW> r;
-  if constexpr (VW == 4) {
-    const float4 t = *reinterpret_cast<const float4*>(p);
-    r.v[0] = t.x;
-    r.v[1] = t.y;
-    r.v[2] = t.z;
-    r.v[3] = t.w;
-  } else {
-#pragma unroll
-    for (int e = 0; e < VW; ++e) r.v[e] = p[e];
-  }
-  return r;
-}
-
-template <int VW>
-__device__ __forceinline__ void emb_store(float* p, const FVec<VW>& x) {
-  if constexpr (VW == 4) {
-    *reinterpret_cast<float4*>(p) = make_float4(x.v[0], x.v[1], x.v[2], x.v[3]);
-  } else {
-#pragma unroll
-    for (int e = 0; e < VW; ++e) p[e] = x.v[e];
-  }
-}
-
 /// 4 when D % 4 == 0 and every pointer is 16-byte aligned (rows then stay aligned), else 1.
 inline int emb_vector_width(std::int64_t d, std::initializer_list<const void*> ptrs) {
   if (d % 4 != 0) return 1;
@@ -105,10 +73,10 @@ static __global__ void embedding_forward_kernel(const std::int32_t* __restrict__
     const float* src = table + static_cast<std::int64_t>(tokens[r]) * d;
     float* dst = x + r * d;
     for (std::int64_t c = threadIdx.x; c < dv; c += blockDim.x) {
-      detail::FVec<VW> v = detail::emb_load<VW>(src + c * VW);
+      FVec<VW> v = vec_load<VW>(src + c * VW);
 #pragma unroll
       for (int e = 0; e < VW; ++e) v.v[e] *= scale;
-      detail::emb_store<VW>(dst + c * VW, v);
+      vec_store<VW>(dst + c * VW, v);
     }
   }
 }
@@ -148,7 +116,7 @@ static __global__ void embedding_backward_window_kernel(
   if (c >= d / VW) return;  // no barrier below
   const std::int64_t col = c * VW;
 
-  detail::FVec<VW> acc;
+  FVec<VW> acc;
 #pragma unroll
   for (int e = 0; e < VW; ++e) acc.v[e] = 0.f;
   int seg_start = 0;
@@ -156,11 +124,11 @@ static __global__ void embedding_backward_window_kernel(
   // flight per thread (the segment-closing branches would otherwise keep the compiler from
   // hoisting the next row's load); the additions still run in ascending position order.
   for (int i0 = 0; i0 < cnt; i0 += detail::kEmbBatch) {
-    detail::FVec<VW> g[detail::kEmbBatch];
+    FVec<VW> g[detail::kEmbBatch];
 #pragma unroll
     for (int u = 0; u < detail::kEmbBatch; ++u) {
       if (i0 + u < cnt) {
-        g[u] = detail::emb_load<VW>(dx + static_cast<std::int64_t>(s_row[i0 + u]) * d + col);
+        g[u] = vec_load<VW>(dx + static_cast<std::int64_t>(s_row[i0 + u]) * d + col);
       } else {
 #pragma unroll
         for (int e = 0; e < VW; ++e) g[u].v[e] = 0.f;
@@ -179,14 +147,14 @@ static __global__ void embedding_backward_window_kernel(
         const bool after = i + 1 == cnt && s_tok[cnt + 1] == tok;  // its run goes on after
         if (!before && !after) {
           float* out = dtable + static_cast<std::int64_t>(tok) * d + col;
-          detail::FVec<VW> o = detail::emb_load<VW>(out);
+          FVec<VW> o = vec_load<VW>(out);
 #pragma unroll
           for (int e = 0; e < VW; ++e) o.v[e] += acc.v[e];
-          detail::emb_store<VW>(out, o);
+          vec_store<VW>(out, o);
         } else if (before) {
-          detail::emb_store<VW>(head + w * d + col, acc);
+          vec_store<VW>(head + w * d + col, acc);
         } else {
-          detail::emb_store<VW>(tail + w * d + col, acc);
+          vec_store<VW>(tail + w * d + col, acc);
         }
 #pragma unroll
         for (int e = 0; e < VW; ++e) acc.v[e] = 0.f;
@@ -224,18 +192,18 @@ static __global__ void embedding_backward_merge_kernel(
   }
   const std::int64_t last_w = (lo - 1) / detail::kEmbWindow;  // window holding the run's last row
 
-  detail::FVec<VW> s = detail::emb_load<VW>(tail + w * d + col);
+  FVec<VW> s = vec_load<VW>(tail + w * d + col);
 #pragma unroll 8
   for (std::int64_t w2 = w + 1; w2 <= last_w; ++w2) {
-    const detail::FVec<VW> h = detail::emb_load<VW>(head + w2 * d + col);
+    const FVec<VW> h = vec_load<VW>(head + w2 * d + col);
 #pragma unroll
     for (int e = 0; e < VW; ++e) s.v[e] += h.v[e];
   }
   float* out = dtable + static_cast<std::int64_t>(tok) * d + col;
-  detail::FVec<VW> o = detail::emb_load<VW>(out);
+  FVec<VW> o = vec_load<VW>(out);
 #pragma unroll
   for (int e = 0; e < VW; ++e) o.v[e] += s.v[e];
-  detail::emb_store<VW>(out, o);
+  vec_store<VW>(out, o);
 }
 
 /// tokens (N) → x (N, D) = table[tokens] · scale. Tokens must already be validated (< V).

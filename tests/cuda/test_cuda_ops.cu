@@ -140,17 +140,18 @@ struct PrecScope {
 };
 
 void test_cross_entropy(Backend& be, Rng& rng, std::int64_t n, std::int64_t d, std::int64_t items,
-                        std::int64_t chunk, Prec prec) {
+                        std::int64_t chunk, Prec prec, bool all_scored = false) {
   const bool bf16 = prec != Prec::Fp32;
-  const std::string shape =
-      shape_str({{"N", n}, {"D", d}, {"I", items}, {"chunk", chunk}}) + prec_suffix(prec);
+  const std::string shape = shape_str({{"N", n}, {"D", d}, {"I", items}, {"chunk", chunk}}) +
+                            prec_suffix(prec) + (all_scored ? ",all rows scored" : "");
   const std::int32_t first = 4;
   seqrec::ops::CrossEntropyShape s{n, d, items, first, chunk};
-  // About 10% of rows have no target (tokens 0..3), as padding positions do.
+  // About 10% of rows have no target (tokens 0..3), as padding positions do; or none, as in a
+  // packed training step (the dH GEMMs then write dh's rows in place, with no scatter).
   std::vector<std::int32_t> tgt(n);
   for (auto& t : tgt)
-    t = rng.uniform() < 0.1 ? std::int32_t(rng.below(first))
-                            : std::int32_t(first + rng.below(items));
+    t = !all_scored && rng.uniform() < 0.1 ? std::int32_t(rng.below(first))
+                                           : std::int32_t(first + rng.below(items));
   // Item rows with sd 1/sqrt(D) make logits O(1), as in a trained model.
   auto h = normal(rng, n * d), w = normal(rng, items * d, 1.0 / std::sqrt(double(d)));
   auto dw0 = normal(rng, items * d, 1e-4);
@@ -173,7 +174,8 @@ void test_cross_entropy(Backend& be, Rng& rng, std::int64_t n, std::int64_t d, s
        ddtable = upload(be, with_specials(dw0));
   const float* dw_in = dtable.data() + first * d;
   float* ddw_ptr = ddtable.data() + first * d;
-  auto ddh = be.buffer<float>(n * d);
+  // NaN where nothing writes: every row of dh must be written (zero for an unscored one).
+  auto ddh = upload(be, std::vector<float>(static_cast<std::size_t>(n * d), std::nanf("")));
   const PrecScope in_prec(be, prec);
   const double loss_gpu = seqrec::cuda::cross_entropy_forward_backward(
       be, s, dh_in.data(), tgt.data(), dw_in, ddh.data(), ddw_ptr, gs, &count_gpu);
@@ -771,6 +773,10 @@ int main() {
         guarded("cross_entropy",
                 shape_str({{"N", n}, {"D", d}, {"I", i}, {"chunk", c}}) + prec_suffix(prec),
                 [&] { test_cross_entropy(be, rng, n, d, i, c, prec); });
+    // Every row scored (identity rows: dh written by the dH GEMMs, chunk by chunk).
+    for (Prec prec : kPrecs)
+      guarded("cross_entropy", std::string("all rows scored") + prec_suffix(prec),
+              [&] { test_cross_entropy(be, rng, 300, 40, 1001, 128, prec, true); });
 
     // (N, P, D, I, J, chunk): odd sizes with chunk edges, then the study's width and catalogue
     // (D 1024, Games' items, 4 negatives; 256 pairs, so that the CPU reference stays quick).

@@ -172,6 +172,9 @@ struct HeadRows {
   int per_row = 1;                     // J
   const float* weights = nullptr;  // (P, J + 1) [Σ_j w_j, w_1 … w_J]; null: every w_j = weight
   float weight = 0.f;
+  // Every row of h is listed, in order (rows[k] == k, P == N): the dH GEMM then writes dh's rows
+  // itself, with no clearing of dh and no scatter (a packed training step scores every row).
+  bool identity = false;
 };
 
 /// The chunked pass described at the top of this file over the listed rows of h (N, D) against
@@ -182,7 +185,10 @@ inline void softmax_head(Backend& be, std::int64_t N, std::int64_t D, std::int64
                          std::int64_t C, const float* h, const HeadRows& r, const float* items,
                          float* out, bool with_grad, float* dh, float* ditems) {
   const std::int64_t P = r.count;
-  if (dh != nullptr && N > 0)
+  SEQREC_CHECK(!r.identity || P == N, "softmax head (CUDA): identity rows need P == N");
+  // Unlisted rows get zero; with identity rows the dH GEMMs write every row (when there is a
+  // gradient to write).
+  if (dh != nullptr && N > 0 && !(r.identity && with_grad && P > 0))
     SEQREC_CUDA_CHECK(cudaMemsetAsync(dh, 0, sizeof(float) * N * D, be.stream()));
   if (P == 0) return;
   // Balanced chunks: as few as C allows, of equal size (P = 9188, C = 7961: two of 4594, not 7961
@@ -228,7 +234,8 @@ inline void softmax_head(Backend& be, std::int64_t N, std::int64_t D, std::int64
       be.buffer<__nv_bfloat16>(bf16 && !z16 && with_grad ? static_cast<std::size_t>(C * ldz) : 0);
   // The bf16 G the two backward GEMMs read: in place over the bf16 Z, or its own buffer.
   const __nv_bfloat16* g_op = z16 ? logits16.data() : g16.data();
-  auto dhc = be.buffer<float>(with_grad && dh != nullptr ? static_cast<std::size_t>(C * D) : 0);
+  auto dhc = be.buffer<float>(
+      with_grad && dh != nullptr && !r.identity ? static_cast<std::size_t>(C * D) : 0);
   const __nv_bfloat16* items16 =
       bf16
           ? be.cached_bf16(items, Ig, D, D, ldd,
@@ -276,15 +283,18 @@ inline void softmax_head(Backend& be, std::int64_t N, std::int64_t D, std::int64
     SEQREC_CUDA_CHECK_LAUNCH();
     if (!with_grad) continue;
     if (dh != nullptr) {
-      // dHc (c, D) = G (c, I) · W (I, D), scattered to the rows of dh.
+      // dHc (c, D) = G (c, I) · W (I, D), scattered to the rows of dh (identity rows: written
+      // there directly, the same floats).
+      float* dst = r.identity ? dh + c0 * D : dhc.data();
       if (bf16)
-        gemm_lt(be, CUDA_R_16BF, false, false, c, D, Ig, 1.f, g_op, ldz, items16, ldd, 0.f,
-                dhc.data(), D);
+        gemm_lt(be, CUDA_R_16BF, false, false, c, D, Ig, 1.f, g_op, ldz, items16, ldd, 0.f, dst, D);
       else
-        gemm_rm(be, false, false, c, D, I, 1.f, logits.data(), I, items, D, 0.f, dhc.data(), D);
-      cross_entropy_scatter_kernel<<<ew_blocks, 256, 0, be.stream()>>>(dhc.data(), r.rows + c0, dh,
-                                                                       c, D);
-      SEQREC_CUDA_CHECK_LAUNCH();
+        gemm_rm(be, false, false, c, D, I, 1.f, logits.data(), I, items, D, 0.f, dst, D);
+      if (!r.identity) {
+        cross_entropy_scatter_kernel<<<ew_blocks, 256, 0, be.stream()>>>(dhc.data(), r.rows + c0,
+                                                                         dh, c, D);
+        SEQREC_CUDA_CHECK_LAUNCH();
+      }
     }
     // dW (I, D) += Gᵀ (I, c) · Hc (c, D).
     if (ditems != nullptr) {
@@ -344,6 +354,7 @@ double cross_entropy_forward_backward(Backend& be, const Shape& s, const float* 
   rows.count = n_scored;
   rows.cols = d_list.data() + n_scored;
   rows.weight = -grad_scale;  // loss = −log p: G = softmax·grad_scale − onehot·grad_scale
+  rows.identity = n_scored == s.rows;  // the list is increasing: then it is 0, 1, …, N − 1
   detail::softmax_head(be, s.rows, s.dim, I, s.chunk_rows, h, rows, items, d_logp.data(), with_grad,
                        dh, ditems);
   std::vector<float> logp(static_cast<std::size_t>(n_scored));

@@ -856,11 +856,12 @@ void test_lazy_zero(seqrec::cuda::Backend& gbe, const std::string& name, bool bf
                                      eager.parameters().moment2().data(), v1.size());
   record(md == 0, tag + "second moments after 4 steps", std::to_string(md) + " elements differ");
   // Otherwise the two would agree trivially: the lazy model's GEMMs must have taken the zeros
-  // over (every linear weight, in each of steps 1, 2 and 4), the eager one's never.
-  const std::size_t hits = lazy.lazy_zero_hits() - hits0;
-  record(hits > 0 && eager.lazy_zero_hits() == 0, tag + "zeros left to the GEMMs",
-         std::to_string(hits) + " dW GEMMs overwrote owed zeros (lazy), " +
-             std::to_string(eager.lazy_zero_hits()) + " (eager)");
+  // over (every linear weight and the table's item rows, once in each of steps 1, 2 and 4), the
+  // eager one's never.
+  const std::size_t hits = lazy.lazy_zero_hits() - hits0, want = 3 * lazy.lazy_zero_tensors();
+  record(hits == want && want > 0 && eager.lazy_zero_hits() == 0, tag + "zeros left to the GEMMs",
+         std::to_string(hits) + " dW GEMMs overwrote owed zeros (lazy; expected " +
+             std::to_string(want) + "), " + std::to_string(eager.lazy_zero_hits()) + " (eager)");
 }
 
 /// The weight-gradient GEMMs on the backend's side stream, beside the input-gradient GEMMs

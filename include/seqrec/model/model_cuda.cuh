@@ -12,7 +12,8 @@
 //   download()        device values + moments → host (before checkpointing / host-side eval)
 //   download_grads()  device gradients → host (tests)
 //   zero_grads()      device gradients = 0 (forward_backward accumulates, as on the CPU); the
-//                     linear weights' zeros are left to their dW GEMMs (set_lazy_zero_grads)
+//                     linear weights' and the table's item rows' zeros are left to their dW
+//                     GEMMs (set_lazy_zero_grads)
 //   optimizer_step()  clipping + AdamW on the device, honouring the host store's frozen flags
 //
 // forward_backward / loss / score_last take HOST token arrays (score_last writes HOST scores), so
@@ -282,8 +283,9 @@ class Model<Cfg, cuda::Backend> {
   /// linear layer's weight are cleared here, in one launch; each weight's gradient is marked
   /// pending instead, and its dW GEMM's first write after this overwrites it (beta 0) rather
   /// than adding to zeros (beta 1): the same values, without a write and a read of every weight
-  /// gradient (252 MB per step at the study's size). settle_grads() writes the zeros of those
-  /// still pending before anything reads the gradients (optimizer_step, download_grads).
+  /// gradient (252 MB per step at the study's size). The item rows of the tied table go the
+  /// same way through the loss's first dW GEMM (another 138 MB). settle_grads() writes the zeros
+  /// of those still pending before anything reads the gradients (optimizer_step, download_grads).
   void zero_grads() {
     if (!lazy_zero_) {
       clear_grads();
@@ -301,6 +303,9 @@ class Model<Cfg, cuda::Backend> {
   bool lazy_zero_grads() const noexcept { return lazy_zero_; }
   /// How many dW GEMMs have overwritten a pending gradient (beta 0) so far (tests).
   std::size_t lazy_zero_hits() const noexcept { return lazy_hits_; }
+  /// How many gradients are zeroed lazily: each backward with a scored target takes over the
+  /// zeros of every one of them once (tests).
+  std::size_t lazy_zero_tensors() const noexcept { return lazy_grads_.size(); }
   /// Device moments = 0 (a fresh optimiser, e.g. at the start of stage two).
   void reset_moments() {
     SEQREC_CUDA_CHECK(cudaMemsetAsync(m_.data(), 0, m_.bytes(), be_->stream()));
@@ -346,8 +351,7 @@ class Model<Cfg, cuda::Backend> {
           *be_, ce_shape(M), h_.data(), row_targets(targets),
           value(item_emb_) + kNumSpecialTokens * D, dh_.data(),
           // A frozen table's gradient would be discarded: skip its (I, D) GEMM.
-          store_.entry(item_emb_).frozen ? nullptr : grad(item_emb_) + kNumSpecialTokens * D,
-          T(1.0 / double(count)), &seen);
+          table_grad(), T(1.0 / double(count)), &seen, table_grad_beta());
     }
     backward(batch, len);
     return loss / double(count) + aux_loss();
@@ -430,8 +434,7 @@ class Model<Cfg, cuda::Backend> {
       cuda::selected_log_softmax_backward(
           *be_, M, D, num_items(), ce_shape(P).chunk_rows, h_.data(), sel_i32_.data() + P * J, P,
           sel_i32_.data(), static_cast<int>(J), value(item_emb_) + kNumSpecialTokens * D,
-          sel_f32_.data(), dh_.data(),
-          store_.entry(item_emb_).frozen ? nullptr : grad(item_emb_) + kNumSpecialTokens * D);
+          sel_f32_.data(), dh_.data(), table_grad(), P > 0 ? table_grad_beta() : 1.f);
     }
     const auto s = sel_;
     sel_ = {};
@@ -616,13 +619,19 @@ class Model<Cfg, cuda::Backend> {
   }
   /// The lazily zeroed gradients (zero_grads): every linear layer's weight, whose gradient one dW
   /// GEMM per backward writes (linear_backward_gemms; MoE experts keep their own GEMMs and are
-  /// zeroed eagerly); and the tile plan that clears every other tensor's gradient.
+  /// zeroed eagerly), and the item rows of the tied table, which the loss's first dW GEMM writes
+  /// (before the embeddings' backward adds to them); and the tile plan that clears every other
+  /// tensor's gradient, the table's special-token rows included.
   void make_lazy_grads() {
     std::vector<char> lazy(store_.entries().size(), 0);
     auto mark = [&](ParamId id) {
       lazy[id.index] = 1;
       lazy_grads_.push_back({grad(id), static_cast<std::int64_t>(store_.entry(id).numel)});
     };
+    const std::int64_t specials = std::int64_t{kNumSpecialTokens} * shape_.dim;
+    lazy[item_emb_.index] = 1;
+    lazy_grads_.push_back({grad(item_emb_) + specials,
+                           static_cast<std::int64_t>(store_.entry(item_emb_).numel) - specials});
     for (const Block& b : blocks_) {
       mark(b.qkv_w);
       mark(b.out_w);
@@ -641,6 +650,8 @@ class Model<Cfg, cuda::Backend> {
       if (!lazy[i])
         eager.push_back({static_cast<std::int64_t>(e.offset), static_cast<std::int64_t>(e.numel),
                          false, false});
+      else if (i == item_emb_.index)
+        eager.push_back({static_cast<std::int64_t>(e.offset), specials, false, false});
     }
     eager_zero_plan_ = std::make_unique<cuda::AdamWPlan>(*be_, eager);
   }
@@ -651,12 +662,29 @@ class Model<Cfg, cuda::Backend> {
   }
   /// Writes the zeros of the gradients still pending (see zero_grads).
   void settle_grads() {
+    for (LazyGrad& g : lazy_grads_) settle_grad(g.grad);
+  }
+  /// Writes the zeros of the gradient at `grad` if they are still pending.
+  void settle_grad(float* grad) {
     for (LazyGrad& g : lazy_grads_) {
-      if (!g.pending) continue;
+      if (g.grad != grad || !g.pending) continue;
       SEQREC_CUDA_CHECK(cudaMemsetAsync(
           g.grad, 0, sizeof(float) * static_cast<std::size_t>(g.numel), be_->stream()));
       g.pending = false;
     }
+  }
+  /// The item rows of the tied table's gradient (what the loss's dW GEMM writes); null while the
+  /// table is frozen (its gradient would be discarded: the GEMM is skipped).
+  float* table_grad() {
+    return store_.entry(item_emb_).frozen
+               ? nullptr
+               : grad(item_emb_) + std::int64_t{kNumSpecialTokens} * shape_.dim;
+  }
+  /// The beta for the loss's first dW GEMM into table_grad() (dw_beta: call it only when that
+  /// GEMM runs).
+  float table_grad_beta() {
+    float* g = table_grad();
+    return g != nullptr ? dw_beta(g) : 1.f;
   }
   /// The beta of the dW GEMM that adds into dw: 0 when dw is a pending gradient (which it then
   /// no longer is), else 1.
@@ -1366,6 +1394,8 @@ class Model<Cfg, cuda::Backend> {
     const cuda::ProfileScope prof(*be_, "embedding + dropout (bwd)");
     const T scale = shape_.scale_embeddings ? std::sqrt(T(D)) : T(1);
     const bool frozen = store_.entry(item_emb_).frozen;
+    // The table's gradient adds here: if no loss GEMM wrote it this step, its zeros first.
+    if (!frozen) settle_grad(grad(item_emb_) + kNumSpecialTokens * shape_.dim);
     if (packed_ && kPos != detail::CudaPos::Learned) {
       cuda::dropout_backward(*be_, dx, dx, M * D, p, mix64(last_key_ ^ 1), rows_.data(), D);
       if (!frozen)

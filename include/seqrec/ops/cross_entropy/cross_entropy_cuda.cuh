@@ -183,7 +183,8 @@ struct HeadRows {
 /// (I, D) (accumulated, may be null). C: rows whose logits exist at once.
 inline void softmax_head(Backend& be, std::int64_t N, std::int64_t D, std::int64_t I,
                          std::int64_t C, const float* h, const HeadRows& r, const float* items,
-                         float* out, bool with_grad, float* dh, float* ditems) {
+                         float* out, bool with_grad, float* dh, float* ditems,
+                         float ditems_beta = 1.f) {
   const std::int64_t P = r.count;
   SEQREC_CHECK(!r.identity || P == N, "softmax head (CUDA): identity rows need P == N");
   // Unlisted rows get zero; with identity rows the dH GEMMs write every row (when there is a
@@ -296,13 +297,15 @@ inline void softmax_head(Backend& be, std::int64_t N, std::int64_t D, std::int64
         SEQREC_CUDA_CHECK_LAUNCH();
       }
     }
-    // dW (I, D) += Gᵀ (I, c) · Hc (c, D).
+    // dW (I, D) += Gᵀ (I, c) · Hc (c, D); the first chunk's GEMM scales what was there by
+    // ditems_beta (0: overwrites it, as the model's lazily zeroed table gradient wants).
     if (ditems != nullptr) {
+      const float beta = c0 == 0 ? ditems_beta : 1.f;
       if (bf16)
-        gemm_lt(be, CUDA_R_16BF, true, false, I, D, c, 1.f, g_op, ldz, hc16.data(), ldd, 1.f,
+        gemm_lt(be, CUDA_R_16BF, true, false, I, D, c, 1.f, g_op, ldz, hc16.data(), ldd, beta,
                 ditems, D);
       else
-        gemm_rm(be, true, false, I, D, c, 1.f, logits.data(), I, hc.data(), D, 1.f, ditems, D);
+        gemm_rm(be, true, false, I, D, c, 1.f, logits.data(), I, hc.data(), D, beta, ditems, D);
     }
   }
 }
@@ -313,14 +316,16 @@ inline void softmax_head(Backend& be, std::int64_t N, std::int64_t D, std::int64
 /// is a HOST array (the scored rows are listed on the host; the model has its targets there),
 /// values < first_item mean "no target". Device pointers: h (N, D); items (I, D), the item block
 /// of the tied table. dh (N, D) is overwritten (zero for unscored rows) and ditems (I, D)
-/// accumulated; both may be null for a forward-only pass. Synchronises the stream once, at the end
-/// (the loss is returned to the host). Shape is ops::CrossEntropyShape (cross_entropy_cpu.hpp) or
-/// any struct with its fields (rows, dim, num_items, first_item, chunk_rows); a template so that
-/// this header does not pull Eigen into nvcc.
+/// accumulated (ditems = ditems_beta · ditems + the gradient, when a row is scored: beta 0 takes
+/// no zeroing first); both may be null for a forward-only pass. Synchronises the stream once, at
+/// the end (the loss is returned to the host). Shape is ops::CrossEntropyShape
+/// (cross_entropy_cpu.hpp) or any struct with its fields (rows, dim, num_items, first_item,
+/// chunk_rows); a template so that this header does not pull Eigen into nvcc.
 template <typename Shape>
 double cross_entropy_forward_backward(Backend& be, const Shape& s, const float* h,
                                       const std::int32_t* targets, const float* items, float* dh,
-                                      float* ditems, float grad_scale, std::int64_t* count) {
+                                      float* ditems, float grad_scale, std::int64_t* count,
+                                      float ditems_beta = 1.f) {
   const std::int64_t I = s.num_items;
   SEQREC_CHECK(s.rows < (std::int64_t{1} << 31), "cross_entropy (CUDA): N must be < 2^31");
   // List the scored rows, validating targets exactly as the CPU op does.
@@ -356,7 +361,7 @@ double cross_entropy_forward_backward(Backend& be, const Shape& s, const float* 
   rows.weight = -grad_scale;  // loss = −log p: G = softmax·grad_scale − onehot·grad_scale
   rows.identity = n_scored == s.rows;  // the list is increasing: then it is 0, 1, …, N − 1
   detail::softmax_head(be, s.rows, s.dim, I, s.chunk_rows, h, rows, items, d_logp.data(), with_grad,
-                       dh, ditems);
+                       dh, ditems, ditems_beta);
   std::vector<float> logp(static_cast<std::size_t>(n_scored));
   SEQREC_CUDA_CHECK(cudaMemcpyAsync(logp.data(), d_logp.data(), d_logp.bytes(),
                                     cudaMemcpyDeviceToHost, be.stream()));
@@ -383,19 +388,21 @@ inline void selected_log_softmax(Backend& be, std::int64_t N, std::int64_t D, st
 
 /// Its backward from weights (P, J + 1) = [Σ_j w_j, w_1 … w_J] per row, w = scale · d loss / d logp
 /// (the sum formed on the host in double): dh (N, D) overwritten (zero outside the rows), ditems
-/// (I, D) accumulated unless null. Recomputes each chunk's logits with the forward's GEMM.
+/// (I, D) accumulated unless null (scaled by ditems_beta first when P > 0, as in the loss).
+/// Recomputes each chunk's logits with the forward's GEMM.
 inline void selected_log_softmax_backward(Backend& be, std::int64_t N, std::int64_t D,
                                           std::int64_t I, std::int64_t C, const float* h,
                                           const std::int32_t* rows, std::int64_t P,
                                           const std::int32_t* cols, int J, const float* items,
-                                          const float* weights, float* dh, float* ditems) {
+                                          const float* weights, float* dh, float* ditems,
+                                          float ditems_beta = 1.f) {
   detail::HeadRows r;
   r.rows = rows;
   r.count = P;
   r.cols = cols;
   r.per_row = J;
   r.weights = weights;
-  detail::softmax_head(be, N, D, I, C, h, r, items, nullptr, true, dh, ditems);
+  detail::softmax_head(be, N, D, I, C, h, r, items, nullptr, true, dh, ditems, ditems_beta);
 }
 
 }  // namespace seqrec::cuda

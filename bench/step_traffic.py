@@ -62,11 +62,11 @@ def step_model(a):
         # x_out and the next norm1 (or the final norm, fp32 h out).
         last = layer == layers - 1
         add("residual + norm (fwd)", bytes_=md4 + md2 + md4 + (md4 if last else md2))
-    # The loss, one chunk: dh cleared; rows gathered to bf16; logits GEMM (bf16 Z); softmax reads
-    # Z and writes G over it; dH GEMM (fp32 dHc) scattered into dh; dW GEMM (fp32, beta 1).
+    # The loss, one chunk, every row scored: rows gathered to bf16; logits GEMM (bf16 Z); softmax
+    # reads Z and writes G over it; dH GEMM straight into dh (fp32); dW GEMM (fp32, beta 0: the
+    # table's item rows are zeroed lazily).
     ce = 3 * 2 * M * I * D
-    add("cross-entropy (fwd + bwd)", ce, 3 * 2 * M * Ig * D,
-        md4 + (md4 + md2) + 2 * 2 * M * Ig + (md4 + md4))
+    add("cross-entropy (fwd + bwd)", ce, 3 * 2 * M * Ig * D, (md4 + md2) + 2 * 2 * M * Ig)
     # Backward.
     add("norms (bwd)", bytes_=md4 + md4 + md4)  # the final norm: x, dh in; dx out
     for _ in range(layers):
@@ -93,8 +93,9 @@ def step_model(a):
     # Optimiser: the norm reads every gradient; AdamW reads g, m, v, p and writes m, v, p (fp32)
     # and the mirror (bf16).
     add("optimizer (clip + AdamW)", bytes_=4 * p_all + 28 * p_all + 2 * mirrored)
-    # zero_grads() (outside every phase): the tensors that are not a linear weight, in fp32.
-    lazy = layers * (4 * D * D + 2 * F * D)
+    # zero_grads() (outside every phase): the tensors that are not a linear weight or the table's
+    # item rows, in fp32.
+    lazy = layers * (4 * D * D + 2 * F * D) + I * D
     add("zero_grads (outside the profile)", bytes_=4 * (p_all - lazy))
     model_flops = M * (6 * p_blocks + 12 * layers * L * D + 6 * D * I)
     return phases, model_flops, p_all

@@ -261,7 +261,7 @@ void profile_part(seqrec::cuda::Backend& be, GpuModel& model, const std::vector<
   // One line for gpu_check.sh's results: the GEMMs' share of the step, their rate, and the MFU
   // the step would reach if everything but its GEMMs took no time.
   std::printf(
-      "GEMMS | %.1f calls/step | %.3f ms/step of %.3f (%.1f%%) | %.1f TFLOP/s (%.1f%% of peak) | "
+      "GEMMS | %.1f calls/step | %.3f ms/step of %.3f (%.1f%%) | %.4g TFLOP/s (%.1f%% of peak) | "
       "MFU with only the GEMMs %.1f%%\n",
       gemm_calls / steps, gemm_ms / steps, gpu_ms / steps,
       gpu_ms > 0 ? 100.0 * gemm_ms / gpu_ms : 0.0, gemm_rate / 1e12, 100.0 * gemm_rate / peak,

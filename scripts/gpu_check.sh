@@ -213,7 +213,8 @@ done
 # other kernel at 3.0 TB/s), to read the measured step against.
 bf16_rate="$(grep -h '^GEMMS ' "$logs/gpu_train_bench_bf16.log" 2>/dev/null |
   awk -F'|' '{split($4, a, " "); print a[1]}' || true)"
-if [[ -n $bf16_rate && $bf16_rate != 0.0 ]] && command -v python3 >/dev/null; then
+if [[ -n $bf16_rate ]] && awk -v r="$bf16_rate" 'BEGIN { exit !(r + 0 > 0) }' &&
+  command -v python3 >/dev/null; then
   echo
   echo "the floor of a bf16 step at that GEMM rate, and each profiled phase against its floor"
   echo "(python3 bench/step_traffic.py --gemm-tflops $bf16_rate --profile <the bf16 log>):"

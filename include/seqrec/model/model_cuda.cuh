@@ -1395,7 +1395,7 @@ class Model<Cfg, cuda::Backend> {
     const T scale = shape_.scale_embeddings ? std::sqrt(T(D)) : T(1);
     const bool frozen = store_.entry(item_emb_).frozen;
     // The table's gradient adds here: if no loss GEMM wrote it this step, its zeros first.
-    if (!frozen) settle_grad(grad(item_emb_) + kNumSpecialTokens * shape_.dim);
+    if (float* tg = table_grad()) settle_grad(tg);
     if (packed_ && kPos != detail::CudaPos::Learned) {
       cuda::dropout_backward(*be_, dx, dx, M * D, p, mix64(last_key_ ^ 1), rows_.data(), D);
       if (!frozen)

@@ -581,6 +581,27 @@ struct Bf16Storage {
   seqrec::cuda::Backend& be;
 };
 
+/// One training step's forward and backward on each of two models, from zeroed gradients, each
+/// model's calls made through with(true, f) for `a` and with(false, f) for `b`: their losses and
+/// target counts.
+struct StepPair {
+  double loss_a = 0, loss_b = 0;
+  std::int64_t n_a = 0, n_b = 0;
+};
+template <typename GpuModel, typename With>
+StepPair step_both(GpuModel& a, GpuModel& b, With&& with, const Batch& x, std::uint64_t key) {
+  StepPair r;
+  with(true, [&] {
+    a.zero_grads();
+    r.loss_a = a.forward_backward(x.inputs.data(), x.targets.data(), x.B, x.L, key, &r.n_a);
+  });
+  with(false, [&] {
+    b.zero_grads();
+    r.loss_b = b.forward_backward(x.inputs.data(), x.targets.data(), x.B, x.L, key, &r.n_b);
+  });
+  return r;
+}
+
 /// Two models from one seed, stepped alike (`steps` AdamW steps on batches of `batch` rows from
 /// Rng(rng_seed)), each model's calls made through with(true, f) for `a` and with(false, f) for
 /// `b`: the loss each step, the gradients each step, and the parameters and second moments after
@@ -596,16 +617,7 @@ Rng compare_steps_bitwise(const std::string& tag, GpuModel& a, GpuModel& b, With
   for (int step = 1; step <= steps; ++step) {
     const Batch x = make_batch(rng, batch, shape.max_len, shape.vocab_size);
     const std::uint64_t key = seqrec::ops::dropout_key(seed, std::uint64_t(step), 0) | 1;
-    double l1 = 0, l2 = 0;
-    std::int64_t n1 = 0, n2 = 0;
-    with(true, [&] {
-      a.zero_grads();
-      l1 = a.forward_backward(x.inputs.data(), x.targets.data(), x.B, x.L, key, &n1);
-    });
-    with(false, [&] {
-      b.zero_grads();
-      l2 = b.forward_backward(x.inputs.data(), x.targets.data(), x.B, x.L, key, &n2);
-    });
+    const auto [l1, l2, n1, n2] = step_both(a, b, with, x, key);
     const std::string st = "step " + std::to_string(step) + " ";
     record(l1 == l2 && n1 == n2, tag + st + "loss",
            std::string(side_a) + strf(" %.9g ", l1) + side_b + strf(" %.9g", l2) +
@@ -718,16 +730,7 @@ void test_bf16_gemm_outputs(seqrec::cuda::Backend& gbe, const std::string& name,
   for (int step = 1; step <= 2; ++step) {
     const Batch b = make_batch(rng, 32, shape.max_len, shape.vocab_size);
     const std::uint64_t key = seqrec::ops::dropout_key(seed, std::uint64_t(step), 0) | 1;
-    double l1 = 0, l2 = 0;
-    std::int64_t n1 = 0, n2 = 0;
-    with(true, [&] {
-      out16.zero_grads();
-      l1 = out16.forward_backward(b.inputs.data(), b.targets.data(), b.B, b.L, key, &n1);
-    });
-    with(false, [&] {
-      out32.zero_grads();
-      l2 = out32.forward_backward(b.inputs.data(), b.targets.data(), b.B, b.L, key, &n2);
-    });
+    const auto [l1, l2, n1, n2] = step_both(out16, out32, with, b, key);
     const std::string st = "step " + std::to_string(step) + " ";
     record(n1 == n2, tag + st + "num_targets", std::to_string(n1) + " and " + std::to_string(n2));
     check_rel(tag + st + "loss", l1, l2, 1e-2);

@@ -8,40 +8,16 @@
 #include <fstream>
 
 #include "seqrec/model.hpp"
+#include "support/small_fixture.hpp"
 
 using namespace seqrec;
 namespace fs = std::filesystem;
 
 namespace {
 
-struct Fixture {
-  data::Dataset dataset;
-  data::Split split;
-};
-
-Fixture small_fixture(std::int32_t users = 400, std::int32_t items = 60) {
-  data::SyntheticOptions o;
-  o.users = users;
-  o.items = items;
-  o.min_len = 5;
-  o.max_len = 15;
-  Fixture f;
-  f.dataset = data::build_dataset(data::make_synthetic(o).log);
-  f.split = data::split_loo(f.dataset);
-  return f;
-}
-
-ModelShape small_shape(const data::Dataset& d) {
-  ModelShape s;
-  s.vocab_size = d.vocab.size();
-  s.max_len = 12;
-  s.dim = 16;
-  s.layers = 2;
-  s.heads = 2;
-  s.ffn_dim = 32;
-  s.dropout = 0.1;
-  return s;
-}
+using test::Fixture;
+using test::small_fixture;
+using test::small_shape;
 
 fs::path temp_path(const std::string& name) {
   return fs::temp_directory_path() / ("seqrec_test_" + std::to_string(::getpid()) + "_" + name);

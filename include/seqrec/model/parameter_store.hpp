@@ -27,6 +27,7 @@ enum class Init { Zeros, Ones, Normal };
 template <typename T>
 class ParameterStore {
  public:
+  using value_type = T;
   struct Entry {
     std::string name;
     std::vector<std::int64_t> shape;

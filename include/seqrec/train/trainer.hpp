@@ -4,6 +4,13 @@
 // Everything random is a function of (seed, epoch) for the batch order and of (seed, step) for
 // dropout, so training resumed from a checkpoint retraces the uninterrupted run exactly, down to
 // the printed losses (given the same thread count).
+//
+// Given a communicator of P > 1 ranks (dist/communicator.hpp), the run is data-parallel (see
+// dist/data_parallel.hpp): every rank builds the same batches, trains on its share of each
+// batch's rows, and the group sums the gradients before the optimiser step, so the replicas stay
+// identical. Rank r draws its dropout masks from a seed of its own (rank 0 from the one-process
+// run's); validation is shared out the same way. Only rank 0 shows progress,
+// logs epochs and writes checkpoints.
 #pragma once
 
 #include <fmt/format.h>
@@ -20,6 +27,8 @@
 #include "seqrec/core/progress.hpp"
 #include "seqrec/data/batcher.hpp"
 #include "seqrec/data/dataset.hpp"
+#include "seqrec/dist/communicator.hpp"
+#include "seqrec/dist/data_parallel.hpp"
 #include "seqrec/eval/evaluator.hpp"
 #include "seqrec/io/checkpoint.hpp"
 #include "seqrec/model/device_model.hpp"
@@ -69,15 +78,65 @@ struct TrainResult {
   }
 };
 
-/// Trains `model` on split.train from `start`. A DeviceResident model (model/device_model.hpp)
-/// clips and steps its optimiser on the device; checkpoints download it first. (a fresh run starts
-/// at {0, 0, 0}). `config` is stored in checkpoints next to the model shape. `stop_after_steps` > 0
+namespace detail {
+
+/// One data-parallel step's forward and backward: this rank's share of the batch, its gradient
+/// weighted by its share of the targets and summed over the group. Returns the batch's loss (the
+/// same on every rank); *num_targets receives the batch's target count.
+template <typename Model, dist::Communicator C>
+double data_parallel_forward_backward(Model& model, const data::Batch& b, std::uint64_t key,
+                                      C& comm, std::int64_t* num_targets) {
+  using T = typename std::remove_cvref_t<decltype(model.parameters())>::value_type;
+  std::int64_t total = 0;
+  const dist::RowRange rows =
+      dist::batch_shard(b.targets.data(), b.batch, b.length, comm.rank(), comm.size(), &total);
+  std::int64_t mine = 0;
+  double loss = 0;
+  if (rows.end > rows.begin) {
+    const std::size_t at = static_cast<std::size_t>(std::int64_t{rows.begin} * b.length);
+    loss = model.forward_backward(b.inputs.data() + at, b.targets.data() + at,
+                                  rows.end - rows.begin, b.length, key, &mine);
+  }
+  const double weight = total > 0 ? double(mine) / double(total) : 0.0;
+  dist::allreduce_grads(model.parameters(), comm, static_cast<T>(weight));
+  double weighted = loss * weight;
+  comm.allreduce_sum(&weighted, 1);
+  *num_targets = total;
+  return weighted;
+}
+
+/// The group's mean of each block's expert shares (MoE; empty otherwise).
+template <dist::Communicator C>
+std::vector<std::vector<double>> mean_over_group(std::vector<std::vector<double>> v, C& comm) {
+  for (auto& row : v) {
+    comm.allreduce_sum(row.data(), row.size());
+    for (double& x : row) x /= double(comm.size());
+  }
+  return v;
+}
+
+}  // namespace detail
+
+/// Trains `model` on split.train from `start` (a fresh run starts at {0, 0, 0}), data-parallel
+/// over `comm` when it has more than one rank. A DeviceResident model (model/device_model.hpp)
+/// clips and steps its optimiser on the device; checkpoints download it first; it trains in one
+/// process only. `config` is stored in checkpoints next to the model shape. `stop_after_steps` > 0
 /// ends the run early (tests use it to simulate a crash between checkpoints).
-template <typename Model>
-TrainResult train(Model& model, const data::Split& split, const TrainOptions& opt,
+template <typename Model, dist::Communicator Comm>
+TrainResult train(Model& model, const data::Split& split, const TrainOptions& opt, Comm& comm,
                   io::TrainState start = {}, const nlohmann::json& config = {},
                   std::int64_t stop_after_steps = 0) {
   using Clock = std::chrono::steady_clock;
+  const bool parallel = comm.size() > 1, lead = comm.rank() == 0;
+  // Rank r's dropout stream; rank 0's is the one-process run's.
+  const std::uint64_t rank_seed =
+      opt.seed ^ (static_cast<std::uint64_t>(comm.rank()) * 0x9e3779b97f4a7c15ULL);
+  if constexpr (DeviceResident<Model>)
+    SEQREC_CHECK(!parallel,
+                 "data-parallel training runs CPU models only: the CUDA model has no NCCL "
+                 "gradient allreduce yet; start one process per GPU run instead");
+  else if (parallel)
+    dist::broadcast_parameters(model.parameters(), comm);
   const std::int32_t L = model.shape().max_len;
   data::TrainBatcher batcher(split.train, L, opt.batch);
   const std::int64_t per_epoch = static_cast<std::int64_t>(batcher.num_batches());
@@ -91,7 +150,7 @@ TrainResult train(Model& model, const data::Split& split, const TrainOptions& op
   auto& store = model.parameters();
   TrainResult result;
   io::TrainState st = start;
-  Progress progress("train", total - st.step, opt.progress);
+  Progress progress("train", total - st.step, opt.progress && lead);
   const std::int64_t first_step = st.step;
   for (; st.epoch < total_epochs; ++st.epoch, st.batch_in_epoch = 0) {
     const bool stage1 = st.epoch < opt.stage1_epochs;
@@ -110,10 +169,16 @@ TrainResult train(Model& model, const data::Split& split, const TrainOptions& op
         store.zero_grads();
       ++st.step;
       const std::uint64_t key =
-          ops::dropout_key(opt.seed, static_cast<std::uint64_t>(st.step), 0) | 1;
+          ops::dropout_key(rank_seed, static_cast<std::uint64_t>(st.step), 0) | 1;
       std::int64_t ntok = 0;
-      const double loss =
-          model.forward_backward(b.inputs.data(), b.targets.data(), b.batch, b.length, key, &ntok);
+      double loss = 0;
+      if constexpr (DeviceResident<Model>)
+        loss = model.forward_backward(b.inputs.data(), b.targets.data(), b.batch, b.length, key,
+                                      &ntok);
+      else
+        loss = parallel ? detail::data_parallel_forward_backward(model, b, key, comm, &ntok)
+                        : model.forward_backward(b.inputs.data(), b.targets.data(), b.batch,
+                                                 b.length, key, &ntok);
       // Optimiser steps count from the start of each stage; stage 2 starts from zero moments,
       // as a freshly created optimiser would. Both follow from st.step, so resume is exact.
       const std::int64_t adam_step = stage1 ? st.step : st.step - stage1_steps;
@@ -147,7 +212,7 @@ TrainResult train(Model& model, const data::Split& split, const TrainOptions& op
         result.train_seconds += rep.seconds;
         result.train_tokens += rep.tokens;
         progress.finish();
-        if (!opt.checkpoint.empty()) io::save_checkpoint(opt.checkpoint, model, st, config);
+        if (!opt.checkpoint.empty() && lead) io::save_checkpoint(opt.checkpoint, model, st, config);
         return result;
       }
     }
@@ -155,14 +220,15 @@ TrainResult train(Model& model, const data::Split& split, const TrainOptions& op
     rep.loss = steps ? loss_sum / double(steps) : 0.0;
     result.train_seconds += rep.seconds;
     result.train_tokens += rep.tokens;
-    rep.expert_shares = model.take_expert_shares();  // before validation routes more tokens
+    // Before validation routes more tokens.
+    rep.expert_shares = detail::mean_over_group(model.take_expert_shares(), comm);
     const bool last = st.epoch + 1 == total_epochs;
     if (!split.valid.empty() &&
         (last || (opt.eval_every > 0 && (st.epoch + 1) % opt.eval_every == 0)))
-      rep.valid = eval::evaluate(model, split.valid, {});
+      rep.valid = dist::evaluate(model, split.valid, {}, comm);
     model.take_expert_shares();
     progress.finish();
-    if (opt.log_epochs) {
+    if (opt.log_epochs && lead) {
       std::string line =
           fmt::format("epoch {}/{}{}  loss {:.4f}  {:.1f}s  {:.0f} tok/s", rep.epoch, total_epochs,
                       stage1 ? " (stage 1)" : "", rep.loss, rep.seconds,
@@ -177,12 +243,21 @@ TrainResult train(Model& model, const data::Split& split, const TrainOptions& op
       std::fprintf(stderr, "%s\n", line.c_str());
     }
     result.epochs.push_back(rep);
-    if (!opt.checkpoint.empty()) {
+    if (!opt.checkpoint.empty() && lead) {
       io::TrainState next{st.step, st.epoch + 1, 0};
       io::save_checkpoint(opt.checkpoint, model, next, config);
     }
   }
   return result;
+}
+
+/// One process: train(model, split, opt, dist::Single, ...).
+template <typename Model>
+TrainResult train(Model& model, const data::Split& split, const TrainOptions& opt,
+                  io::TrainState start = {}, const nlohmann::json& config = {},
+                  std::int64_t stop_after_steps = 0) {
+  dist::Single one;
+  return train(model, split, opt, one, start, config, stop_after_steps);
 }
 
 }  // namespace seqrec::train

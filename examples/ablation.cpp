@@ -132,6 +132,7 @@ int main(int argc, char** argv) {
       std::cout << options.help() << std::endl;
       return 0;
     }
+    app::require_one_process("ablation");
     app::RunOptions ro = app::parse_run_options(a);
     if (!ro.resume.empty() || !ro.train.checkpoint.empty())
       throw InputError("--resume/--checkpoint", 0, "not supported by the ablation runner", "");

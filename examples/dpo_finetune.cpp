@@ -24,6 +24,7 @@ int main(int argc, char** argv) {
       std::cout << options.help() << std::endl;
       return 0;
     }
+    app::require_one_process("dpo_finetune");
     const std::string init = a["init-checkpoint"].as<std::string>();
     if (init.empty()) throw InputError("--init-checkpoint", 0, "is required", "");
     const app::RunOptions ro = app::parse_run_options(a);

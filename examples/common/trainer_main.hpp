@@ -23,6 +23,8 @@
 #include <string>
 #include <vector>
 
+#include "group.hpp"
+
 namespace seqrec::app {
 
 // ---- data ---------------------------------------------------------------------------------------
@@ -35,7 +37,9 @@ struct LoadedData {
   std::optional<data::ItemEmbeddings> builtin_text;  // the synthetic dataset's text vectors
 };
 
-inline LoadedData load_data(const cxxopts::ParseResult& a, std::int32_t max_len, std::int32_t dim) {
+/// Reads and splits the data the flags name; `verbose`: print what was loaded on stderr.
+inline LoadedData load_data(const cxxopts::ParseResult& a, std::int32_t max_len, std::int32_t dim,
+                            bool verbose = true) {
   LoadedData out;
   data::InteractionLog log;
   const std::string path = a["data"].as<std::string>();
@@ -76,6 +80,7 @@ inline LoadedData load_data(const cxxopts::ParseResult& a, std::int32_t max_len,
   } else {
     throw InputError("--protocol", 0, "expected loo or holdout", protocol);
   }
+  if (!verbose) return out;
   if (out.split.dropped_users > 0)
     std::fprintf(stderr, "warning: dropped %zu users too short for --protocol %s\n",
                  out.split.dropped_users, protocol.c_str());
@@ -166,9 +171,10 @@ struct RunOptions {
   bool exclude_history = false;
   bool analysis = false;
   std::string resume, metrics_json;
-  int device = -1;        // -1: CPU; otherwise the CUDA device ordinal
-  bool bf16 = false;      // CUDA: bf16 GEMM operands
-  nlohmann::json config;  // the flags as given, for checkpoints and metrics
+  int device = -1;         // -1: CPU; otherwise the CUDA device ordinal
+  bool bf16 = false;       // CUDA: bf16 GEMM operands
+  nlohmann::json config;   // the flags as given, for checkpoints and metrics
+  Group* group = nullptr;  // the ranks of a data-parallel run; null: one process
 };
 
 /// "cpu" → -1, "cuda" → 0, "cuda:N" → N.
@@ -302,8 +308,10 @@ RunResult run_with_model(ModelT& model, const std::string& where, const RunOptio
   RunResult res;
   res.variant = Cfg::describe();
   std::tie(res.params_total, res.params_active) = count_parameters(model);
-  std::fprintf(stderr, "model: %s, %zu parameters (%zu active), %s\n", Cfg::describe().c_str(),
-               res.params_total, res.params_active, where.c_str());
+  const bool lead = !ro.group || ro.group->lead();
+  if (lead)
+    std::fprintf(stderr, "model: %s, %zu parameters (%zu active), %s\n", Cfg::describe().c_str(),
+                 res.params_total, res.params_active, where.c_str());
 
   if constexpr (pretrained) {
     if (ro.resume.empty()) {
@@ -322,7 +330,7 @@ RunResult run_with_model(ModelT& model, const std::string& where, const RunOptio
       const auto rep = data::init_item_table<float>(
           model.parameters().value(model.item_embedding()), shape.dim, d.dataset.vocab, *emb,
           ro.adapter, norm, d.split.train, ro.neighbour_window);
-      std::fprintf(stderr, "%s\n", data::to_string(rep).c_str());
+      if (lead) std::fprintf(stderr, "%s\n", data::to_string(rep).c_str());
       if constexpr (DeviceResident<ModelT>) model.upload();  // the table was written on the host
       res.extra["init_report"] = {{"matched", rep.matched},
                                   {"ignored", rep.ignored},
@@ -342,21 +350,30 @@ RunResult run_with_model(ModelT& model, const std::string& where, const RunOptio
   config["stage1_epochs"] = to.stage1_epochs;
   config["device"] = where;
   if (ro.device < 0) config["threads"] = ro.threads;
+  if (ro.group) config["ranks"] = ro.group->size();
   io::TrainState start;
   if (!ro.resume.empty()) {
     start = io::load_checkpoint(ro.resume, model).state;
-    std::fprintf(stderr, "resumed from %s at epoch %lld, step %lld\n", ro.resume.c_str(),
-                 static_cast<long long>(start.epoch), static_cast<long long>(start.step));
+    if (lead)
+      std::fprintf(stderr, "resumed from %s at epoch %lld, step %lld\n", ro.resume.c_str(),
+                   static_cast<long long>(start.epoch), static_cast<long long>(start.step));
   }
-  const train::TrainResult r = train::train(model, d.split, to, start, config);
+  // In one process or data-parallel over the group's ranks; evaluation is shared out likewise.
+  dist::Single one;
+  auto in_group = [&](auto&& f) { return ro.group ? ro.group->run(f) : f(one); };
+  const train::TrainResult r =
+      in_group([&](auto& comm) { return train::train(model, d.split, to, comm, start, config); });
   res.train_seconds = r.train_seconds;
   res.tokens_per_second = r.tokens_per_second();
   res.epochs_run = to.stage1_epochs + to.epochs;
 
   eval::EvalOptions eo;
   eo.exclude_history = ro.exclude_history;
-  res.valid = eval::evaluate(model, d.split.valid, eo);
-  if (d.split.has_test) res.test = eval::evaluate(model, d.split.test, eo);
+  auto evaluate = [&](const std::vector<data::EvalCase>& cases) {
+    return in_group([&](auto& comm) { return dist::evaluate(model, cases, eo, comm); });
+  };
+  res.valid = evaluate(d.split.valid);
+  if (d.split.has_test) res.test = evaluate(d.split.test);
 
   nlohmann::json history = nlohmann::json::array();
   for (const auto& e : r.epochs)
@@ -407,6 +424,11 @@ RunResult run_variant(const RunOptions& ro, const LoadedData& d, std::uint64_t s
   ModelShape shape = ro.shape;
   shape.vocab_size = d.dataset.vocab.size();
   if (ro.device >= 0) {
+    if (ro.group && ro.group->size() > 1)
+      throw InputError("--device", 0,
+                       "the CUDA model trains in one process (no NCCL gradient allreduce yet); "
+                       "start it without mpirun",
+                       "cuda");
     if constexpr (kCudaImplements<Cfg>) {
       DeviceModel<Cfg> model =
           load_device_model<Cfg>(shape, seed, DeviceOptions{ro.device, ro.bf16});
@@ -420,10 +442,12 @@ RunResult run_variant(const RunOptions& ro, const LoadedData& d, std::uint64_t s
                        "cuda");
     }
   }
-  cpu::Backend backend(ro.threads);
+  const int ranks = ro.group ? ro.group->size() : 1;
+  cpu::Backend backend(ro.group ? ro.group->threads(ro.threads) : ro.threads);
   Model<Cfg, cpu::Backend> model(shape, backend, seed);
-  return run_with_model<Cfg>(model, "cpu, " + std::to_string(backend.threads()) + " threads", ro, d,
-                             seed, binary);
+  std::string where = "cpu, " + std::to_string(backend.threads()) + " threads";
+  if (ranks > 1) where += " per rank, " + std::to_string(ranks) + " ranks (MPI, data-parallel)";
+  return run_with_model<Cfg>(model, where, ro, d, seed, binary);
 }
 
 inline void print_table(const RunResult& r, const eval::Metrics& pop, std::int32_t epochs) {
@@ -441,17 +465,28 @@ inline void print_table(const RunResult& r, const eval::Metrics& pop, std::int32
 /// Runs a trainer for Config. Returns the process exit code.
 template <typename Cfg>
 int run_trainer(int argc, char** argv, const std::string& name, const std::string& summary) {
-  cxxopts::Options options(name, summary + "\nModel: " + Cfg::describe());
+  cxxopts::Options options(name, summary + "\nModel: " + Cfg::describe() +
+                                     "\nStarted by mpirun -np N (a build with MPI), trains "
+                                     "data-parallel over the N processes (CPU only).");
   add_common_options(options);
+  std::optional<Group> group;
+  try {
+    group.emplace(&argc, &argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: error: %s\n", name.c_str(), e.what());
+    return 2;
+  }
   try {
     const auto a = options.parse(argc, argv);
     if (a.count("help")) {
-      std::cout << options.help() << std::endl;
+      if (group->lead()) std::cout << options.help() << std::endl;
       return 0;
     }
-    const RunOptions ro = parse_run_options(a);
-    const LoadedData d = load_data(a, ro.shape.max_len, ro.shape.dim);
+    RunOptions ro = parse_run_options(a);
+    ro.group = &*group;
+    const LoadedData d = load_data(a, ro.shape.max_len, ro.shape.dim, group->lead());
     const RunResult r = run_variant<Cfg>(ro, d, ro.train.seed, name);
+    if (!group->lead()) return 0;
     const eval::Metrics pop = eval::popularity_baseline(d.split, d.dataset.vocab.num_items(),
                                                         d.split.valid, 10, ro.exclude_history);
     print_table(r, pop, r.epochs_run);
@@ -489,10 +524,10 @@ int run_trainer(int argc, char** argv, const std::string& name, const std::strin
     return 0;
   } catch (const cxxopts::exceptions::exception& e) {
     std::fprintf(stderr, "%s: %s (see --help)\n", name.c_str(), e.what());
-    return 2;
+    return group->fail(2);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s: error: %s\n", name.c_str(), e.what());
-    return 1;
+    return group->fail(1);
   }
 }
 

@@ -1,5 +1,5 @@
-// Data-parallel training over MPI, run by ctest as `mpirun -np 2 test_dist_mpi`: every rank runs
-// every test case, and each case's collectives pair up across the ranks.
+// Data-parallel training and DPO over MPI, run by ctest as `mpirun -np 2 test_dist_mpi`: every
+// rank runs every test case, and each case's collectives pair up across the ranks.
 //
 // The central check: two ranks that each train on their share of every batch and sum their
 // gradients must train the model one process trains on the whole batches, up to the order of
@@ -200,6 +200,46 @@ TEST_CASE("mpi: rank 0 checkpoints; resuming on both ranks retraces the run", "[
   CHECK(resumed.parameters().values() == full.parameters().values());
   comm.barrier();  // every rank has read it
   if (comm.rank() == 0) fs::remove(ckpt);
+}
+
+TEST_CASE("mpi: two ranks fine-tune with DPO as one process does (double, no dropout)",
+          "[mpi][dpo]") {
+  dist::Mpi comm;
+  const Fixture f = small_fixture(150, 40);
+  cpu::BackendT<double> be(1);
+  const ModelShape shape = small_shape(f.dataset, 0.0);
+  using M = Model<SasRecConfig, cpu::BackendT<double>>;
+  M one(shape, be, 21), two(shape, be, 21);
+  train::PairOptions po;
+  po.negatives = 3;
+  po.all_positions = true;  // examples of 1 to 12 pairs to balance
+  po.easy_top = 20;
+  const auto pairs =
+      train::build_preference_pairs(f.split.train, one.parameters().value(one.item_embedding()),
+                                    shape.vocab_size, shape.dim, shape.max_len, po);
+  REQUIRE(pairs.pairs() > pairs.examples());
+  // The reference pass shared by the ranks gives one process's values exactly.
+  const auto ref = train::reference_log_probs(one, pairs, 32);
+  CHECK(train::reference_log_probs(two, pairs, comm, 32) == ref);
+
+  train::DpoOptions o;
+  o.ce_weight = 0.2;
+  train::TrainOptions t = quiet_options(2, 32);
+  t.lr = 1e-3;
+  const auto alone = train::dpo_train(one, pairs, ref, o, t);
+  const auto shared = train::dpo_train(two, pairs, ref, o, t, comm, &f.split.valid);
+  REQUIRE(shared.epochs.size() == alone.epochs.size());
+  CHECK(shared.pairs_seen == alone.pairs_seen);
+  const double worst_loss = std::abs(shared.epochs.back().loss - alone.epochs.back().loss);
+  const double worst_param = max_abs_diff(two.parameters().values(), one.parameters().values());
+  INFO("last epoch's loss differs by " << worst_loss << ", parameters by " << worst_param);
+  CHECK(worst_loss < 1e-10);
+  CHECK(worst_param < 1e-10);
+  const M start(shape, be, 21);  // the fine-tuning moved the parameters well beyond that
+  CHECK(max_abs_diff(one.parameters().values(), start.parameters().values()) > 1e-4);
+  CHECK(differs_from_rank0(two.parameters().values(), comm) == 0);
+  REQUIRE(shared.epochs.back().valid);
+  CHECK(same_as_rank0({shared.epochs.back().valid->mrr}, comm));
 }
 
 int main(int argc, char** argv) {

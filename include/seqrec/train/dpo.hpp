@@ -18,6 +18,12 @@
 // (Model::selected_log_probs / selected_backward: chunked, so the (pairs, items) logits never
 // exist at once, and on a device model on the device); only the per-pair log-probabilities and
 // their gradients come back here, where the preference loss is scored.
+//
+// Data-parallel over a communicator (as train::train, dist/data_parallel.hpp): every rank builds
+// the same pairs; the reference's log-probabilities are computed batch by batch, shared out and
+// summed (the same values as one process, bit for bit); each step's examples are shared by pair
+// count, each rank's gradient (a mean over its pairs) is weighted by its share of the pairs and
+// summed; validation is shared out. CPU models only.
 #pragma once
 
 #include <algorithm>
@@ -40,6 +46,8 @@
 #include "seqrec/data/batcher.hpp"
 #include "seqrec/data/dataset.hpp"
 #include "seqrec/data/vocabulary.hpp"
+#include "seqrec/dist/communicator.hpp"
+#include "seqrec/dist/data_parallel.hpp"
 #include "seqrec/eval/evaluator.hpp"
 #include "seqrec/model/device_model.hpp"
 #include "seqrec/ops/dropout/dropout_cpu.hpp"
@@ -303,23 +311,38 @@ PairStats preference_step(Model& model, const PreferenceData& data, std::size_t 
 }
 
 /// Log-probabilities of every pair's [chosen, rejected…] under `model` with dropout off
-/// (pairs × (1+K), pair order): the frozen reference's side of the loss.
-template <typename Model>
-std::vector<double> reference_log_probs(Model& model, const PreferenceData& data,
+/// (pairs × (1+K), pair order): the frozen reference's side of the loss. Over a group, rank r
+/// computes a contiguous share of the batches and the group sums: every rank returns the
+/// one-process values.
+template <typename Model, dist::Communicator C>
+std::vector<double> reference_log_probs(Model& model, const PreferenceData& data, C& comm,
                                         std::int32_t batch = 256) {
   const std::int32_t L = data.len, J = 1 + data.negatives;
-  std::vector<double> out(data.pairs() * static_cast<std::size_t>(J));
+  std::vector<double> out(data.pairs() * static_cast<std::size_t>(J), 0.0);
   std::vector<std::int64_t> rows;
   std::vector<std::int32_t> tokens;
-  for (std::size_t b0 = 0; b0 < data.examples(); b0 += std::size_t(batch)) {
+  const std::size_t batches = (data.examples() + std::size_t(batch) - 1) / std::size_t(batch);
+  const std::size_t first = batches * std::size_t(comm.rank()) / std::size_t(comm.size());
+  const std::size_t last = batches * std::size_t(comm.rank() + 1) / std::size_t(comm.size());
+  for (std::size_t bi = first; bi < last; ++bi) {
+    const std::size_t b0 = bi * std::size_t(batch);
     const std::size_t b1 = std::min(data.examples(), b0 + std::size_t(batch));
-    const std::int64_t first = data.pair_offset[b0], P = data.pair_offset[b1] - first;
+    const std::int64_t pair0 = data.pair_offset[b0], P = data.pair_offset[b1] - pair0;
     if (P == 0) continue;
     detail::batch_pairs(data, b0, b1, rows, tokens);
     model.selected_log_probs(data.inputs.data() + b0 * L, static_cast<std::int32_t>(b1 - b0), L, 0,
-                             rows.data(), P, tokens.data(), J, out.data() + first * J);
+                             rows.data(), P, tokens.data(), J, out.data() + pair0 * J);
   }
+  comm.allreduce_sum(out.data(), out.size());
   return out;
+}
+
+/// reference_log_probs in one process.
+template <typename Model>
+std::vector<double> reference_log_probs(Model& model, const PreferenceData& data,
+                                        std::int32_t batch = 256) {
+  dist::Single one;
+  return reference_log_probs(model, data, one, batch);
 }
 
 // ---- training -----------------------------------------------------------------------------------
@@ -336,14 +359,46 @@ struct DpoResult {
   std::int64_t pairs_seen = 0;
 };
 
+namespace detail {
+
+/// One data-parallel preference step: this rank's share of examples [begin, end), balanced by
+/// pair count, its gradient weighted by its share of the pairs and summed over the group.
+/// Returns the batch's statistics (the same on every rank).
+template <typename Model, dist::Communicator C>
+PairStats data_parallel_preference_step(Model& model, const PreferenceData& data, std::size_t begin,
+                                        std::size_t end, const std::vector<double>& reference,
+                                        const DpoOptions& o, std::uint64_t dropout_key, C& comm) {
+  using T = typename std::remove_cvref_t<decltype(model.parameters())>::value_type;
+  std::vector<std::int64_t> pairs(end - begin);
+  for (std::size_t e = begin; e < end; ++e)
+    pairs[e - begin] = data.pair_offset[e + 1] - data.pair_offset[e];
+  const auto b = dist::balanced_bounds(pairs, comm.size());
+  const std::size_t r = static_cast<std::size_t>(comm.rank());
+  const PairStats mine =
+      preference_step(model, data, begin + std::size_t(b[r]), begin + std::size_t(b[r + 1]),
+                      reference, o, dropout_key, true);
+  const std::int64_t total = data.pair_offset[end] - data.pair_offset[begin];
+  const double weight = total > 0 ? double(mine.pairs) / double(total) : 0.0;
+  dist::allreduce_grads(model.parameters(), comm, static_cast<T>(weight));
+  double sums[4] = {mine.loss, mine.margin, mine.accuracy, mine.chosen_delta};
+  comm.allreduce_sum(sums, 4);
+  return {sums[0], sums[1], sums[2], sums[3], total};
+}
+
+}  // namespace detail
+
 /// Fine-tunes `policy` on the pairs for opt.epochs epochs (AdamW from fresh moments, warmup +
-/// cosine to opt.lr·min_lr_ratio, gradient clipping; dropout only with o.policy_dropout).
-/// opt.stage1_* and opt.checkpoint are not used here.
-template <typename Model>
+/// cosine to opt.lr·min_lr_ratio, gradient clipping; dropout only with o.policy_dropout),
+/// data-parallel over `comm` when it has more than one rank (CPU models). opt.stage1_* and
+/// opt.checkpoint are not used here. Only rank 0 shows progress and logs epochs.
+template <typename Model, dist::Communicator Comm>
 DpoResult dpo_train(Model& policy, const PreferenceData& data, const std::vector<double>& reference,
-                    const DpoOptions& o, const TrainOptions& opt,
+                    const DpoOptions& o, const TrainOptions& opt, Comm& comm,
                     const std::vector<data::EvalCase>* valid = nullptr) {
   using Clock = std::chrono::steady_clock;
+  const bool parallel = comm.size() > 1, lead = comm.rank() == 0;
+  const std::uint64_t rank_seed =
+      opt.seed ^ (static_cast<std::uint64_t>(comm.rank()) * 0x9e3779b97f4a7c15ULL);
   const std::size_t n = data.examples();
   SEQREC_CHECK(n > 0 && data.pairs() > 0, "no preference pairs to train on");
   SEQREC_CHECK(reference.size() == data.pairs() * std::size_t(1 + data.negatives),
@@ -354,13 +409,15 @@ DpoResult dpo_train(Model& policy, const PreferenceData& data, const std::vector
                               opt.min_lr_ratio};
   auto& store = policy.parameters();
   if constexpr (DeviceResident<Model>) {
+    SEQREC_CHECK(!parallel, "data-parallel DPO runs CPU models only (no NCCL allreduce yet)");
     policy.reset_moments();
   } else {
     std::fill(store.moment1().begin(), store.moment1().end(), 0);
     std::fill(store.moment2().begin(), store.moment2().end(), 0);
+    if (parallel) dist::broadcast_parameters(store, comm);
   }
   DpoResult result;
-  Progress progress("dpo", total, opt.progress);
+  Progress progress("dpo", total, opt.progress && lead);
   std::int64_t step = 0;
   std::vector<std::size_t> order(per_epoch);
   for (std::int32_t epoch = 0; epoch < opt.epochs; ++epoch) {
@@ -378,9 +435,14 @@ DpoResult dpo_train(Model& policy, const PreferenceData& data, const std::vector
         store.zero_grads();
       ++step;
       const std::uint64_t key =
-          o.policy_dropout ? ops::dropout_key(opt.seed, static_cast<std::uint64_t>(step), 7) | 1
+          o.policy_dropout ? ops::dropout_key(rank_seed, static_cast<std::uint64_t>(step), 7) | 1
                            : 0;
-      sum += preference_step(policy, data, begin, end, reference, o, key, true);
+      if constexpr (DeviceResident<Model>)
+        sum += preference_step(policy, data, begin, end, reference, o, key, true);
+      else
+        sum += parallel ? detail::data_parallel_preference_step(policy, data, begin, end, reference,
+                                                                o, key, comm)
+                        : preference_step(policy, data, begin, end, reference, o, key, true);
       if constexpr (DeviceResident<Model>) {
         policy.optimizer_step(opt.adam, schedule(step), step, opt.clip);
       } else {
@@ -405,9 +467,9 @@ DpoResult dpo_train(Model& policy, const PreferenceData& data, const std::vector
     const bool last = epoch + 1 == opt.epochs;
     if (valid && !valid->empty() &&
         (last || (opt.eval_every > 0 && (epoch + 1) % opt.eval_every == 0)))
-      rep.valid = eval::evaluate(policy, *valid, {});
+      rep.valid = dist::evaluate(policy, *valid, {}, comm);
     progress.finish();
-    if (opt.log_epochs) {
+    if (opt.log_epochs && lead) {
       std::string line = fmt::format(
           "dpo epoch {}/{}  loss {:.4f}  reward margin {:.4f}  accuracy {:.3f}  "
           "chosen log-prob change {:+.4f}  {:.1f}s",
@@ -420,6 +482,15 @@ DpoResult dpo_train(Model& policy, const PreferenceData& data, const std::vector
     result.epochs.push_back(rep);
   }
   return result;
+}
+
+/// dpo_train in one process.
+template <typename Model>
+DpoResult dpo_train(Model& policy, const PreferenceData& data, const std::vector<double>& reference,
+                    const DpoOptions& o, const TrainOptions& opt,
+                    const std::vector<data::EvalCase>* valid = nullptr) {
+  dist::Single one;
+  return dpo_train(policy, data, reference, o, opt, one, valid);
 }
 
 }  // namespace seqrec::train

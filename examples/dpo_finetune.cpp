@@ -11,32 +11,42 @@ int main(int argc, char** argv) {
       "the true next item; rejected: similar items in the trained item table, 30% from the top "
       "10, 70% from ranks 11-200), a frozen copy of the checkpoint as the reference.\n"
       "Pass the --data/--protocol/--truncate flags the checkpoint was trained with. --epochs and "
-      "--lr default to 1 and 0.0001 here; --checkpoint writes the tuned model.");
+      "--lr default to 1 and 0.0001 here; --checkpoint writes the tuned model.\n"
+      "Started by mpirun -np N (a build with MPI), fine-tunes data-parallel over the N processes "
+      "(CPU only).");
   app::add_common_options(options);
   app::add_dpo_options(options, false);
   // clang-format off
   options.add_options("dpo")
     ("init-checkpoint", "the trained model to fine-tune (train_* --checkpoint)", cxxopts::value<std::string>()->default_value(""));
   // clang-format on
+  std::optional<app::Group> group;
+  try {
+    group.emplace(&argc, &argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "dpo_finetune: error: %s\n", e.what());
+    return 2;
+  }
   try {
     const auto a = options.parse(argc, argv);
     if (a.count("help")) {
-      std::cout << options.help() << std::endl;
+      if (group->lead()) std::cout << options.help() << std::endl;
       return 0;
     }
-    app::require_one_process("dpo_finetune");
     const std::string init = a["init-checkpoint"].as<std::string>();
     if (init.empty()) throw InputError("--init-checkpoint", 0, "is required", "");
-    const app::RunOptions ro = app::parse_run_options(a);
+    app::RunOptions ro = app::parse_run_options(a);
+    ro.group = &*group;
     const app::DpoRunOptions o = app::parse_dpo_options(a, false);
     const io::CheckpointInfo info = io::read_checkpoint_info(init);
     const ModelShape shape = info.config.at("shape").get<ModelShape>();
-    const app::LoadedData d = app::load_data(a, shape.max_len, shape.dim);
+    const app::LoadedData d = app::load_data(a, shape.max_len, shape.dim, group->lead());
     app::DpoRunResult r;
     if (!app::with_config_named(info.variant, [&]<typename Cfg>() {
           r = app::run_dpo<Cfg>(ro, d, init, o, ro.train.seed);
         }))
       throw InputError(init, 0, "no trainer of this build makes this variant", info.variant);
+    if (!group->lead()) return 0;
     std::printf("\n%s, %s, beta %.3g, CE weight %.3g, %d negatives, %zu pairs\n", r.variant.c_str(),
                 o.dpo.loss == train::PreferenceLoss::Dpo ? "DPO" : "S-DPO", o.dpo.beta,
                 o.dpo.ce_weight, o.pairs.negatives, r.pairs);
@@ -80,9 +90,9 @@ int main(int argc, char** argv) {
     return 0;
   } catch (const cxxopts::exceptions::exception& e) {
     std::fprintf(stderr, "dpo_finetune: %s (see --help)\n", e.what());
-    return 2;
+    return group->fail(2);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "dpo_finetune: error: %s\n", e.what());
-    return 1;
+    return group->fail(1);
   }
 }

@@ -119,6 +119,7 @@ DpoRunResult run_dpo(const RunOptions& ro, const LoadedData& d, const std::strin
                          " (pass the --data/--truncate flags it was trained with)",
                      std::to_string(shape.vocab_size));
   if (ro.device >= 0) {
+    require_one_process_for_cuda(ro);
     if constexpr (kCudaImplements<Cfg>) {
       const DeviceOptions dev{ro.device, ro.bf16};
       DeviceModel<Cfg> policy = load_device_model<Cfg>(shape, seed, dev);
@@ -130,7 +131,7 @@ DpoRunResult run_dpo(const RunOptions& ro, const LoadedData& d, const std::strin
           "variant '" + Cfg::describe() + "' has no CUDA implementation; use --device cpu", "cuda");
     }
   }
-  cpu::Backend backend(ro.threads);
+  cpu::Backend backend(cpu_threads(ro));
   Model<Cfg, cpu::Backend> policy(shape, backend, seed);
   return run_dpo_with<Cfg>(policy, ro, d, info, checkpoint, o, seed);
 }
@@ -151,8 +152,12 @@ DpoRunResult run_dpo_with(ModelT& policy, const RunOptions& ro, const LoadedData
   std::tie(res.params_total, res.params_active) = count_parameters(policy);
   eval::EvalOptions eo;
   eo.exclude_history = ro.exclude_history;
-  res.valid_before = eval::evaluate(policy, d.split.valid, eo);
-  if (d.split.has_test) res.test_before = eval::evaluate(policy, d.split.test, eo);
+  // Evaluation, the reference pass and training are shared by the group's ranks, if any.
+  auto evaluate = [&](const std::vector<data::EvalCase>& cases) {
+    return in_group(ro, [&](auto& comm) { return dist::evaluate(policy, cases, eo, comm); });
+  };
+  res.valid_before = evaluate(d.split.valid);
+  if (d.split.has_test) res.test_before = evaluate(d.split.test);
 
   auto t0 = Clock::now();
   train::PairOptions po = o.pairs;
@@ -170,23 +175,27 @@ DpoRunResult run_dpo_with(ModelT& policy, const RunOptions& ro, const LoadedData
     }
   res.hard_share = drawn ? double(hard) / double(drawn) : 0.0;
   t0 = Clock::now();
-  const std::vector<double> ref = train::reference_log_probs(policy, pairs);
+  const std::vector<double> ref =
+      in_group(ro, [&](auto& comm) { return train::reference_log_probs(policy, pairs, comm); });
   res.reference_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-  std::fprintf(stderr,
-               "dpo: %zu pairs x %d negatives (%.1f%% hard), built in %.1f s; reference "
-               "log-probs in %.1f s\n",
-               res.pairs, po.negatives, 100 * res.hard_share, res.pairs_seconds,
-               res.reference_seconds);
+  if (leads(ro))
+    std::fprintf(stderr,
+                 "dpo: %zu pairs x %d negatives (%.1f%% hard), built in %.1f s; reference "
+                 "log-probs in %.1f s\n",
+                 res.pairs, po.negatives, 100 * res.hard_share, res.pairs_seconds,
+                 res.reference_seconds);
 
   train::TrainOptions t = ro.train;
   t.epochs = o.epochs;
   t.lr = o.lr;
   t.seed = seed;
   t.eval_every = 0;
-  res.dpo = train::dpo_train(policy, pairs, ref, o.dpo, t, nullptr);
-  res.valid = eval::evaluate(policy, d.split.valid, eo);
-  if (d.split.has_test) res.test = eval::evaluate(policy, d.split.test, eo);
-  if (!ro.train.checkpoint.empty()) {
+  res.dpo = in_group(ro, [&](auto& comm) {
+    return train::dpo_train(policy, pairs, ref, o.dpo, t, comm, nullptr);
+  });
+  res.valid = evaluate(d.split.valid);
+  if (d.split.has_test) res.test = evaluate(d.split.test);
+  if (!ro.train.checkpoint.empty() && leads(ro)) {
     nlohmann::json config = info.config;
     config["dpo"] = {{"init_checkpoint", checkpoint},
                      {"loss", o.dpo.loss == train::PreferenceLoss::Dpo ? "dpo" : "sdpo"},

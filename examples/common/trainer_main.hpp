@@ -177,6 +177,31 @@ struct RunOptions {
   Group* group = nullptr;  // the ranks of a data-parallel run; null: one process
 };
 
+/// f(communicator): the run's group's (dist::Mpi in a data-parallel run), else dist::Single.
+template <typename F>
+auto in_group(const RunOptions& ro, F&& f) {
+  if (ro.group) return ro.group->run(f);
+  dist::Single one;
+  return f(one);
+}
+
+/// Whether this process prints and writes files: rank 0, or the only process.
+inline bool leads(const RunOptions& ro) { return !ro.group || ro.group->lead(); }
+
+/// CPU threads for this process (--threads shared among the group's ranks on the machine).
+inline int cpu_threads(const RunOptions& ro) {
+  return ro.group ? ro.group->threads(ro.threads) : ro.threads;
+}
+
+/// The CUDA model runs in one process: a clear error when the group has more.
+inline void require_one_process_for_cuda(const RunOptions& ro) {
+  if (ro.group && ro.group->size() > 1)
+    throw InputError("--device", 0,
+                     "the CUDA model trains in one process (no NCCL gradient allreduce yet); "
+                     "start it without mpirun",
+                     "cuda");
+}
+
 /// "cpu" → -1, "cuda" → 0, "cuda:N" → N.
 inline int parse_device(const std::string& v) {
   if (v == "cpu") return -1;
@@ -308,7 +333,7 @@ RunResult run_with_model(ModelT& model, const std::string& where, const RunOptio
   RunResult res;
   res.variant = Cfg::describe();
   std::tie(res.params_total, res.params_active) = count_parameters(model);
-  const bool lead = !ro.group || ro.group->lead();
+  const bool lead = leads(ro);
   if (lead)
     std::fprintf(stderr, "model: %s, %zu parameters (%zu active), %s\n", Cfg::describe().c_str(),
                  res.params_total, res.params_active, where.c_str());
@@ -359,10 +384,8 @@ RunResult run_with_model(ModelT& model, const std::string& where, const RunOptio
                    static_cast<long long>(start.epoch), static_cast<long long>(start.step));
   }
   // In one process or data-parallel over the group's ranks; evaluation is shared out likewise.
-  dist::Single one;
-  auto in_group = [&](auto&& f) { return ro.group ? ro.group->run(f) : f(one); };
-  const train::TrainResult r =
-      in_group([&](auto& comm) { return train::train(model, d.split, to, comm, start, config); });
+  const train::TrainResult r = in_group(
+      ro, [&](auto& comm) { return train::train(model, d.split, to, comm, start, config); });
   res.train_seconds = r.train_seconds;
   res.tokens_per_second = r.tokens_per_second();
   res.epochs_run = to.stage1_epochs + to.epochs;
@@ -370,7 +393,7 @@ RunResult run_with_model(ModelT& model, const std::string& where, const RunOptio
   eval::EvalOptions eo;
   eo.exclude_history = ro.exclude_history;
   auto evaluate = [&](const std::vector<data::EvalCase>& cases) {
-    return in_group([&](auto& comm) { return dist::evaluate(model, cases, eo, comm); });
+    return in_group(ro, [&](auto& comm) { return dist::evaluate(model, cases, eo, comm); });
   };
   res.valid = evaluate(d.split.valid);
   if (d.split.has_test) res.test = evaluate(d.split.test);
@@ -424,11 +447,7 @@ RunResult run_variant(const RunOptions& ro, const LoadedData& d, std::uint64_t s
   ModelShape shape = ro.shape;
   shape.vocab_size = d.dataset.vocab.size();
   if (ro.device >= 0) {
-    if (ro.group && ro.group->size() > 1)
-      throw InputError("--device", 0,
-                       "the CUDA model trains in one process (no NCCL gradient allreduce yet); "
-                       "start it without mpirun",
-                       "cuda");
+    require_one_process_for_cuda(ro);
     if constexpr (kCudaImplements<Cfg>) {
       DeviceModel<Cfg> model =
           load_device_model<Cfg>(shape, seed, DeviceOptions{ro.device, ro.bf16});
@@ -443,7 +462,7 @@ RunResult run_variant(const RunOptions& ro, const LoadedData& d, std::uint64_t s
     }
   }
   const int ranks = ro.group ? ro.group->size() : 1;
-  cpu::Backend backend(ro.group ? ro.group->threads(ro.threads) : ro.threads);
+  cpu::Backend backend(cpu_threads(ro));
   Model<Cfg, cpu::Backend> model(shape, backend, seed);
   std::string where = "cpu, " + std::to_string(backend.threads()) + " threads";
   if (ranks > 1) where += " per rank, " + std::to_string(ranks) + " ranks (MPI, data-parallel)";

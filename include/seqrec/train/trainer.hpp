@@ -9,8 +9,8 @@
 // dist/data_parallel.hpp): every rank builds the same batches, trains on its share of each
 // batch's rows, and the group sums the gradients before the optimiser step, so the replicas stay
 // identical. Rank r draws its dropout masks from a seed of its own (rank 0 from the one-process
-// run's); validation is shared out the same way. Only rank 0 shows progress,
-// logs epochs and writes checkpoints.
+// run's); validation is shared out the same way. Only rank 0 shows progress, logs epochs and
+// writes checkpoints.
 #pragma once
 
 #include <fmt/format.h>

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <fmt/format.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -58,11 +59,18 @@ class Group {
   bool lead() const noexcept { return rank() == 0; }
 
   /// CPU threads for this rank when the user asked for `requested` (0: all cores): the machine's
-  /// cores shared among the ranks on it.
+  /// cores shared among the ranks on it, and no more than the cores the launcher bound this
+  /// rank to (OpenMPI binds each of 2 ranks to one core unless told --bind-to none or
+  /// --map-by slot:PE=N).
   int threads(int requested) const {
     if (requested > 0 || size() == 1) return requested;
     const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-    return std::max(1, cores / dist::launched_local_ranks());
+    const int share = std::max(1, cores / dist::launched_local_ranks());
+    cpu_set_t mask;
+    CPU_ZERO(&mask);
+    if (sched_getaffinity(0, sizeof(mask), &mask) == 0 && CPU_COUNT(&mask) > 0)
+      return std::min(share, CPU_COUNT(&mask));
+    return share;
   }
 
   /// f(communicator): dist::Mpi in a data-parallel run, dist::Single otherwise.

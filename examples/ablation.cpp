@@ -114,9 +114,11 @@ std::string analysis_tables(const std::vector<Row>& rows) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  cxxopts::Options options("ablation",
-                           "Train every variant with the same budget over several seeds and write "
-                           "the ablation table (markdown + JSON).");
+  cxxopts::Options options(
+      "ablation",
+      "Train every variant with the same budget over several seeds and write "
+      "the ablation table (markdown + JSON). Started by mpirun -np N (a build with MPI), "
+      "each run trains data-parallel over the N processes.");
   app::add_common_options(options);
   app::add_dpo_options(options, true);
   // clang-format off
@@ -126,14 +128,23 @@ int main(int argc, char** argv) {
     ("out", "output prefix: writes PREFIX.md and PREFIX.json", cxxopts::value<std::string>()->default_value("cache/ablation"))
     ("checkpoint-dir", "keep each run's final model as DIR/<binary>_s<seed>.safetensors (for dpo_finetune)", cxxopts::value<std::string>()->default_value(""));
   // clang-format on
+  // Started by mpirun, every run of the table trains data-parallel over the ranks.
+  std::optional<app::Group> group;
+  try {
+    group.emplace(&argc, &argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "ablation: error: %s\n", e.what());
+    return 2;
+  }
+  const bool lead = group->lead();
   try {
     const auto a = options.parse(argc, argv);
     if (a.count("help")) {
-      std::cout << options.help() << std::endl;
+      if (lead) std::cout << options.help() << std::endl;
       return 0;
     }
-    app::require_one_process("ablation");
     app::RunOptions ro = app::parse_run_options(a);
+    ro.group = &*group;
     if (!ro.resume.empty() || !ro.train.checkpoint.empty())
       throw InputError("--resume/--checkpoint", 0, "not supported by the ablation runner", "");
     std::vector<std::uint64_t> seeds;
@@ -154,7 +165,7 @@ int main(int argc, char** argv) {
     const std::string checkpoint_dir = a["checkpoint-dir"].as<std::string>();
     if (!checkpoint_dir.empty()) std::filesystem::create_directories(checkpoint_dir);
     const app::DpoRunOptions dpo = app::parse_dpo_options(a, true);
-    const app::LoadedData d = app::load_data(a, ro.shape.max_len, ro.shape.dim);
+    const app::LoadedData d = app::load_data(a, ro.shape.max_len, ro.shape.dim, lead);
     ro.train.progress = false;
 
     std::vector<Row> rows;
@@ -168,7 +179,9 @@ int main(int argc, char** argv) {
       row.description = v.description;
       row.variant = Cfg::describe();
       for (std::uint64_t seed : seeds) {
-        std::fprintf(stderr, "== %s seed %llu\n", v.binary, static_cast<unsigned long long>(seed));
+        if (lead)
+          std::fprintf(stderr, "== %s seed %llu\n", v.binary,
+                       static_cast<unsigned long long>(seed));
         // Same budget for every row: random-init variants have no table to keep frozen, so they
         // spend the stage-1 epochs in ordinary training instead.
         app::RunOptions rv = ro;
@@ -197,9 +210,10 @@ int main(int argc, char** argv) {
         row.hr.push_back(m.hr);
         row.ndcg.push_back(m.ndcg);
         row.seconds.push_back(r.train_seconds);
-        std::fprintf(stderr, "   %s seed %llu: MRR@10 %.4f  HR@10 %.4f  NDCG@10 %.4f  %.0f s\n",
-                     v.binary, static_cast<unsigned long long>(seed), m.mrr, m.hr, m.ndcg,
-                     r.train_seconds);
+        if (lead)
+          std::fprintf(stderr, "   %s seed %llu: MRR@10 %.4f  HR@10 %.4f  NDCG@10 %.4f  %.0f s\n",
+                       v.binary, static_cast<unsigned long long>(seed), m.mrr, m.hr, m.ndcg,
+                       r.train_seconds);
       }
       rows.push_back(std::move(row));
     });
@@ -239,7 +253,10 @@ int main(int argc, char** argv) {
         if (!std::filesystem::exists(ck))
           throw InputError(ck, 0, "missing: train train_ours with this --checkpoint-dir first",
                            dr.binary);
-        std::fprintf(stderr, "== %s seed %llu\n", dr.binary, static_cast<unsigned long long>(seed));
+        if (lead)
+          std::fprintf(stderr, "== %s seed %llu\n", dr.binary,
+                       static_cast<unsigned long long>(seed));
+        // In a group, rank 0 wrote the checkpoint before the run's final (collective) evaluation.
         const app::DpoRunResult r = app::run_dpo<OursConfig>(ro, d, ck, o, seed);
         row.params_total = r.params_total;
         row.params_active = r.params_active;
@@ -260,16 +277,18 @@ int main(int argc, char** argv) {
                             {"reward_accuracy", last.accuracy},
                             {"reward_margin", last.margin},
                             {"chosen_logp_change", last.chosen_delta}});
-        std::fprintf(stderr,
-                     "   %s seed %llu: MRR@10 %.4f (before %.4f)  chosen log-prob change %+.4f  "
-                     "reward accuracy %.3f  %.0f s\n",
-                     dr.binary, static_cast<unsigned long long>(seed), m.mrr, before.mrr,
-                     last.chosen_delta, last.accuracy, r.dpo.train_seconds);
+        if (lead)
+          std::fprintf(stderr,
+                       "   %s seed %llu: MRR@10 %.4f (before %.4f)  chosen log-prob change %+.4f  "
+                       "reward accuracy %.3f  %.0f s\n",
+                       dr.binary, static_cast<unsigned long long>(seed), m.mrr, before.mrr,
+                       last.chosen_delta, last.accuracy, r.dpo.train_seconds);
       }
       rows.push_back(std::move(row));
     }
     const double wall =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (!lead) return 0;
 
     const bool test = d.split.has_test;
     std::string md = fmt::format(
@@ -311,9 +330,9 @@ int main(int argc, char** argv) {
     return 0;
   } catch (const cxxopts::exceptions::exception& e) {
     std::fprintf(stderr, "ablation: %s (see --help)\n", e.what());
-    return 2;
+    return group->fail(2);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "ablation: error: %s\n", e.what());
-    return 1;
+    return group->fail(1);
   }
 }

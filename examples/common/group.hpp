@@ -102,14 +102,4 @@ class Group {
   dist::Single single_;
 };
 
-/// For binaries that run in one process only: a clear error when started as a rank of a job.
-inline void require_one_process(const std::string& binary) {
-  const int n = dist::launched_ranks();
-  if (n > 1)
-    throw Error(
-        fmt::format("{} runs in one process, but was started as one of {} ranks; data "
-                    "parallelism is for the trainer binaries (train_*)",
-                    binary, n));
-}
-
 }  // namespace seqrec::app

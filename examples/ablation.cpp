@@ -129,13 +129,8 @@ int main(int argc, char** argv) {
     ("checkpoint-dir", "keep each run's final model as DIR/<binary>_s<seed>.safetensors (for dpo_finetune)", cxxopts::value<std::string>()->default_value(""));
   // clang-format on
   // Started by mpirun, every run of the table trains data-parallel over the ranks.
-  std::optional<app::Group> group;
-  try {
-    group.emplace(&argc, &argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "ablation: error: %s\n", e.what());
-    return 2;
-  }
+  const auto group = app::join_group(&argc, &argv, "ablation");
+  if (!group) return 2;
   const bool lead = group->lead();
   try {
     const auto a = options.parse(argc, argv);
@@ -144,7 +139,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     app::RunOptions ro = app::parse_run_options(a);
-    ro.group = &*group;
+    ro.group = group.get();
     if (!ro.resume.empty() || !ro.train.checkpoint.empty())
       throw InputError("--resume/--checkpoint", 0, "not supported by the ablation runner", "");
     std::vector<std::uint64_t> seeds;

@@ -20,13 +20,8 @@ int main(int argc, char** argv) {
   options.add_options("dpo")
     ("init-checkpoint", "the trained model to fine-tune (train_* --checkpoint)", cxxopts::value<std::string>()->default_value(""));
   // clang-format on
-  std::optional<app::Group> group;
-  try {
-    group.emplace(&argc, &argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "dpo_finetune: error: %s\n", e.what());
-    return 2;
-  }
+  const auto group = app::join_group(&argc, &argv, "dpo_finetune");
+  if (!group) return 2;
   try {
     const auto a = options.parse(argc, argv);
     if (a.count("help")) {
@@ -36,7 +31,7 @@ int main(int argc, char** argv) {
     const std::string init = a["init-checkpoint"].as<std::string>();
     if (init.empty()) throw InputError("--init-checkpoint", 0, "is required", "");
     app::RunOptions ro = app::parse_run_options(a);
-    ro.group = &*group;
+    ro.group = group.get();
     const app::DpoRunOptions o = app::parse_dpo_options(a, false);
     const io::CheckpointInfo info = io::read_checkpoint_info(init);
     const ModelShape shape = info.config.at("shape").get<ModelShape>();

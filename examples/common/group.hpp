@@ -9,6 +9,8 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <exception>
+#include <memory>
 #include <optional>
 #include <seqrec/core/error.hpp>
 #include <seqrec/dist/communicator.hpp>
@@ -101,5 +103,15 @@ class Group {
 #endif
   dist::Single single_;
 };
+
+/// A binary's group (see Group); on failure prints "<binary>: error: ..." and returns null.
+inline std::unique_ptr<Group> join_group(int* argc, char*** argv, const std::string& binary) {
+  try {
+    return std::make_unique<Group>(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: error: %s\n", binary.c_str(), e.what());
+    return nullptr;
+  }
+}
 
 }  // namespace seqrec::app

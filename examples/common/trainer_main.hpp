@@ -488,13 +488,8 @@ int run_trainer(int argc, char** argv, const std::string& name, const std::strin
                                      "\nStarted by mpirun -np N (a build with MPI), trains "
                                      "data-parallel over the N processes (CPU only).");
   add_common_options(options);
-  std::optional<Group> group;
-  try {
-    group.emplace(&argc, &argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "%s: error: %s\n", name.c_str(), e.what());
-    return 2;
-  }
+  const auto group = join_group(&argc, &argv, name);
+  if (!group) return 2;
   try {
     const auto a = options.parse(argc, argv);
     if (a.count("help")) {
@@ -502,7 +497,7 @@ int run_trainer(int argc, char** argv, const std::string& name, const std::strin
       return 0;
     }
     RunOptions ro = parse_run_options(a);
-    ro.group = &*group;
+    ro.group = group.get();
     const LoadedData d = load_data(a, ro.shape.max_len, ro.shape.dim, group->lead());
     const RunResult r = run_variant<Cfg>(ro, d, ro.train.seed, name);
     if (!group->lead()) return 0;

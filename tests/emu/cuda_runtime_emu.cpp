@@ -376,6 +376,24 @@ struct EmuEvent {
   bool recorded = false;
 };
 
+/// How many devices the emulator shows: SEQREC_EMU_DEVICES (1 to 16), default 1. They are all
+/// this process's memory and CPU; more than one lets a data-parallel run under mpirun give each
+/// local rank a device ordinal of its own, as on a multi-GPU machine.
+int device_count() {
+  static const int n = [] {
+    const char* v = std::getenv("SEQREC_EMU_DEVICES");
+    if (v == nullptr || *v == '\0') return 1;
+    char* end = nullptr;
+    const long k = std::strtol(v, &end, 10);
+    if (*end != '\0' || k < 1 || k > 16)
+      seqrec::emu::die(std::string("SEQREC_EMU_DEVICES must be 1 to 16, got '") + v + "'");
+    return static_cast<int>(k);
+  }();
+  return n;
+}
+bool valid_device(int device) { return device >= 0 && device < device_count(); }
+thread_local int tl_device = 0;
+
 /// Live allocations, to refuse frees of pointers cudaMalloc did not return.
 std::map<void*, std::size_t>& allocations() {
   static std::map<void*, std::size_t> m;
@@ -386,21 +404,23 @@ std::map<void*, std::size_t>& allocations() {
 extern "C" {
 
 cudaError_t cudaGetDeviceCount(int* count) {
-  *count = 1;
+  *count = device_count();
   return cudaSuccess;
 }
 
 cudaError_t cudaSetDevice(int device) {
-  return device == 0 ? cudaSuccess : fail(cudaErrorInvalidDevice);
+  if (!valid_device(device)) return fail(cudaErrorInvalidDevice);
+  tl_device = device;
+  return cudaSuccess;
 }
 
 cudaError_t cudaGetDevice(int* device) {
-  *device = 0;
+  *device = tl_device;
   return cudaSuccess;
 }
 
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
-  if (device != 0) return fail(cudaErrorInvalidDevice);
+  if (!valid_device(device)) return fail(cudaErrorInvalidDevice);
   *prop = cudaDeviceProp{};
   std::snprintf(prop->name, sizeof prop->name, "seqrec host emulator (not a GPU)");
   prop->totalGlobalMem = std::size_t{80} << 30;
@@ -415,7 +435,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
 }
 
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
-  if (device != 0) return fail(cudaErrorInvalidDevice);
+  if (!valid_device(device)) return fail(cudaErrorInvalidDevice);
   switch (attr) {
     case cudaDevAttrMultiProcessorCount:
       *value = 132;

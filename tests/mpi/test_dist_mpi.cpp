@@ -16,6 +16,7 @@
 
 #include "seqrec/dist/mpi.hpp"
 #include "seqrec/model.hpp"
+#include "support/rank_checks.hpp"
 #include "support/small_fixture.hpp"
 
 using namespace seqrec;
@@ -23,48 +24,13 @@ namespace fs = std::filesystem;
 
 namespace {
 
+using test::differs_from_rank0;
 using test::Fixture;
+using test::max_abs_diff;
+using test::quiet_options;
+using test::same_as_rank0;
 using test::small_fixture;
 using test::small_shape;
-
-train::TrainOptions quiet_options(std::int32_t epochs, std::int32_t batch) {
-  train::TrainOptions o;
-  o.epochs = epochs;
-  o.batch = batch;
-  o.lr = 3e-3;
-  o.progress = false;
-  o.log_epochs = false;
-  o.eval_every = 0;
-  return o;
-}
-
-template <typename T>
-double max_abs_diff(const AlignedVector<T>& a, const AlignedVector<T>& b) {
-  REQUIRE(a.size() == b.size());
-  double m = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) m = std::max(m, std::abs(double(a[i]) - double(b[i])));
-  return m;
-}
-
-/// Number of elements of `mine` that differ from rank 0's, on every rank.
-template <typename T>
-std::int64_t differs_from_rank0(const AlignedVector<T>& mine, dist::Mpi& comm) {
-  AlignedVector<T> root = mine;
-  comm.broadcast(root.data(), root.size(), 0);
-  std::int64_t n = 0;
-  for (std::size_t i = 0; i < mine.size(); ++i) n += !(mine[i] == root[i]);
-  comm.allreduce_sum(&n, 1);
-  return n;
-}
-
-/// Whether rank 0 holds the same values, on every rank.
-bool same_as_rank0(const std::vector<double>& mine, dist::Mpi& comm) {
-  std::vector<double> root = mine;
-  comm.broadcast(root.data(), root.size(), 0);
-  std::int64_t differ = root != mine;
-  comm.allreduce_sum(&differ, 1);
-  return differ == 0;
-}
 
 }  // namespace
 

@@ -16,7 +16,10 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <iterator>
 #include <span>
+#include <type_traits>
 #include <vector>
 
 #include "seqrec/core/error.hpp"
@@ -25,6 +28,7 @@
 #include "seqrec/dist/communicator.hpp"
 #include "seqrec/eval/evaluator.hpp"
 #include "seqrec/eval/metrics.hpp"
+#include "seqrec/model/device_model.hpp"
 #include "seqrec/model/parameter_store.hpp"
 
 namespace seqrec::dist {
@@ -108,6 +112,46 @@ void allreduce_grads(ParameterStore<T>& s, C& comm, T scale) {
 template <typename T, Communicator C>
 void broadcast_parameters(ParameterStore<T>& s, C& comm, int root = 0) {
   comm.broadcast(s.values().data(), s.values().size(), root);
+}
+
+/// Makes the group's replicas of `model` identical and ready for sum_gradients: rank 0's
+/// parameter values go to every rank. A device model (DeviceParallel) also joins its devices'
+/// group: rank 0 makes the group's identifier and `comm` sends it to the others.
+template <typename Model, Communicator C>
+void start_replicas(Model& model, C& comm) {
+  if (comm.size() == 1) return;
+  if constexpr (DeviceParallel<Model>) {
+    model.download();
+    broadcast_parameters(model.parameters(), comm);
+    model.upload();
+    DeviceGroupId id{};
+    if (comm.rank() == 0) id = model.new_group_id();
+    std::int64_t words[sizeof(DeviceGroupId) / sizeof(std::int64_t)];
+    static_assert(sizeof words == sizeof id);
+    std::memcpy(words, id.data(), sizeof words);
+    comm.broadcast(words, std::size(words), 0);
+    std::memcpy(id.data(), words, sizeof words);
+    model.join_group(id, comm.rank(), comm.size());
+  } else if constexpr (DeviceResident<Model>) {
+    throw Error("data-parallel training: this device model cannot sum gradients across devices");
+  } else {
+    broadcast_parameters(model.parameters(), comm);
+  }
+}
+
+/// Step 2 and 3 of the step above: this rank's gradients times `weight`, summed over the group
+/// (allreduce_grads through `comm` for a host model; between the devices for a device model,
+/// which start_replicas joined to its group).
+template <typename Model, Communicator C>
+void sum_gradients(Model& model, C& comm, double weight) {
+  if constexpr (DeviceParallel<Model>) {
+    model.allreduce_grads(weight);
+  } else if constexpr (DeviceResident<Model>) {
+    throw Error("data-parallel training: this device model cannot sum gradients across devices");
+  } else {
+    using T = typename std::remove_cvref_t<decltype(model.parameters())>::value_type;
+    allreduce_grads(model.parameters(), comm, static_cast<T>(weight));
+  }
 }
 
 /// The ranks of `cases`, computed by the group: rank r ranks a contiguous share of the cases,

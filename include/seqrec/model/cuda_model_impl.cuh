@@ -19,6 +19,9 @@
 
 namespace seqrec::cuda {
 
+static_assert(std::is_same_v<nccl::Id, DeviceGroupId>,
+              "DeviceGroupId must hold NCCL's unique id (NCCL_UNIQUE_ID_BYTES)");
+
 template <typename Cfg>
 class DeviceModelImpl final : public DeviceModelBase {
  public:
@@ -77,6 +80,11 @@ class DeviceModelImpl final : public DeviceModelBase {
   void selected_backward(const double* g, double scale) override {
     model_.selected_backward(g, scale);
   }
+  DeviceGroupId new_group_id() override { return Model<Cfg, Backend>::new_group_id(); }
+  void join_group(const DeviceGroupId& id, int rank, int size) override {
+    model_.join_group(id, rank, size);
+  }
+  void allreduce_grads(double weight) override { model_.allreduce_grads(weight); }
 
  private:
   /// The ordinal, after checking that a CUDA device answers and that it exists.

@@ -18,6 +18,8 @@
 // for every model that satisfies DeviceResident.
 #pragma once
 
+#include <array>
+#include <concepts>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -72,6 +74,20 @@ concept DeviceResident = requires(M& m, const train::AdamWOptions& o) {
   { m.optimizer_step(o, 1e-3, std::int64_t{1}, 1.0) } -> std::convertible_to<double>;
 };
 
+/// A group of device models' identifier (NCCL's unique id, 128 bytes): made by one rank's
+/// new_group_id(), sent to the others by the host's communicator, passed to every join_group().
+using DeviceGroupId = std::array<char, 128>;
+
+/// A device-resident model that can train data-parallel with copies of itself on other devices,
+/// one per process: the group's gradient sum runs between the devices (NCCL), not on the host.
+/// dist::start_replicas and dist::sum_gradients (dist/data_parallel.hpp) use it.
+template <typename M>
+concept DeviceParallel = DeviceResident<M> && requires(M& m, const DeviceGroupId& id) {
+  { m.new_group_id() } -> std::same_as<DeviceGroupId>;
+  m.join_group(id, 0, 1);
+  m.allreduce_grads(1.0);
+};
+
 /// The operations of a device-resident model, type-erased. Token arrays and scores are HOST
 /// arrays; see Model<Cfg, cuda::Backend> for the meaning of each call.
 class DeviceModelBase {
@@ -109,6 +125,9 @@ class DeviceModelBase {
                                   std::int64_t count, const std::int32_t* tokens,
                                   std::int32_t per_row, double* logp) = 0;
   virtual void selected_backward(const double* g, double scale) = 0;
+  virtual DeviceGroupId new_group_id() = 0;
+  virtual void join_group(const DeviceGroupId& id, int rank, int size) = 0;
+  virtual void allreduce_grads(double weight) = 0;
 };
 
 /// Where a device model runs and how it computes.
@@ -193,6 +212,13 @@ class DeviceModel {
     impl_->selected_log_probs(inputs, batch, len, dropout_key, rows, count, tokens, per_row, logp);
   }
   void selected_backward(const double* g, double scale) { impl_->selected_backward(g, scale); }
+
+  /// Data parallelism across devices (see DeviceParallel and Model<Cfg, cuda::Backend>).
+  DeviceGroupId new_group_id() { return impl_->new_group_id(); }
+  void join_group(const DeviceGroupId& id, int rank, int size) {
+    impl_->join_group(id, rank, size);
+  }
+  void allreduce_grads(double weight) { impl_->allreduce_grads(weight); }
 
  private:
   std::unique_ptr<DeviceModelBase> impl_;

@@ -15,6 +15,8 @@
 //                     linear weights' and the table's item rows' zeros are left to their dW
 //                     GEMMs (set_lazy_zero_grads)
 //   optimizer_step()  clipping + AdamW on the device, honouring the host store's frozen flags
+//   join_group()      joins a group of GPUs, one model per process (dist/nccl.hpp); then
+//   allreduce_grads() sums the weighted gradients of the group's models in place, over NCCL
 //
 // forward_backward / loss / score_last take HOST token arrays (score_last writes HOST scores), so
 // the trainer and the evaluator call this model exactly like the CPU one; rank_last and
@@ -60,6 +62,7 @@
 
 #include "seqrec/backend/cuda.cuh"
 #include "seqrec/backend/gemm_cuda.cuh"
+#include "seqrec/dist/nccl.hpp"
 #include "seqrec/model/model.hpp"
 #include "seqrec/ops/activation/swiglu_cuda.cuh"
 #include "seqrec/ops/attention/attention_cuda.cuh"
@@ -326,6 +329,35 @@ class Model<Cfg, cuda::Backend> {
                      cuda::clip_factor(norm, clip), mirror_.data());
     be_->weights_changed();
     return norm;
+  }
+
+  /// Data parallelism across GPUs (dist/nccl.hpp), one model per process and GPU: one rank
+  /// makes an identifier with new_group_id(), the host's communicator sends it to the others
+  /// (dist::start_replicas does both), and every rank joins with it.
+  static nccl::Id new_group_id() { return nccl::Group::new_id(); }
+  void join_group(const nccl::Id& id, int rank, int size) {
+    group_ = std::make_unique<nccl::Group>(id, rank, size, be_->device());
+  }
+  bool in_group() const noexcept { return group_ != nullptr; }
+  /// In place on every rank of the group: the sum over the ranks of weight_r · gradient_r, over
+  /// the tensors not frozen in the host store, in runs of adjacent ones (the runs of
+  /// dist::allreduce_grads on the CPU); the zeros still pending are written first.
+  void allreduce_grads(double weight) {
+    SEQREC_CHECK(group_ != nullptr, "allreduce_grads: the model has not joined a group");
+    settle_grads();
+    const auto& es = store_.entries();
+    std::vector<nccl::Range> runs;
+    for (std::size_t i = 0; i < es.size();) {
+      if (es[i].frozen) {
+        ++i;
+        continue;
+      }
+      nccl::Range r{es[i].offset, es[i].offset + es[i].numel};
+      for (++i; i < es.size() && !es[i].frozen; ++i) r.end = es[i].offset + es[i].numel;
+      runs.push_back(r);
+    }
+    const cuda::ProfileScope prof(*be_, "gradient allreduce (NCCL)");
+    group_->weighted_sum(grads_.data(), runs, static_cast<float>(weight), be_->stream());
   }
 
   /// One training step's forward and backward on HOST inputs/targets (B, L), left-padded.
@@ -1488,6 +1520,8 @@ class Model<Cfg, cuda::Backend> {
   std::vector<float> sel_logp_, sel_weights_;
   cuda::DeviceBuffer<std::int32_t> sel_i32_;  // item columns (P, J), then computed rows (P)
   cuda::DeviceBuffer<float> sel_f32_;         // log-probabilities (P, J) / weights (P, J + 1)
+  // The data-parallel group this model sums its gradients in (join_group); null: one GPU.
+  std::unique_ptr<nccl::Group> group_;
 };
 
 }  // namespace seqrec

@@ -23,7 +23,7 @@
 // the same pairs; the reference's log-probabilities are computed batch by batch, shared out and
 // summed (the same values as one process, bit for bit); each step's examples are shared by pair
 // count, each rank's gradient (a mean over its pairs) is weighted by its share of the pairs and
-// summed; validation is shared out. CPU models only.
+// summed; validation is shared out. A device model sums its gradients between the devices.
 #pragma once
 
 #include <algorithm>
@@ -368,7 +368,6 @@ template <typename Model, dist::Communicator C>
 PairStats data_parallel_preference_step(Model& model, const PreferenceData& data, std::size_t begin,
                                         std::size_t end, const std::vector<double>& reference,
                                         const DpoOptions& o, std::uint64_t dropout_key, C& comm) {
-  using T = typename std::remove_cvref_t<decltype(model.parameters())>::value_type;
   std::vector<std::int64_t> pairs(end - begin);
   for (std::size_t e = begin; e < end; ++e)
     pairs[e - begin] = data.pair_offset[e + 1] - data.pair_offset[e];
@@ -379,7 +378,7 @@ PairStats data_parallel_preference_step(Model& model, const PreferenceData& data
                       reference, o, dropout_key, true);
   const std::int64_t total = data.pair_offset[end] - data.pair_offset[begin];
   const double weight = total > 0 ? double(mine.pairs) / double(total) : 0.0;
-  dist::allreduce_grads(model.parameters(), comm, static_cast<T>(weight));
+  dist::sum_gradients(model, comm, weight);
   double sums[4] = {mine.loss, mine.margin, mine.accuracy, mine.chosen_delta};
   comm.allreduce_sum(sums, 4);
   return {sums[0], sums[1], sums[2], sums[3], total};
@@ -389,7 +388,8 @@ PairStats data_parallel_preference_step(Model& model, const PreferenceData& data
 
 /// Fine-tunes `policy` on the pairs for opt.epochs epochs (AdamW from fresh moments, warmup +
 /// cosine to opt.lr·min_lr_ratio, gradient clipping; dropout only with o.policy_dropout),
-/// data-parallel over `comm` when it has more than one rank (CPU models). opt.stage1_* and
+/// data-parallel over `comm` when it has more than one rank (a device model: one per device,
+/// gradients summed between the devices). opt.stage1_* and
 /// opt.checkpoint are not used here. Only rank 0 shows progress and logs epochs.
 template <typename Model, dist::Communicator Comm>
 DpoResult dpo_train(Model& policy, const PreferenceData& data, const std::vector<double>& reference,
@@ -409,13 +409,12 @@ DpoResult dpo_train(Model& policy, const PreferenceData& data, const std::vector
                               opt.min_lr_ratio};
   auto& store = policy.parameters();
   if constexpr (DeviceResident<Model>) {
-    SEQREC_CHECK(!parallel, "data-parallel DPO runs CPU models only (no NCCL allreduce yet)");
     policy.reset_moments();
   } else {
     std::fill(store.moment1().begin(), store.moment1().end(), 0);
     std::fill(store.moment2().begin(), store.moment2().end(), 0);
-    if (parallel) dist::broadcast_parameters(store, comm);
   }
+  dist::start_replicas(policy, comm);
   DpoResult result;
   Progress progress("dpo", total, opt.progress && lead);
   std::int64_t step = 0;
@@ -437,12 +436,9 @@ DpoResult dpo_train(Model& policy, const PreferenceData& data, const std::vector
       const std::uint64_t key =
           o.policy_dropout ? ops::dropout_key(rank_seed, static_cast<std::uint64_t>(step), 7) | 1
                            : 0;
-      if constexpr (DeviceResident<Model>)
-        sum += preference_step(policy, data, begin, end, reference, o, key, true);
-      else
-        sum += parallel ? detail::data_parallel_preference_step(policy, data, begin, end, reference,
-                                                                o, key, comm)
-                        : preference_step(policy, data, begin, end, reference, o, key, true);
+      sum += parallel ? detail::data_parallel_preference_step(policy, data, begin, end, reference,
+                                                              o, key, comm)
+                      : preference_step(policy, data, begin, end, reference, o, key, true);
       if constexpr (DeviceResident<Model>) {
         policy.optimizer_step(opt.adam, schedule(step), step, opt.clip);
       } else {

@@ -8,9 +8,9 @@
 // Given a communicator of P > 1 ranks (dist/communicator.hpp), the run is data-parallel (see
 // dist/data_parallel.hpp): every rank builds the same batches, trains on its share of each
 // batch's rows, and the group sums the gradients before the optimiser step, so the replicas stay
-// identical. Rank r draws its dropout masks from a seed of its own (rank 0 from the one-process
-// run's); validation is shared out the same way. Only rank 0 shows progress, logs epochs and
-// writes checkpoints.
+// identical (a device model's gradients are summed between the devices, over NCCL). Rank r draws
+// its dropout masks from a seed of its own (rank 0 from the one-process run's); validation is
+// shared out the same way. Only rank 0 shows progress, logs epochs and writes checkpoints.
 #pragma once
 
 #include <fmt/format.h>
@@ -86,7 +86,6 @@ namespace detail {
 template <typename Model, dist::Communicator C>
 double data_parallel_forward_backward(Model& model, const data::Batch& b, std::uint64_t key,
                                       C& comm, std::int64_t* num_targets) {
-  using T = typename std::remove_cvref_t<decltype(model.parameters())>::value_type;
   std::int64_t total = 0;
   const dist::RowRange rows =
       dist::batch_shard(b.targets.data(), b.batch, b.length, comm.rank(), comm.size(), &total);
@@ -98,7 +97,7 @@ double data_parallel_forward_backward(Model& model, const data::Batch& b, std::u
                                   rows.end - rows.begin, b.length, key, &mine);
   }
   const double weight = total > 0 ? double(mine) / double(total) : 0.0;
-  dist::allreduce_grads(model.parameters(), comm, static_cast<T>(weight));
+  dist::sum_gradients(model, comm, weight);
   double weighted = loss * weight;
   comm.allreduce_sum(&weighted, 1);
   *num_targets = total;
@@ -119,9 +118,10 @@ std::vector<std::vector<double>> mean_over_group(std::vector<std::vector<double>
 
 /// Trains `model` on split.train from `start` (a fresh run starts at {0, 0, 0}), data-parallel
 /// over `comm` when it has more than one rank. A DeviceResident model (model/device_model.hpp)
-/// clips and steps its optimiser on the device; checkpoints download it first; it trains in one
-/// process only. `config` is stored in checkpoints next to the model shape. `stop_after_steps` > 0
-/// ends the run early (tests use it to simulate a crash between checkpoints).
+/// clips and steps its optimiser on the device; checkpoints download it first; data-parallel, one
+/// process per device, its gradients are summed between the devices (dist::sum_gradients). `config`
+/// is stored in checkpoints next to the model shape. `stop_after_steps` > 0 ends the run early
+/// (tests use it to simulate a crash between checkpoints).
 template <typename Model, dist::Communicator Comm>
 TrainResult train(Model& model, const data::Split& split, const TrainOptions& opt, Comm& comm,
                   io::TrainState start = {}, const nlohmann::json& config = {},
@@ -131,12 +131,7 @@ TrainResult train(Model& model, const data::Split& split, const TrainOptions& op
   // Rank r's dropout stream; rank 0's is the one-process run's.
   const std::uint64_t rank_seed =
       opt.seed ^ (static_cast<std::uint64_t>(comm.rank()) * 0x9e3779b97f4a7c15ULL);
-  if constexpr (DeviceResident<Model>)
-    SEQREC_CHECK(!parallel,
-                 "data-parallel training runs CPU models only: the CUDA model has no NCCL "
-                 "gradient allreduce yet; start one process per GPU run instead");
-  else if (parallel)
-    dist::broadcast_parameters(model.parameters(), comm);
+  dist::start_replicas(model, comm);
   const std::int32_t L = model.shape().max_len;
   data::TrainBatcher batcher(split.train, L, opt.batch);
   const std::int64_t per_epoch = static_cast<std::int64_t>(batcher.num_batches());
@@ -172,13 +167,9 @@ TrainResult train(Model& model, const data::Split& split, const TrainOptions& op
           ops::dropout_key(rank_seed, static_cast<std::uint64_t>(st.step), 0) | 1;
       std::int64_t ntok = 0;
       double loss = 0;
-      if constexpr (DeviceResident<Model>)
-        loss = model.forward_backward(b.inputs.data(), b.targets.data(), b.batch, b.length, key,
-                                      &ntok);
-      else
-        loss = parallel ? detail::data_parallel_forward_backward(model, b, key, comm, &ntok)
-                        : model.forward_backward(b.inputs.data(), b.targets.data(), b.batch,
-                                                 b.length, key, &ntok);
+      loss = parallel ? detail::data_parallel_forward_backward(model, b, key, comm, &ntok)
+                      : model.forward_backward(b.inputs.data(), b.targets.data(), b.batch, b.length,
+                                               key, &ntok);
       // Optimiser steps count from the start of each stage; stage 2 starts from zero moments,
       // as a freshly created optimiser would. Both follow from st.step, so resume is exact.
       const std::int64_t adam_step = stage1 ? st.step : st.step - stage1_steps;

@@ -81,6 +81,21 @@ fi
 if [[ -d "$build/lib" ]]; then
   export LD_LIBRARY_PATH="$(cd "$build/lib" && pwd)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
+# NCCL, which the CUDA model loads at run time for multi-GPU runs (dist/nccl.hpp; test_cuda_nccl
+# runs a group of one GPU). The kit does not carry it (218 MB): use the loader's libnccl.so.2, or
+# else one that pip installed with PyTorch, or one in the CUDA folders.
+if [[ -z "${SEQREC_NCCL_LIBRARY:-}" ]] && ! ldconfig -p 2>/dev/null | grep -q 'libnccl\.so\.2 '; then
+  for cand in \
+    $("${SEQREC_TORCH_PYTHON:-python3}" -c 'import os, nvidia.nccl as n; print(os.path.join(list(n.__path__)[0], "lib", "libnccl.so.2"))' 2>/dev/null) \
+    /usr/local/cuda/lib64/libnccl.so.2 /usr/local/cuda/lib/libnccl.so.2 \
+    /usr/lib/x86_64-linux-gnu/libnccl.so.2; do
+    if [[ -f "$cand" ]]; then
+      export SEQREC_NCCL_LIBRARY="$cand"
+      break
+    fi
+  done
+fi
+echo "NCCL: ${SEQREC_NCCL_LIBRARY:-libnccl.so.2 on the loader search path}"
 
 section "device"
 have_gpu=1

@@ -119,11 +119,10 @@ DpoRunResult run_dpo(const RunOptions& ro, const LoadedData& d, const std::strin
                          " (pass the --data/--truncate flags it was trained with)",
                      std::to_string(shape.vocab_size));
   if (ro.device >= 0) {
-    require_one_process_for_cuda(ro);
     if constexpr (kCudaImplements<Cfg>) {
-      const DeviceOptions dev{ro.device, ro.bf16};
-      DeviceModel<Cfg> policy = load_device_model<Cfg>(shape, seed, dev);
-      std::fprintf(stderr, "dpo on %s\n", policy.device_name().c_str());
+      DeviceModel<Cfg> policy = load_process_model<Cfg>(ro, shape, seed);
+      if (leads(ro))
+        std::fprintf(stderr, "dpo on %s\n", device_run_name(ro, policy.device_name()).c_str());
       return run_dpo_with<Cfg>(policy, ro, d, info, checkpoint, o, seed);
     } else {
       throw InputError(

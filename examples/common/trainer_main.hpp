@@ -193,13 +193,41 @@ inline int cpu_threads(const RunOptions& ro) {
   return ro.group ? ro.group->threads(ro.threads) : ro.threads;
 }
 
-/// The CUDA model runs in one process: a clear error when the group has more.
-inline void require_one_process_for_cuda(const RunOptions& ro) {
-  if (ro.group && ro.group->size() > 1)
-    throw InputError("--device", 0,
-                     "the CUDA model trains in one process (no NCCL gradient allreduce yet); "
-                     "start it without mpirun",
-                     "cuda");
+/// This process's CUDA device: the one --device names; in a data-parallel run, one GPU per rank
+/// on each machine, counted from it (--device cuda:N: local rank k uses N + k), since NCCL
+/// refuses two ranks on one GPU.
+inline DeviceOptions process_device(const RunOptions& ro) {
+  DeviceOptions d{ro.device, ro.bf16};
+  if (ro.group && ro.group->size() > 1) {
+    const int local = dist::launched_local_rank();
+    d.device += local >= 0 ? local : ro.group->rank();
+  }
+  return d;
+}
+
+/// Model<Cfg, ·> on this process's device (process_device); in a data-parallel run an error
+/// names the rank and how its GPU was chosen.
+template <typename Cfg>
+DeviceModel<Cfg> load_process_model(const RunOptions& ro, const ModelShape& shape,
+                                    std::uint64_t seed) {
+  const DeviceOptions d = process_device(ro);
+  try {
+    return load_device_model<Cfg>(shape, seed, d);
+  } catch (const Error& e) {
+    if (!ro.group || ro.group->size() == 1) throw;
+    throw Error(
+        fmt::format("rank {} of {}: GPU {} (one GPU per rank on each machine, from the "
+                    "--device ordinal): {}",
+                    ro.group->rank(), ro.group->size(), d.device, e.what()));
+  }
+}
+
+/// How the log names a device run: the device, and the ranks of a data-parallel one.
+inline std::string device_run_name(const RunOptions& ro, const std::string& device) {
+  const int ranks = ro.group ? ro.group->size() : 1;
+  if (ranks == 1) return device;
+  return device + " on rank 0, " + std::to_string(ranks) +
+         " ranks (MPI, data-parallel, one GPU each, gradients summed over NCCL)";
 }
 
 /// "cpu" → -1, "cuda" → 0, "cuda:N" → N.
@@ -447,11 +475,10 @@ RunResult run_variant(const RunOptions& ro, const LoadedData& d, std::uint64_t s
   ModelShape shape = ro.shape;
   shape.vocab_size = d.dataset.vocab.size();
   if (ro.device >= 0) {
-    require_one_process_for_cuda(ro);
     if constexpr (kCudaImplements<Cfg>) {
-      DeviceModel<Cfg> model =
-          load_device_model<Cfg>(shape, seed, DeviceOptions{ro.device, ro.bf16});
-      return run_with_model<Cfg>(model, model.device_name(), ro, d, seed, binary);
+      DeviceModel<Cfg> model = load_process_model<Cfg>(ro, shape, seed);
+      return run_with_model<Cfg>(model, device_run_name(ro, model.device_name()), ro, d, seed,
+                                 binary);
     } else {
       throw InputError("--device", 0,
                        "variant '" + Cfg::describe() +

@@ -38,4 +38,18 @@ inline int launched_local_ranks() {
   return n > 0 ? n : 1;
 }
 
+/// This process's place among the job's ranks on this machine (OpenMPI's
+/// OMPI_COMM_WORLD_LOCAL_RANK, MPICH/Hydra's MPI_LOCALRANKID); -1 when the launcher set neither.
+/// One GPU per local rank is how a multi-GPU run picks its devices.
+inline int launched_local_rank() {
+  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID"}) {
+    const char* v = std::getenv(name);
+    if (!v || !*v) continue;
+    char* end = nullptr;
+    const long n = std::strtol(v, &end, 10);
+    if (*end == '\0' && n >= 0 && n < (1L << 24)) return static_cast<int>(n);
+  }
+  return -1;
+}
+
 }  // namespace seqrec::dist

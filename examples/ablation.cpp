@@ -6,6 +6,8 @@
 // item table frozen, random-init rows train normally for those epochs.
 #include <boost/hana.hpp>
 #include <cmath>
+#include <cstring>
+#include <functional>
 #include <sstream>
 
 #include "common/dpo_main.hpp"
@@ -111,6 +113,79 @@ std::string analysis_tables(const std::vector<Row>& rows) {
   return md;
 }
 
+/// One run of the table, as its row needs it: the JSON record kept per seed and the numbers the
+/// row averages.
+struct RunRecord {
+  nlohmann::json run;
+  std::size_t params_total = 0, params_active = 0;
+  double mrr = 0, hr = 0, ndcg = 0, seconds = 0;
+};
+
+nlohmann::json to_json(const RunRecord& r) {
+  return {{"run", r.run},
+          {"params_total", r.params_total},
+          {"params_active", r.params_active},
+          {"mrr", r.mrr},
+          {"hr", r.hr},
+          {"ndcg", r.ndcg},
+          {"seconds", r.seconds}};
+}
+RunRecord from_json(const nlohmann::json& j) {
+  return {j.at("run"),
+          j.at("params_total").get<std::size_t>(),
+          j.at("params_active").get<std::size_t>(),
+          j.at("mrr").get<double>(),
+          j.at("hr").get<double>(),
+          j.at("ndcg").get<double>(),
+          j.at("seconds").get<double>()};
+}
+
+/// Rank `root`'s record, on every rank (its JSON text, as 8-byte words, through the group's
+/// broadcast).
+template <dist::Communicator C>
+RunRecord share_record(const RunRecord& mine, int root, C& comm) {
+  std::string text = comm.rank() == root ? to_json(mine).dump() : std::string();
+  std::int64_t size = static_cast<std::int64_t>(text.size());
+  comm.broadcast(&size, 1, root);
+  std::vector<std::int64_t> words(static_cast<std::size_t>(size + 7) / 8, 0);
+  if (comm.rank() == root) std::memcpy(words.data(), text.data(), text.size());
+  comm.broadcast(words.data(), words.size(), root);
+  text.assign(reinterpret_cast<const char*>(words.data()), static_cast<std::size_t>(size));
+  return from_json(nlohmann::json::parse(text));
+}
+
+/// A run of the table: trains (or fine-tunes) with the options it is given and returns its
+/// record. `row` is the row it belongs to.
+struct Job {
+  std::size_t row;
+  std::function<RunRecord(const app::RunOptions&, bool prints)> run;
+};
+
+/// Runs `jobs` and returns their records, in order, on every rank. Spread (--parallel runs):
+/// rank r trains jobs r, r + N, … alone, each with its share of the cores (or its own GPU), then
+/// every record is sent to every rank. Otherwise every job trains data-parallel over the group.
+std::vector<RunRecord> run_jobs(const std::vector<Job>& jobs, const app::RunOptions& ro,
+                                app::Group& group, bool spread) {
+  std::vector<RunRecord> out(jobs.size());
+  if (!spread || group.size() == 1) {
+    for (std::size_t j = 0; j < jobs.size(); ++j) out[j] = jobs[j].run(ro, group.lead());
+    return out;
+  }
+  app::RunOptions solo = ro;
+  solo.group = nullptr;
+  solo.threads = group.threads(ro.threads);
+  if (ro.device >= 0) solo.device = app::process_device(ro).device;
+  const auto n = static_cast<std::size_t>(group.size());
+  const auto me = static_cast<std::size_t>(group.rank());
+  for (std::size_t j = me; j < jobs.size(); j += n) out[j] = jobs[j].run(solo, true);
+  group.run([&](auto& comm) {
+    for (std::size_t j = 0; j < jobs.size(); ++j)
+      out[j] = share_record(out[j], static_cast<int>(j % n), comm);
+    return 0;
+  });
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -118,7 +193,8 @@ int main(int argc, char** argv) {
       "ablation",
       "Train every variant with the same budget over several seeds and write "
       "the ablation table (markdown + JSON). Started by mpirun -np N (a build with MPI), "
-      "each run trains data-parallel over the N processes.");
+      "each run trains data-parallel over the N processes, or (--parallel runs) each process "
+      "trains runs of its own.");
   app::add_common_options(options);
   app::add_dpo_options(options, true);
   // clang-format off
@@ -126,9 +202,14 @@ int main(int argc, char** argv) {
     ("seeds", "comma-separated seeds", cxxopts::value<std::string>()->default_value("1,2,3"))
     ("only", "comma-separated binary names to run (default: all)", cxxopts::value<std::string>()->default_value(""))
     ("out", "output prefix: writes PREFIX.md and PREFIX.json", cxxopts::value<std::string>()->default_value("cache/ablation"))
-    ("checkpoint-dir", "keep each run's final model as DIR/<binary>_s<seed>.safetensors (for dpo_finetune)", cxxopts::value<std::string>()->default_value(""));
+    ("checkpoint-dir", "keep each run's final model as DIR/<binary>_s<seed>.safetensors (for dpo_finetune)", cxxopts::value<std::string>()->default_value(""))
+    ("parallel", "under mpirun: 'steps' trains each run data-parallel over the ranks; 'runs' gives "
+                 "each rank whole runs of its own (rank r: runs r, r + N, ...), with its share of "
+                 "the cores or, with --device cuda, its own GPU, and no gradient traffic",
+     cxxopts::value<std::string>()->default_value("steps"));
   // clang-format on
-  // Started by mpirun, every run of the table trains data-parallel over the ranks.
+  // Started by mpirun, every run of the table trains data-parallel over the ranks, or each rank
+  // trains whole runs (--parallel runs).
   const auto group = app::join_group(&argc, &argv, "ablation");
   if (!group) return 2;
   const bool lead = group->lead();
@@ -158,6 +239,10 @@ int main(int argc, char** argv) {
     const std::string only = "," + a["only"].as<std::string>() + ",";
     const std::string out = a["out"].as<std::string>();
     const std::string checkpoint_dir = a["checkpoint-dir"].as<std::string>();
+    const std::string parallel = a["parallel"].as<std::string>();
+    if (parallel != "steps" && parallel != "runs")
+      throw InputError("--parallel", 0, "expected steps or runs", parallel);
+    const bool spread = parallel == "runs";
     if (!checkpoint_dir.empty()) std::filesystem::create_directories(checkpoint_dir);
     const app::DpoRunOptions dpo = app::parse_dpo_options(a, true);
     const app::LoadedData d = app::load_data(a, ro.shape.max_len, ro.shape.dim, lead);
@@ -165,6 +250,7 @@ int main(int argc, char** argv) {
 
     std::vector<Row> rows;
     const auto t0 = std::chrono::steady_clock::now();
+    std::vector<Job> train_jobs;
     hana::for_each(kVariants, [&](auto pair) {
       using Cfg = typename decltype(+hana::first(pair))::type;
       const Variant v = hana::second(pair);
@@ -173,47 +259,54 @@ int main(int argc, char** argv) {
       row.binary = v.binary;
       row.description = v.description;
       row.variant = Cfg::describe();
-      for (std::uint64_t seed : seeds) {
-        if (lead)
-          std::fprintf(stderr, "== %s seed %llu\n", v.binary,
-                       static_cast<unsigned long long>(seed));
-        // Same budget for every row: random-init variants have no table to keep frozen, so they
-        // spend the stage-1 epochs in ordinary training instead.
-        app::RunOptions rv = ro;
-        if constexpr (!Cfg::Initializer::pretrained) {
-          const std::int32_t s1 = ro.stage1_epochs >= 0 ? ro.stage1_epochs : 4;
-          rv.train.epochs += s1;
-          rv.stage1_epochs = 0;
-        }
-        if (!checkpoint_dir.empty())
-          rv.train.checkpoint = (std::filesystem::path(checkpoint_dir) /
-                                 fmt::format("{}_s{}.safetensors", v.binary, seed))
-                                    .string();
-        const app::RunResult r = app::run_variant<Cfg>(rv, d, seed, v.binary);
-        nlohmann::json run = r.extra;
-        run["seed"] = seed;
-        run["valid"] = app::metrics_json(r.valid);
-        run["test"] = app::metrics_json(r.test);
-        run["train_seconds"] = r.train_seconds;
-        run["train_tokens_per_second"] = r.tokens_per_second;
-        if (!rv.train.checkpoint.empty()) run["checkpoint"] = rv.train.checkpoint;
-        row.runs.push_back(std::move(run));
-        row.params_total = r.params_total;
-        row.params_active = r.params_active;
-        const eval::Metrics& m = r.test ? *r.test : r.valid;
-        row.mrr.push_back(m.mrr);
-        row.hr.push_back(m.hr);
-        row.ndcg.push_back(m.ndcg);
-        row.seconds.push_back(r.train_seconds);
-        if (lead)
-          std::fprintf(stderr, "   %s seed %llu: MRR@10 %.4f  HR@10 %.4f  NDCG@10 %.4f  %.0f s\n",
-                       v.binary, static_cast<unsigned long long>(seed), m.mrr, m.hr, m.ndcg,
-                       r.train_seconds);
-      }
       rows.push_back(std::move(row));
+      for (std::uint64_t seed : seeds) {
+        train_jobs.push_back(
+            {rows.size() - 1, [&, v, seed](const app::RunOptions& base, bool prints) {
+               if (prints)
+                 std::fprintf(stderr, "== %s seed %llu\n", v.binary,
+                              static_cast<unsigned long long>(seed));
+               // Same budget for every row: random-init variants have no table to keep frozen, so
+               // they spend the stage-1 epochs in ordinary training instead.
+               app::RunOptions rv = base;
+               if constexpr (!Cfg::Initializer::pretrained) {
+                 const std::int32_t s1 = base.stage1_epochs >= 0 ? base.stage1_epochs : 4;
+                 rv.train.epochs += s1;
+                 rv.stage1_epochs = 0;
+               }
+               if (!checkpoint_dir.empty())
+                 rv.train.checkpoint = (std::filesystem::path(checkpoint_dir) /
+                                        fmt::format("{}_s{}.safetensors", v.binary, seed))
+                                           .string();
+               const app::RunResult r = app::run_variant<Cfg>(rv, d, seed, v.binary);
+               RunRecord rec;
+               rec.run = r.extra;
+               rec.run["seed"] = seed;
+               rec.run["valid"] = app::metrics_json(r.valid);
+               rec.run["test"] = app::metrics_json(r.test);
+               rec.run["train_seconds"] = r.train_seconds;
+               rec.run["train_tokens_per_second"] = r.tokens_per_second;
+               if (!rv.train.checkpoint.empty()) rec.run["checkpoint"] = rv.train.checkpoint;
+               rec.params_total = r.params_total;
+               rec.params_active = r.params_active;
+               const eval::Metrics& m = r.test ? *r.test : r.valid;
+               rec.mrr = m.mrr;
+               rec.hr = m.hr;
+               rec.ndcg = m.ndcg;
+               rec.seconds = r.train_seconds;
+               if (prints)
+                 std::fprintf(stderr,
+                              "   %s seed %llu: MRR@10 %.4f  HR@10 %.4f  NDCG@10 %.4f  %.0f s\n",
+                              v.binary, static_cast<unsigned long long>(seed), m.mrr, m.hr, m.ndcg,
+                              r.train_seconds);
+               return rec;
+             }});
+      }
     });
     // "+ DPO" rows: fine-tune each seed's train_ours model (needs --checkpoint-dir; the
-    // checkpoints may come from this run or an earlier one with the same data flags).
+    // checkpoints may come from this run or an earlier one with the same data flags). They run
+    // after every training run: run_jobs returns on every rank only when all have finished, so
+    // every checkpoint exists by then.
     struct DpoRow {
       const char* binary;
       const char* description;
@@ -227,6 +320,7 @@ int main(int argc, char** argv) {
          false},
         {"train_ours+sdpo", "train_ours + S-DPO (--negatives in one softmax)",
          train::PreferenceLoss::SDpo, false, true}};
+    std::vector<Job> dpo_jobs;
     for (const DpoRow& dr : dpo_rows) {
       const bool selected = only.find("," + std::string(dr.binary) + ",") != std::string::npos;
       if (!selected && !(only == ",," && !checkpoint_dir.empty())) continue;
@@ -241,45 +335,64 @@ int main(int argc, char** argv) {
       row.binary = dr.binary;
       row.description = dr.description;
       row.variant = OursConfig::describe();
-      for (std::uint64_t seed : seeds) {
-        const std::string ck = (std::filesystem::path(checkpoint_dir) /
-                                fmt::format("train_ours_s{}.safetensors", seed))
-                                   .string();
-        if (!std::filesystem::exists(ck))
-          throw InputError(ck, 0, "missing: train train_ours with this --checkpoint-dir first",
-                           dr.binary);
-        if (lead)
-          std::fprintf(stderr, "== %s seed %llu\n", dr.binary,
-                       static_cast<unsigned long long>(seed));
-        // In a group, rank 0 wrote the checkpoint before the run's final (collective) evaluation.
-        const app::DpoRunResult r = app::run_dpo<OursConfig>(ro, d, ck, o, seed);
-        row.params_total = r.params_total;
-        row.params_active = r.params_active;
-        const eval::Metrics& m = r.test ? *r.test : r.valid;
-        const eval::Metrics& before = r.test ? *r.test_before : r.valid_before;
-        row.mrr.push_back(m.mrr);
-        row.hr.push_back(m.hr);
-        row.ndcg.push_back(m.ndcg);
-        row.seconds.push_back(r.dpo.train_seconds);
-        const auto& last = r.dpo.epochs.back();
-        row.runs.push_back({{"seed", seed},
-                            {"init_checkpoint", ck},
-                            {"mrr@10_before", before.mrr},
-                            {"pairs", r.pairs},
-                            {"negatives", o.pairs.negatives},
-                            {"hard_share_measured", r.hard_share},
-                            {"loss", last.loss},
-                            {"reward_accuracy", last.accuracy},
-                            {"reward_margin", last.margin},
-                            {"chosen_logp_change", last.chosen_delta}});
-        if (lead)
-          std::fprintf(stderr,
-                       "   %s seed %llu: MRR@10 %.4f (before %.4f)  chosen log-prob change %+.4f  "
-                       "reward accuracy %.3f  %.0f s\n",
-                       dr.binary, static_cast<unsigned long long>(seed), m.mrr, before.mrr,
-                       last.chosen_delta, last.accuracy, r.dpo.train_seconds);
-      }
       rows.push_back(std::move(row));
+      for (std::uint64_t seed : seeds) {
+        dpo_jobs.push_back(
+            {rows.size() - 1, [&, dr, o, seed](const app::RunOptions& base, bool prints) {
+               const std::string ck = (std::filesystem::path(checkpoint_dir) /
+                                       fmt::format("train_ours_s{}.safetensors", seed))
+                                          .string();
+               if (!std::filesystem::exists(ck))
+                 throw InputError(ck, 0,
+                                  "missing: train train_ours with this --checkpoint-dir first",
+                                  dr.binary);
+               if (prints)
+                 std::fprintf(stderr, "== %s seed %llu\n", dr.binary,
+                              static_cast<unsigned long long>(seed));
+               const app::DpoRunResult r = app::run_dpo<OursConfig>(base, d, ck, o, seed);
+               const eval::Metrics& m = r.test ? *r.test : r.valid;
+               const eval::Metrics& before = r.test ? *r.test_before : r.valid_before;
+               const auto& last = r.dpo.epochs.back();
+               RunRecord rec;
+               rec.params_total = r.params_total;
+               rec.params_active = r.params_active;
+               rec.mrr = m.mrr;
+               rec.hr = m.hr;
+               rec.ndcg = m.ndcg;
+               rec.seconds = r.dpo.train_seconds;
+               rec.run = {{"seed", seed},
+                          {"init_checkpoint", ck},
+                          {"mrr@10_before", before.mrr},
+                          {"pairs", r.pairs},
+                          {"negatives", o.pairs.negatives},
+                          {"hard_share_measured", r.hard_share},
+                          {"loss", last.loss},
+                          {"reward_accuracy", last.accuracy},
+                          {"reward_margin", last.margin},
+                          {"chosen_logp_change", last.chosen_delta}};
+               if (prints)
+                 std::fprintf(stderr,
+                              "   %s seed %llu: MRR@10 %.4f (before %.4f)  chosen log-prob change "
+                              "%+.4f  reward accuracy %.3f  %.0f s\n",
+                              dr.binary, static_cast<unsigned long long>(seed), m.mrr, before.mrr,
+                              last.chosen_delta, last.accuracy, r.dpo.train_seconds);
+               return rec;
+             }});
+      }
+    }
+    for (const std::vector<Job>* jobs : {&train_jobs, &dpo_jobs}) {
+      const std::vector<RunRecord> records = run_jobs(*jobs, ro, *group, spread);
+      for (std::size_t j = 0; j < jobs->size(); ++j) {
+        Row& row = rows[(*jobs)[j].row];
+        const RunRecord& rec = records[j];
+        row.runs.push_back(rec.run);
+        row.params_total = rec.params_total;
+        row.params_active = rec.params_active;
+        row.mrr.push_back(rec.mrr);
+        row.hr.push_back(rec.hr);
+        row.ndcg.push_back(rec.ndcg);
+        row.seconds.push_back(rec.seconds);
+      }
     }
     const double wall =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -287,11 +400,14 @@ int main(int argc, char** argv) {
 
     const bool test = d.split.has_test;
     std::string md = fmt::format(
-        "Data: {} ({} split, metrics on {}), {} seeds ({}), wall time {:.0f} s\n\n"
+        "Data: {} ({} split, metrics on {}), {} seeds ({}), wall time {:.0f} s{}\n\n"
         "| variant | description | params (active) | MRR@10 | HR@10 | NDCG@10 | train s |\n"
         "|---|---|---|---|---|---|---|\n",
         d.name, a["protocol"].as<std::string>(), test ? "test" : "valid", seeds.size(),
-        a["seeds"].as<std::string>(), wall);
+        a["seeds"].as<std::string>(), wall,
+        group->size() == 1 ? std::string()
+                           : fmt::format(" on {} ranks ({})", group->size(),
+                                         spread ? "each its own runs" : "each run data-parallel"));
     nlohmann::json js = nlohmann::json::array();
     for (const Row& r : rows) {
       md += fmt::format("| {} | {} | {} ({}) | {:.4f} ± {:.4f} | {:.4f} | {:.4f} | {:.0f} |\n",
@@ -318,6 +434,8 @@ int main(int argc, char** argv) {
     nlohmann::json doc = {{"data", d.name},
                           {"seeds", seeds},
                           {"wall_seconds", wall},
+                          {"ranks", group->size()},
+                          {"parallel", group->size() > 1 ? parallel : "none"},
                           {"config", ro.config},
                           {"rows", js}};
     doc["config"]["shape"] = ro.shape;

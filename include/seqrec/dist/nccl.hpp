@@ -137,24 +137,32 @@ class Group {
   /// ranges in one NCCL group (one launch).
   void weighted_sum(float* data, std::span<const Range> ranges, float weight, cudaStream_t stream) {
     const Library& lib = library();
-    ncclRedOp_t op = ncclSum;
-    const bool premul = weight != 1.0f;
-    if (premul)
-      check(
-          lib.red_op_create_pre_mul_sum(&op, &weight, ncclFloat32, ncclScalarHostImmediate, comm_),
-          "ncclRedOpCreatePreMulSum");
-    ncclResult_t r = lib.group_start();
-    if (r == ncclSuccess)
-      for (const Range& g : ranges) {
-        if (g.end <= g.begin) continue;
-        r = lib.all_reduce(data + g.begin, data + g.begin, g.end - g.begin, ncclFloat32, op, comm_,
-                           stream);
-        if (r != ncclSuccess) break;
+    // The PreMulSum operator, destroyed however this returns (allowed as soon as the last call
+    // that uses it has returned).
+    struct Op {
+      ncclRedOp_t op = ncclSum;
+      ncclComm_t comm = nullptr;
+      ~Op() {
+        if (comm != nullptr) library().red_op_destroy(op, comm);
       }
-    const ncclResult_t end = lib.group_end();
-    if (premul) lib.red_op_destroy(op, comm_);  // allowed once the last call using it returned
-    check(r, "ncclAllReduce");
-    check(end, "ncclGroupEnd");
+    } op;
+    if (weight != 1.0f) {
+      check(lib.red_op_create_pre_mul_sum(&op.op, &weight, ncclFloat32, ncclScalarHostImmediate,
+                                          comm_),
+            "ncclRedOpCreatePreMulSum");
+      op.comm = comm_;
+    }
+    check(lib.group_start(), "ncclGroupStart");
+    for (const Range& g : ranges) {
+      if (g.end <= g.begin) continue;
+      const ncclResult_t r = lib.all_reduce(data + g.begin, data + g.begin, g.end - g.begin,
+                                            ncclFloat32, op.op, comm_, stream);
+      if (r != ncclSuccess) {
+        lib.group_end();  // closes the group; the allreduce's error is the one to report
+        check(r, "ncclAllReduce");
+      }
+    }
+    check(lib.group_end(), "ncclGroupEnd");
   }
 
  private:

@@ -21,24 +21,18 @@ import os
 import platform
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+from data_parallel import run_logged  # noqa: E402
 
 
 def run(cmd: list[str], env: dict[str, str], log: str, out: str) -> dict:
     """Runs one ablation; returns its table's JSON."""
-    full = cmd + ["--out", out]
-    print("$ " + shlex.join(full), file=sys.stderr, flush=True)
-    with open(log, "a") as f:
-        f.write("$ " + shlex.join(full) + "\n")
-        f.flush()
-        rc = subprocess.run(full, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
-    if rc != 0:
-        sys.exit(f"ablation_parallel.py: the run failed (exit {rc}); see {log}")
+    run_logged(cmd + ["--out", out], env, log, "ablation_parallel.py")
     with open(out + ".json") as f:
         return json.load(f)
 

@@ -34,18 +34,23 @@ CONFIGS = dict(PYTORCH_CONFIGS)
 CONFIGS["default"] = {"data": None, "epochs": 3, "args": ""}
 
 
+def run_logged(cmd: list[str], env: dict[str, str], log: str, who: str) -> None:
+    """Runs cmd with its output appended to log (after the command line); exits naming `who`
+    and the log when it fails."""
+    print("$ " + shlex.join(cmd), file=sys.stderr, flush=True)
+    with open(log, "a") as f:
+        f.write("$ " + shlex.join(cmd) + "\n")
+        f.flush()
+        rc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        sys.exit(f"{who}: the run failed (exit {rc}); see {log}")
+
+
 def run(cmd: list[str], env: dict[str, str], log: str) -> dict:
     """Runs one training command; returns its metrics JSON."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "metrics.json")
-        full = cmd + ["--metrics-json", out]
-        print("$ " + shlex.join(full), file=sys.stderr, flush=True)
-        with open(log, "a") as f:
-            f.write("$ " + shlex.join(full) + "\n")
-            f.flush()
-            rc = subprocess.run(full, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
-        if rc != 0:
-            sys.exit(f"data_parallel.py: the run failed (exit {rc}); see {log}")
+        run_logged(cmd + ["--metrics-json", out], env, log, "data_parallel.py")
         with open(out) as f:
             return json.load(f)
 

@@ -11,7 +11,6 @@
 // steps. Summing the ranks' gradients without the weights moves the parameters by ~1e-3.
 #include <mpi.h>
 
-#include <catch2/catch_session.hpp>
 #include <catch2/catch_test_macros.hpp>
 #include <cmath>
 #include <cstdio>
@@ -22,6 +21,7 @@
 #include "seqrec/model.hpp"
 #include "seqrec/model/device_model.hpp"
 #include "seqrec/model/device_plugin.hpp"
+#include "support/mpi_main.hpp"
 #include "support/rank_checks.hpp"
 #include "support/small_fixture.hpp"
 
@@ -177,20 +177,5 @@ TEST_CASE("device dp: two ranks on one device are refused, as NCCL refuses them"
 }
 
 int main(int argc, char** argv) {
-  dist::MpiEnvironment env(&argc, &argv);
-  dist::Mpi comm;
-  if (comm.size() != 2) {
-    if (comm.rank() == 0)
-      std::fprintf(stderr, "test_device_dp_emu: run under mpirun -np 2 (got %d ranks)\n",
-                   comm.size());
-    return 2;
-  }
-  Catch::Session session;
-  if (int rc = session.applyCommandLine(argc, argv); rc != 0) return rc;
-  const int failed = session.run();
-  int any = failed;
-  MPI_Allreduce(MPI_IN_PLACE, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  if (comm.rank() == 0 && any && !failed)
-    std::fprintf(stderr, "test_device_dp_emu: rank 1 failed (its report is above)\n");
-  return any ? 1 : 0;
+  return test::run_catch_on_ranks(argc, argv, "test_device_dp_emu", 2);
 }

@@ -8,7 +8,6 @@
 // (the mistake the weighting exists to avoid) moves the parameters by ~1e-3 and fails it.
 #include <mpi.h>
 
-#include <catch2/catch_session.hpp>
 #include <catch2/catch_test_macros.hpp>
 #include <cmath>
 #include <filesystem>
@@ -16,6 +15,7 @@
 
 #include "seqrec/dist/mpi.hpp"
 #include "seqrec/model.hpp"
+#include "support/mpi_main.hpp"
 #include "support/rank_checks.hpp"
 #include "support/small_fixture.hpp"
 
@@ -208,22 +208,4 @@ TEST_CASE("mpi: two ranks fine-tune with DPO as one process does (double, no dro
   CHECK(same_as_rank0({shared.epochs.back().valid->mrr}, comm));
 }
 
-int main(int argc, char** argv) {
-  dist::MpiEnvironment env(&argc, &argv);
-  dist::Mpi comm;
-  if (comm.size() != 2) {
-    if (comm.rank() == 0)
-      std::fprintf(stderr, "test_dist_mpi: run under mpirun -np 2 (got %d ranks)\n", comm.size());
-    return 2;
-  }
-  // Every rank runs the same cases in the same order, so their collectives pair up. Both ranks
-  // print their reports; the job fails if either rank's does.
-  Catch::Session session;
-  if (int rc = session.applyCommandLine(argc, argv); rc != 0) return rc;
-  const int failed = session.run();
-  int any = failed;
-  MPI_Allreduce(MPI_IN_PLACE, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  if (comm.rank() == 0 && any && !failed)
-    std::fprintf(stderr, "test_dist_mpi: rank 1 failed (its report is above)\n");
-  return any ? 1 : 0;
-}
+int main(int argc, char** argv) { return test::run_catch_on_ranks(argc, argv, "test_dist_mpi", 2); }

@@ -64,15 +64,16 @@ def main() -> None:
     base = [exe, "--only", a.only, "--seeds", a.seeds, "--epochs", str(a.epochs),
             "--no-progress"] + shlex.split(a.extra)
     per_rank = max(1, a.threads // a.ranks)
+    threads = lambda n: f"{n} thread" + ("" if n == 1 else "s")  # noqa: E731
     launch = [mpirun, "-np", str(a.ranks), "--bind-to", "none"]
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     log = a.out + ".log"
     open(log, "w").close()
     layouts = [
-        (f"1 process × {a.threads} threads", base + ["--threads", str(a.threads)]),
-        (f"{a.ranks} ranks × {per_rank} threads, each run data-parallel",
+        (f"1 process × {threads(a.threads)}", base + ["--threads", str(a.threads)]),
+        (f"{a.ranks} ranks × {threads(per_rank)}, each run data-parallel",
          launch + base + ["--threads", str(per_rank), "--parallel", "steps"]),
-        (f"{a.ranks} ranks × {per_rank} threads, each rank its own runs",
+        (f"{a.ranks} ranks × {threads(per_rank)}, each rank its own runs",
          launch + base + ["--threads", str(per_rank), "--parallel", "runs"]),
     ]
     results = []

@@ -103,7 +103,7 @@ ncclResult_t ncclCommInitRank(ncclComm_t* out, int nranks, ncclUniqueId id, int 
   c->size = nranks;
   if (nranks > 1) {
 #if SEQREC_NCCL_EMU_MPI
-    int inited = 0, world = 0, me = 0;
+    int inited = 0, world = 0;
     MPI_Initialized(&inited);
     if (!inited) {
       std::fprintf(stderr, "nccl_emu: a group of %d ranks needs MPI initialised\n", nranks);
@@ -111,7 +111,6 @@ ncclResult_t ncclCommInitRank(ncclComm_t* out, int nranks, ncclUniqueId id, int 
       return ncclInvalidUsage;
     }
     MPI_Comm_size(MPI_COMM_WORLD, &world);
-    MPI_Comm_rank(MPI_COMM_WORLD, &me);
     // Collective from here on: every rank reaches the same checks.
     int device = -1;
     cudaGetDevice(&device);
@@ -143,7 +142,6 @@ ncclResult_t ncclCommInitRank(ncclComm_t* out, int nranks, ncclUniqueId id, int 
     }
     // The group's rank order, as given, not the job's.
     MPI_Comm_split(MPI_COMM_WORLD, 0, rank, &c->mpi);
-    (void)me;
 #else
     std::fprintf(stderr, "nccl_emu: built without MPI, so groups have one rank (asked %d)\n",
                  nranks);

@@ -338,7 +338,6 @@ class Model<Cfg, cuda::Backend> {
   void join_group(const nccl::Id& id, int rank, int size) {
     group_ = std::make_unique<nccl::Group>(id, rank, size, be_->device());
   }
-  bool in_group() const noexcept { return group_ != nullptr; }
   /// In place on every rank of the group: the sum over the ranks of weight_r · gradient_r, over
   /// the tensors not frozen in the host store, in runs of adjacent ones (the runs of
   /// dist::allreduce_grads on the CPU); the zeros still pending are written first.

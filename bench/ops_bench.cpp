@@ -13,7 +13,9 @@
 // at D = 64, the trainer's default, 8 at D = 256). Linear is the FFN's up-projection D → 4D with
 // bias; activations run over the FFN's inner width F = 4D (SwiGLU over its parameter-matched
 // width); the embedding table holds the Games vocabulary (16859 items + 4 special tokens). No
-// padding anywhere: every token is a real item and every row is scored.
+// padding anywhere, every token a real item and every row scored, except in
+// BM_model_step_padded: the model step on left-padded windows about half full, as real batches
+// are (the CPU model skips padding rows, and its attention each window's padding).
 //
 // FLOP counting (the "FLOP/s" counter). Counted, not measured: a multiply-add is 2 flops, every
 // other add, multiply, divide, compare, sqrt or exp is 1. GEMMs: 2·m·n·k.
@@ -285,7 +287,8 @@ void BM_attention_bwd(benchmark::State& st) {
   const Vec dout = normal(r.N * r.D, 7);
   Vec dqkv(a.qkv.size());
   for (auto _ : st) {
-    ops::attention_backward(a.s, a.qkv.data(), a.probs.data(), dout.data(), dqkv.data());
+    ops::attention_backward(a.s, a.qkv.data(), a.tokens.data(), seqrec::kPadToken, a.probs.data(),
+                            dout.data(), dqkv.data());
     keep(dqkv.data());
   }
   st.counters["H"] = double(a.s.heads);
@@ -794,6 +797,46 @@ void BM_model_step(benchmark::State& st) {
   report(st, per_token * double(N), kF32 * 3.0 * all + 2.0 * kI32 * double(N), N);
 }
 BENCHMARK(BM_model_step)->Apply(model_shapes);
+
+/// BM_model_step on left-padded windows, as the trainers' batches are: row b keeps its last
+/// L − k_b tokens, k_b uniform in [0, L), so about half the positions are padding (ML-1M's real
+/// windows at L 200 fill 54%). Padding positions have no target. The FLOP/s counter counts the
+/// scored rows only (the model's per-token FLOPs, attention over the full L as for
+/// BM_model_step), items_per_second is scored rows per second.
+void BM_model_step_padded(benchmark::State& st) {
+  const std::int64_t B = st.range(0), L = st.range(1), I = st.range(2), N = B * L;
+  const seqrec::ModelShape s = default_model(L, I);
+  seqrec::Model<seqrec::SasRecConfig, seqrec::cpu::Backend> model(s, backend(), 42);
+  Tokens inputs = uniform_tokens(N, kFirstItem, s.vocab_size, 37);
+  Tokens targets = uniform_tokens(N, kFirstItem, s.vocab_size, 38);
+  seqrec::Rng rng(39);
+  std::int64_t scored = 0;
+  for (std::int64_t b = 0; b < B; ++b) {
+    const std::int64_t k = static_cast<std::int64_t>(rng.below(static_cast<std::uint64_t>(L)));
+    std::fill_n(inputs.begin() + b * L, k, seqrec::kPadToken);
+    std::fill_n(targets.begin() + b * L, k, seqrec::kPadToken);
+    scored += L - k;
+  }
+  model.parameters().zero_grads();
+  std::uint64_t step = 0;
+  for (auto _ : st) {
+    std::int64_t count = 0;
+    const double loss = model.forward_backward(
+        inputs.data(), targets.data(), static_cast<std::int32_t>(B), static_cast<std::int32_t>(L),
+        ops::dropout_key(42, ++step, 0) | 1, &count);
+    benchmark::DoNotOptimize(loss);
+    benchmark::DoNotOptimize(count);
+    benchmark::ClobberMemory();
+  }
+  double non_embedding = 0;
+  for (const auto& e : model.parameters().entries())
+    if (e.name != "item_emb.weight" && e.name != "pos_emb.weight") non_embedding += double(e.numel);
+  const double D = s.dim, per_token = 6.0 * non_embedding + 12.0 * s.layers * double(L) * D +
+                                      6.0 * D * double(I);
+  st.counters["fill"] = double(scored) / double(N);
+  report(st, per_token * double(scored), 0.0, scored);
+}
+BENCHMARK(BM_model_step_padded)->Apply(model_shapes);
 
 // ---- DPO step: the policy's forward, the pair head and the backward
 // ------------------------------

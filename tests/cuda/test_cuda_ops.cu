@@ -484,7 +484,8 @@ void test_attention(Backend& be, Rng& rng, std::int64_t B, std::int64_t L, std::
   auto qkv = normal(rng, B * L * 3 * D), dout = normal(rng, B * L * D);
   std::vector<float> out(B * L * D), probs(B * H * L * L), dqkv(B * L * 3 * D);
   seqrec::ops::attention_forward(s, qkv.data(), tok.data(), pad, out.data(), probs.data());
-  seqrec::ops::attention_backward(s, qkv.data(), probs.data(), dout.data(), dqkv.data());
+  seqrec::ops::attention_backward(s, qkv.data(), tok.data(), pad, probs.data(), dout.data(),
+                                  dqkv.data());
 
   auto dtok = upload(be, tok);
   auto dqkv_in = upload(be, qkv), ddout = upload(be, dout);
@@ -534,7 +535,8 @@ void test_attention_packed(Backend& be, Rng& rng, std::int64_t B, std::int64_t L
     if (!packed[r]) std::fill(dout.begin() + r * D, dout.begin() + (r + 1) * D, 0.f);
   std::vector<float> out(N * D), probs(B * H * L * L), dqkv(N * 3 * D);
   seqrec::ops::attention_forward(s, qkv.data(), tok.data(), pad, out.data(), probs.data());
-  seqrec::ops::attention_backward(s, qkv.data(), probs.data(), dout.data(), dqkv.data());
+  seqrec::ops::attention_backward(s, qkv.data(), tok.data(), pad, probs.data(), dout.data(),
+                                  dqkv.data());
   auto take = [&](const std::vector<float>& full, std::int64_t w) {
     std::vector<float> p(static_cast<std::size_t>(M * w));
     for (std::int64_t i = 0; i < M; ++i)

@@ -1,8 +1,10 @@
 // Gradient checks of every CPU op, in double: the loss is Σ w ⊙ y with fixed random weights w,
 // so the upstream gradient is w, and every input and parameter gradient is compared with
 // central differences (tolerance in support/gradcheck.hpp).
+#include <algorithm>
 #include <catch2/catch_template_test_macros.hpp>
 #include <catch2/catch_test_macros.hpp>
+#include <cmath>
 
 #include "seqrec/ops/activation/activation.hpp"
 #include "seqrec/ops/attention/attention_cpu.hpp"
@@ -78,7 +80,7 @@ TEST_CASE("attention: gradients wrt q, k and v with causal and padding masks", "
     return dot(out, wy);
   };
   f();
-  ops::attention_backward(s, qkv.data(), probs.data(), wy.data(), dqkv.data());
+  ops::attention_backward(s, qkv.data(), tokens.data(), 0, probs.data(), wy.data(), dqkv.data());
   CHECK(check_gradient(f, qkv.data(), dqkv.data(), qkv.size(), 400).max_rel_error < kGradRelTol);
 }
 
@@ -104,6 +106,125 @@ TEST_CASE("attention: causal and padding masks hold", "[cpu]") {
   qkv[3 * 3 * 2 + 4] += 1.0;  // v of position 3
   ops::attention_forward(s, qkv.data(), tokens.data(), 0, out.data(), probs.data());
   for (int i = 0; i < 6; ++i) CHECK(out[i] == out_before[i]);
+}
+
+namespace {
+/// The attention of attention_cpu.hpp's comment, written out with no windows and no blocks: every
+/// query against every key of its row, masked, softmax, then out = P V and the backward
+/// dV = Pᵀ dO, dS = P ∘ (dO Vᵀ − rowsum(P ∘ dO Vᵀ)) / sqrt(dh), dQ = dS K, dK = dSᵀ Q.
+void reference_attention(const ops::AttentionShape& s, const std::vector<double>& qkv,
+                         const std::vector<std::int32_t>& tok, const std::vector<double>& dout,
+                         std::vector<double>& out, std::vector<double>& probs,
+                         std::vector<double>& dqkv) {
+  const std::int64_t L = s.length, D = s.dim, dh = s.head_dim();
+  const double scale = 1.0 / std::sqrt(double(dh));
+  auto at = [&](std::int64_t b, std::int64_t i, std::int64_t part, std::int64_t h, std::int64_t e) {
+    return ((b * L + i) * 3 + part) * D + h * dh + e;
+  };
+  std::fill(dqkv.begin(), dqkv.end(), 0.0);
+  for (std::int64_t b = 0; b < s.batch; ++b)
+    for (std::int64_t h = 0; h < s.heads; ++h) {
+      double* P = probs.data() + (b * s.heads + h) * L * L;
+      for (std::int64_t i = 0; i < L; ++i) {
+        const bool pad_query = tok[b * L + i] == 0;
+        double mx = -1e300;
+        std::vector<double> z(L, 0.0);
+        std::vector<bool> ok(L, false);
+        for (std::int64_t j = 0; j <= i; ++j) {
+          ok[j] = pad_query ? j == i : tok[b * L + j] != 0;
+          if (!ok[j]) continue;
+          for (std::int64_t e = 0; e < dh; ++e)
+            z[j] += qkv[at(b, i, 0, h, e)] * qkv[at(b, j, 1, h, e)] * scale;
+          mx = std::max(mx, z[j]);
+        }
+        double sum = 0;
+        for (std::int64_t j = 0; j < L; ++j) sum += P[i * L + j] = ok[j] ? std::exp(z[j] - mx) : 0;
+        for (std::int64_t j = 0; j < L; ++j) P[i * L + j] /= sum;
+        for (std::int64_t e = 0; e < dh; ++e) {
+          double o = 0;
+          for (std::int64_t j = 0; j < L; ++j) o += P[i * L + j] * qkv[at(b, j, 2, h, e)];
+          out[(b * L + i) * D + h * dh + e] = o;
+        }
+        // Backward of row i.
+        std::vector<double> dp(L, 0.0);
+        double rowsum = 0;
+        for (std::int64_t j = 0; j < L; ++j) {
+          for (std::int64_t e = 0; e < dh; ++e)
+            dp[j] += dout[(b * L + i) * D + h * dh + e] * qkv[at(b, j, 2, h, e)];
+          rowsum += P[i * L + j] * dp[j];
+        }
+        for (std::int64_t j = 0; j < L; ++j) {
+          const double ds = P[i * L + j] * (dp[j] - rowsum) * scale;
+          for (std::int64_t e = 0; e < dh; ++e) {
+            dqkv[at(b, j, 2, h, e)] += P[i * L + j] * dout[(b * L + i) * D + h * dh + e];
+            dqkv[at(b, i, 0, h, e)] += ds * qkv[at(b, j, 1, h, e)];
+            dqkv[at(b, j, 1, h, e)] += ds * qkv[at(b, i, 0, h, e)];
+          }
+        }
+      }
+    }
+}
+}  // namespace
+
+TEST_CASE("attention: windows and causal blocks give the full masked attention", "[cpu]") {
+  // L spans three query blocks. Rows: 0 with no padding, 1 with one real token (L − 1 leading
+  // pads), 2 all padding, 3 left-padded into its second block, 4 with a padding position inside
+  // its window as well.
+  const std::int64_t L = 2 * ops::kAttentionBlock + 22;
+  const ops::AttentionShape s{5, L, 8, 2};
+  const std::int64_t N = s.batch * L;
+  const std::int64_t lead[5] = {0, L - 1, L, ops::kAttentionBlock + 5, 3};
+  std::vector<std::int32_t> tokens(N);
+  for (std::int64_t b = 0; b < s.batch; ++b)
+    for (std::int64_t i = 0; i < L; ++i)
+      tokens[b * L + i] = i < lead[b] ? 0 : std::int32_t(4 + (b * L + i) % 97);
+  tokens[4 * L + ops::kAttentionBlock + 7] = 0;  // inside row 4's window, second block
+  const auto qkv = random_vector(N * 3 * s.dim, 21), dout = random_vector(N * s.dim, 22);
+  std::vector<double> out(N * s.dim), probs(s.batch * s.heads * L * L), dqkv(qkv.size());
+  std::vector<double> want_out(out.size()), want_probs(probs.size()), want_dqkv(dqkv.size());
+  // Stale values in the outputs must be overwritten, not added to.
+  std::fill(out.begin(), out.end(), 7.0);
+  std::fill(probs.begin(), probs.end(), 7.0);
+  std::fill(dqkv.begin(), dqkv.end(), 7.0);
+  ops::attention_forward(s, qkv.data(), tokens.data(), 0, out.data(), probs.data());
+  ops::attention_backward(s, qkv.data(), tokens.data(), 0, probs.data(), dout.data(), dqkv.data());
+  reference_attention(s, qkv, tokens, dout, want_out, want_probs, want_dqkv);
+  auto max_diff = [](const std::vector<double>& a, const std::vector<double>& b) {
+    double m = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) m = std::max(m, std::abs(a[i] - b[i]));
+    return m;
+  };
+  // The same sums in double, in another order: equal to rounding (values are O(1)).
+  CHECK(max_diff(probs, want_probs) < 1e-12);
+  CHECK(max_diff(out, want_out) < 1e-12);
+  CHECK(max_diff(dqkv, want_dqkv) < 1e-12);
+  // Masked probabilities are exact zeros, the padding queries' exact ones.
+  for (std::int64_t b = 0; b < s.batch; ++b)
+    for (std::int64_t h = 0; h < s.heads; ++h)
+      for (std::int64_t i = 0; i < L; ++i)
+        for (std::int64_t j = 0; j < L; ++j)
+          if (want_probs[((b * s.heads + h) * L + i) * L + j] == 0.0 ||
+              want_probs[((b * s.heads + h) * L + i) * L + j] == 1.0)
+            REQUIRE(probs[((b * s.heads + h) * L + i) * L + j] ==
+                    want_probs[((b * s.heads + h) * L + i) * L + j]);
+}
+
+TEST_CASE("attention: gradients across causal blocks and a long left padding", "[cpu][gradcheck]") {
+  const std::int64_t L = ops::kAttentionBlock + 9;
+  const ops::AttentionShape s{2, L, 4, 1};
+  const std::int64_t N = s.batch * L;
+  auto qkv = random_vector(N * 3 * s.dim, 23);
+  const auto wy = random_vector(N * s.dim, 24);
+  std::vector<std::int32_t> tokens(N, 5);
+  for (std::int64_t i = 0; i < 20; ++i) tokens[L + i] = 0;  // row 1: 20 leading pads
+  std::vector<double> out(N * s.dim), probs(s.batch * L * L), dqkv(qkv.size());
+  auto f = [&] {
+    ops::attention_forward(s, qkv.data(), tokens.data(), 0, out.data(), probs.data());
+    return dot(out, wy);
+  };
+  f();
+  ops::attention_backward(s, qkv.data(), tokens.data(), 0, probs.data(), wy.data(), dqkv.data());
+  CHECK(check_gradient(f, qkv.data(), dqkv.data(), qkv.size(), 400).max_rel_error < kGradRelTol);
 }
 
 TEST_CASE("embedding: gradient scatters into the rows used, repeated ids accumulate",

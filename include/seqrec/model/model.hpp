@@ -448,7 +448,8 @@ class Model {
         dctx = full_.data();
       }
       dqkv_.resize(static_cast<std::size_t>(N * 3 * D));
-      ops::attention_backward(as, c.qkv.data(), c.probs.data(), dctx, dqkv_.data());
+      ops::attention_backward(as, c.qkv.data(), tokens_.data(), kPadToken, c.probs.data(), dctx,
+                              dqkv_.data());
       pos_.rotate_qk_backward(dqkv_.data(), B, L);
       const T* dqkv_rows = dqkv_.data();
       if (packed_) {

@@ -353,6 +353,39 @@ void BM_cross_entropy_fwd_bwd(benchmark::State& st) {
 }
 BENCHMARK(BM_cross_entropy_fwd_bwd)->Apply(loss_shapes);
 
+/// The loss's chunk size, swept: rows N, D, I as a real step has them (ML-1M: 64 windows of
+/// 200, 6,848 scored rows, D 64, I 3706; Games: 256 windows of 20, 2,304 scored rows, D 256,
+/// I 16859), at most 2^E logits alive at once (ModelShape::loss_chunk_elems; E 22 is the
+/// default). Small chunks keep the logits in cache but repack the item table for every chunk.
+void BM_cross_entropy_chunk(benchmark::State& st) {
+  const std::int64_t N = st.range(0), D = st.range(1), I = st.range(2);
+  const std::int64_t chunk = std::max<std::int64_t>(1, (std::int64_t{1} << st.range(3)) / I);
+  const ops::CrossEntropyShape s{N, D, I, kFirstItem, chunk};
+  const Vec h = normal(N * D, 8), items = normal(I * D, 9, 1.0 / std::sqrt(double(D)));
+  const Tokens targets =
+      uniform_tokens(N, kFirstItem, kFirstItem + static_cast<std::int32_t>(I), 10);
+  Vec dh(h.size()), ditems(items.size(), 0.f), workspace;
+  for (auto _ : st) {
+    std::int64_t count = 0;
+    const double loss =
+        ops::cross_entropy_forward_backward(s, h.data(), targets.data(), items.data(), dh.data(),
+                                            ditems.data(), 1.f / float(N), &count, workspace);
+    benchmark::DoNotOptimize(loss);
+    keep(dh.data());
+    keep(ditems.data());
+  }
+  st.counters["chunk_rows"] = double(chunk);
+  report(st, 6.0 * double(N) * double(D) * double(I) + 5.0 * double(N) * double(I), 0.0, N);
+}
+BENCHMARK(BM_cross_entropy_chunk)->Apply([](Bench* b) {
+  timing(b, benchmark::kMillisecond);
+  b->ArgNames({"N", "D", "I", "E"});
+  for (std::int64_t e = 18; e <= 24; e += 2) {
+    b->Args({6848, 64, 3706, e});
+    b->Args({2304, 256, 16859, e});
+  }
+});
+
 // ---- RMSNorm and LayerNorm ----------------------------------------------------------------------
 
 void BM_rmsnorm_fwd(benchmark::State& st) {

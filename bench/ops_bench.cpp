@@ -801,12 +801,11 @@ seqrec::ModelShape default_model(std::int64_t L, std::int64_t I) {
   return s;
 }
 
-void BM_model_step(benchmark::State& st) {
-  const std::int64_t B = st.range(0), L = st.range(1), I = st.range(2), N = B * L;
-  const seqrec::ModelShape s = default_model(L, I);
-  seqrec::Model<seqrec::SasRecConfig, seqrec::cpu::Backend> model(s, backend(), 42);
-  const Tokens inputs = uniform_tokens(N, kFirstItem, s.vocab_size, 37);
-  const Tokens targets = uniform_tokens(N, kFirstItem, s.vocab_size, 38);
+using StepModel = seqrec::Model<seqrec::SasRecConfig, seqrec::cpu::Backend>;
+
+/// Times model.forward_backward on inputs/targets (B, L), one dropout key per step.
+void time_steps(benchmark::State& st, StepModel& model, const Tokens& inputs, const Tokens& targets,
+                std::int64_t B, std::int64_t L) {
   model.parameters().zero_grads();
   std::uint64_t step = 0;
   for (auto _ : st) {
@@ -818,16 +817,31 @@ void BM_model_step(benchmark::State& st) {
     benchmark::DoNotOptimize(scored);
     benchmark::ClobberMemory();
   }
-  double all = 0, non_embedding = 0;
-  for (const auto& e : model.parameters().entries()) {
-    all += double(e.numel);
+}
+
+/// The model's FLOPs per scored token (see the counting conventions at the top).
+double step_flops_per_token(const StepModel& model, std::int64_t L, std::int64_t I) {
+  const seqrec::ModelShape& s = model.shape();
+  double non_embedding = 0;
+  for (const auto& e : model.parameters().entries())
     if (e.name != "item_emb.weight" && e.name != "pos_emb.weight") non_embedding += double(e.numel);
-  }
-  const double D = s.dim, per_token = 6.0 * non_embedding + 12.0 * s.layers * double(L) * D +
-                                      6.0 * D * double(I);
+  const double D = s.dim;
+  return 6.0 * non_embedding + 12.0 * s.layers * double(L) * D + 6.0 * D * double(I);
+}
+
+void BM_model_step(benchmark::State& st) {
+  const std::int64_t B = st.range(0), L = st.range(1), I = st.range(2), N = B * L;
+  const seqrec::ModelShape s = default_model(L, I);
+  StepModel model(s, backend(), 42);
+  const Tokens inputs = uniform_tokens(N, kFirstItem, s.vocab_size, 37);
+  const Tokens targets = uniform_tokens(N, kFirstItem, s.vocab_size, 38);
+  time_steps(st, model, inputs, targets, B, L);
+  double all = 0;
+  for (const auto& e : model.parameters().entries()) all += double(e.numel);
   st.counters["params"] = all;
   // parameters read, gradients read and written, inputs and targets read
-  report(st, per_token * double(N), kF32 * 3.0 * all + 2.0 * kI32 * double(N), N);
+  report(st, step_flops_per_token(model, L, I) * double(N),
+         kF32 * 3.0 * all + 2.0 * kI32 * double(N), N);
 }
 BENCHMARK(BM_model_step)->Apply(model_shapes);
 
@@ -839,7 +853,7 @@ BENCHMARK(BM_model_step)->Apply(model_shapes);
 void BM_model_step_padded(benchmark::State& st) {
   const std::int64_t B = st.range(0), L = st.range(1), I = st.range(2), N = B * L;
   const seqrec::ModelShape s = default_model(L, I);
-  seqrec::Model<seqrec::SasRecConfig, seqrec::cpu::Backend> model(s, backend(), 42);
+  StepModel model(s, backend(), 42);
   Tokens inputs = uniform_tokens(N, kFirstItem, s.vocab_size, 37);
   Tokens targets = uniform_tokens(N, kFirstItem, s.vocab_size, 38);
   seqrec::Rng rng(39);
@@ -850,24 +864,9 @@ void BM_model_step_padded(benchmark::State& st) {
     std::fill_n(targets.begin() + b * L, k, seqrec::kPadToken);
     scored += L - k;
   }
-  model.parameters().zero_grads();
-  std::uint64_t step = 0;
-  for (auto _ : st) {
-    std::int64_t count = 0;
-    const double loss = model.forward_backward(
-        inputs.data(), targets.data(), static_cast<std::int32_t>(B), static_cast<std::int32_t>(L),
-        ops::dropout_key(42, ++step, 0) | 1, &count);
-    benchmark::DoNotOptimize(loss);
-    benchmark::DoNotOptimize(count);
-    benchmark::ClobberMemory();
-  }
-  double non_embedding = 0;
-  for (const auto& e : model.parameters().entries())
-    if (e.name != "item_emb.weight" && e.name != "pos_emb.weight") non_embedding += double(e.numel);
-  const double D = s.dim, per_token = 6.0 * non_embedding + 12.0 * s.layers * double(L) * D +
-                                      6.0 * D * double(I);
+  time_steps(st, model, inputs, targets, B, L);
   st.counters["fill"] = double(scored) / double(N);
-  report(st, per_token * double(scored), 0.0, scored);
+  report(st, step_flops_per_token(model, L, I) * double(scored), 0.0, scored);
 }
 BENCHMARK(BM_model_step_padded)->Apply(model_shapes);
 

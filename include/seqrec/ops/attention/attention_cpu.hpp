@@ -11,7 +11,7 @@
 // - Windows are left-padded, so a row's positions before its first real token s are padding
 //   queries attending to themselves (probability 1: out = V, dV = dO, dQ = dK = 0) and keys no
 //   real query sees. Only the window [s, L) goes through the GEMMs: at ML-1M's L = 200 the real
-//   tokens fill about half the positions, hence about a quarter of the L × L scores.
+//   tokens fill 54% of the positions, and the windows' squares 41% of the L × L scores.
 // - Inside the window, queries are taken in blocks of kAttentionBlock rows, and block [r0, r1)
 //   multiplies only keys [s, r1): the causal mask's upper triangle is skipped a block at a time.
 // Every probability the saved P holds is still written (exact zeros outside the computed blocks),

@@ -304,15 +304,19 @@ struct LossData {
   ops::CrossEntropyShape s;
   Vec h, items, workspace;
   Tokens targets;
-  explicit LossData(benchmark::State& st) {
-    const std::int64_t N = st.range(0) * st.range(1), D = st.range(2), I = st.range(3);
-    // Rows per chunk as the model picks them (ModelShape::loss_chunk_elems logits at once).
-    const std::int64_t chunk = std::max<std::int64_t>(1, seqrec::ModelShape{}.loss_chunk_elems / I);
+  /// N = B·L rows from the benchmark's (B, L, D, I), chunked as the model chunks them
+  /// (ModelShape::loss_chunk_elems logits at once).
+  explicit LossData(benchmark::State& st)
+      : LossData(st, st.range(0) * st.range(1), st.range(2), st.range(3),
+                 seqrec::ModelShape{}.loss_chunk_elems) {}
+  /// N rows of width D over I items, at most chunk_elems logits at once; every row scored.
+  LossData(benchmark::State& st, std::int64_t N, std::int64_t D, std::int64_t I,
+           std::int64_t chunk_elems) {
+    const std::int64_t chunk = std::max<std::int64_t>(1, chunk_elems / I);
     s = {N, D, I, kFirstItem, chunk};
     h = normal(N * D, 8);
     items = normal(I * D, 9, 1.0 / std::sqrt(double(D)));
-    targets =
-        uniform_tokens(N, kFirstItem, kFirstItem + static_cast<std::int32_t>(I), 10);  // all scored
+    targets = uniform_tokens(N, kFirstItem, kFirstItem + static_cast<std::int32_t>(I), 10);
     st.counters["chunk_rows"] = double(chunk);
   }
   double run(float* dh, float* ditems) {
@@ -337,8 +341,8 @@ void BM_cross_entropy_fwd(benchmark::State& st) {
 }
 BENCHMARK(BM_cross_entropy_fwd)->Apply(loss_shapes);
 
-void BM_cross_entropy_fwd_bwd(benchmark::State& st) {
-  LossData d(st);
+/// Times the loss's forward and backward on d and reports its FLOPs and traffic.
+void time_fwd_bwd(benchmark::State& st, LossData& d) {
   const double N = double(d.s.rows), D = double(d.s.dim), I = double(d.s.num_items);
   Vec dh(d.h.size()), ditems(d.items.size(), 0.f);
   for (auto _ : st) {
@@ -351,6 +355,11 @@ void BM_cross_entropy_fwd_bwd(benchmark::State& st) {
   report(st, 6.0 * N * D * I + 5.0 * N * I, kF32 * (N * D + I * D + N * D + 2.0 * I * D) + kI32 * N,
          d.s.rows);
 }
+
+void BM_cross_entropy_fwd_bwd(benchmark::State& st) {
+  LossData d(st);
+  time_fwd_bwd(st, d);
+}
 BENCHMARK(BM_cross_entropy_fwd_bwd)->Apply(loss_shapes);
 
 /// The loss's chunk size, swept: rows N, D, I as a real step has them (ML-1M: 64 windows of
@@ -358,24 +367,8 @@ BENCHMARK(BM_cross_entropy_fwd_bwd)->Apply(loss_shapes);
 /// I 16859), at most 2^E logits alive at once (ModelShape::loss_chunk_elems; E 22 is the
 /// default). Small chunks keep the logits in cache but repack the item table for every chunk.
 void BM_cross_entropy_chunk(benchmark::State& st) {
-  const std::int64_t N = st.range(0), D = st.range(1), I = st.range(2);
-  const std::int64_t chunk = std::max<std::int64_t>(1, (std::int64_t{1} << st.range(3)) / I);
-  const ops::CrossEntropyShape s{N, D, I, kFirstItem, chunk};
-  const Vec h = normal(N * D, 8), items = normal(I * D, 9, 1.0 / std::sqrt(double(D)));
-  const Tokens targets =
-      uniform_tokens(N, kFirstItem, kFirstItem + static_cast<std::int32_t>(I), 10);
-  Vec dh(h.size()), ditems(items.size(), 0.f), workspace;
-  for (auto _ : st) {
-    std::int64_t count = 0;
-    const double loss =
-        ops::cross_entropy_forward_backward(s, h.data(), targets.data(), items.data(), dh.data(),
-                                            ditems.data(), 1.f / float(N), &count, workspace);
-    benchmark::DoNotOptimize(loss);
-    keep(dh.data());
-    keep(ditems.data());
-  }
-  st.counters["chunk_rows"] = double(chunk);
-  report(st, 6.0 * double(N) * double(D) * double(I) + 5.0 * double(N) * double(I), 0.0, N);
+  LossData d(st, st.range(0), st.range(1), st.range(2), std::int64_t{1} << st.range(3));
+  time_fwd_bwd(st, d);
 }
 BENCHMARK(BM_cross_entropy_chunk)->Apply([](Bench* b) {
   timing(b, benchmark::kMillisecond);

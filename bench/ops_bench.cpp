@@ -48,8 +48,10 @@
 // "items_per_second" is rows (tokens) per second: N per iteration.
 //
 // Reading the figures. GEMM-bound benchmarks (linear, attention, cross_entropy, ffn, model step)
-// compare their FLOP/s with the machine's fp32 GEMM rate: on the development machine (2 cores,
-// AVX-512) Eigen's fp32 GEMM reaches about 340 GFLOP/s with 2 threads. Memory-bound ones (norms,
+// compare their FLOP/s with the machine's fp32 GEMM rate, which BM_gemm_peak measures in the same
+// run (a large square product through Eigen, as every CPU op calls it). The development machines
+// have differed: an Intel Xeon host reached about 340 GFLOP/s with 2 threads, an AMD EPYC host
+// (AVX-512 on 256-bit units) about 170 (docs/performance.md). Memory-bound ones (norms,
 // rope, embedding, dropout, activations, add) compare bytes/s with the memory bandwidth (see
 // docs/performance.md); their working sets (a few MB) mostly fit in the caches, so bytes/s can
 // exceed the DRAM figure. The ops are multi-threaded, so every benchmark is timed in real (wall)
@@ -209,6 +211,27 @@ void model_shapes(Bench* b) {
   for (const auto& [B, L] : kBatchLength)
     for (std::int64_t I : kCatalogues) b->Args({B, L, I});
 }
+
+// ---- the machine's fp32 GEMM rate: the reference for every FLOP/s figure below ----------------
+
+/// C += A · B, all (n, n) row-major, through Eigen's GEMM on the default thread count: the rate
+/// the GEMM-bound ops are measured against. Accumulating skips the destination's zeroing, which
+/// is not part of the product's rate.
+void BM_gemm_peak(benchmark::State& st) {
+  const std::int64_t n = st.range(0);
+  const Vec a = normal(n * n, 60, 0.01), b = normal(n * n, 61, 0.01);
+  Vec c(static_cast<std::size_t>(n * n), 0.f);
+  seqrec::MapRM<float> C(c.data(), n, n);
+  for (auto _ : st) {
+    C.noalias() += seqrec::CMapRM<float>(a.data(), n, n) * seqrec::CMapRM<float>(b.data(), n, n);
+    keep(c.data());
+  }
+  report(st, 2.0 * n * n * n, kF32 * 4.0 * n * n, n);
+}
+BENCHMARK(BM_gemm_peak)->Apply([](Bench* b) {
+  timing(b, benchmark::kMillisecond);
+  b->ArgNames({"n"})->Arg(2048);
+});
 
 // ---- linear: y = x Wᵀ + b, D → 4D ---------------------------------------------------------------
 

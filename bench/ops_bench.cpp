@@ -51,7 +51,7 @@
 // compare their FLOP/s with the machine's fp32 GEMM rate, which BM_gemm_peak measures in the same
 // run (a large square product through Eigen, as every CPU op calls it). The development machines
 // have differed: an Intel Xeon host reached about 340 GFLOP/s with 2 threads, an AMD EPYC host
-// (AVX-512 on 256-bit units) about 170 (docs/performance.md). Memory-bound ones (norms,
+// (AVX-512 on 256-bit units) about 160 (docs/performance.md). Memory-bound ones (norms,
 // rope, embedding, dropout, activations, add) compare bytes/s with the memory bandwidth (see
 // docs/performance.md); their working sets (a few MB) mostly fit in the caches, so bytes/s can
 // exceed the DRAM figure. The ops are multi-threaded, so every benchmark is timed in real (wall)
